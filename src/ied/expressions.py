@@ -1,0 +1,116 @@
+"""Safe formulas in sigma from config files: parsed to a whitelisted AST, never `eval`ed."""
+from __future__ import annotations
+
+import ast
+import math
+from typing import Callable, Mapping
+
+import torch
+
+MAX_LENGTH = 500
+MAX_NODES = 200
+MAX_EXPONENT = 64.0
+
+FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
+    "exp": torch.exp, "log": torch.log, "log1p": torch.log1p, "expm1": torch.expm1,
+    "sqrt": torch.sqrt, "abs": torch.abs,
+    "erf": torch.special.erf, "erfc": torch.special.erfc, "erfinv": torch.special.erfinv,
+    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "sinh": torch.sinh, "cosh": torch.cosh,
+    "sech": lambda x: 1.0 / torch.cosh(x),
+    "sin": torch.sin, "cos": torch.cos,
+    "minimum": torch.minimum, "maximum": torch.maximum,
+}
+ARITY = {"minimum": 2, "maximum": 2}
+CONSTANTS = {"pi": math.pi, "e": math.e}
+BINARY = {
+    ast.Add: torch.add, ast.Sub: torch.sub, ast.Mult: torch.mul, ast.Div: torch.div, ast.Pow: torch.pow,
+}
+
+
+class FormulaError(ValueError):
+    """A formula string uses something outside the whitelist."""
+
+
+Node = Callable[[torch.Tensor], torch.Tensor]
+
+
+def compile_formula(text: str, params: Mapping[str, float] | None = None, variable: str = "sigma") -> Node:
+    """Compile `text` (arithmetic in `variable`, `params`, numbers and FUNCTIONS) to a tensor function."""
+    if not isinstance(text, str):
+        raise FormulaError(f"formula must be a string, got {type(text).__name__}")
+    if len(text) > MAX_LENGTH:
+        raise FormulaError(f"formula is {len(text)} characters long (at most {MAX_LENGTH})")
+    params = dict(params or {})
+    for key, value in params.items():
+        if not isinstance(key, str) or not key.isidentifier() or key in FUNCTIONS or key == variable:
+            raise FormulaError(f"parameter name {key!r} is not allowed")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise FormulaError(f"parameter {key!r} must be a finite number, got {value!r}")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise FormulaError(f"formula {text!r} is not valid arithmetic: {err.msg}") from None
+    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
+        raise FormulaError(f"formula {text!r} has more than {MAX_NODES} syntax nodes")
+    names = {**CONSTANTS, **{k: float(v) for k, v in params.items()}}
+    return _build(tree.body, text, names, variable)
+
+
+def _constant_value(node: ast.AST) -> float | None:
+    """Value of a (possibly negated) numeric literal, else None."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = _constant_value(node.operand)
+        return None if inner is None else (-inner if isinstance(node.op, ast.USub) else inner)
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    return None
+
+
+def _build(node: ast.AST, text: str, names: dict[str, float], variable: str) -> Node:
+    def fail(what: str) -> FormulaError:
+        return FormulaError(f"formula {text!r}: {what} is not allowed (allowed: numbers, {variable}, "
+                            f"{', '.join(sorted(names))}, + - * / **, and {', '.join(sorted(FUNCTIONS))})")
+
+    if isinstance(node, ast.Constant):
+        if type(node.value) not in (int, float):
+            raise fail(f"the literal {node.value!r}")
+        try:
+            value = float(node.value)
+        except OverflowError:
+            raise fail("a number this large") from None
+        return lambda s: torch.full_like(s, value)
+    if isinstance(node, ast.Name):
+        if node.id == variable:
+            return lambda s: s
+        if node.id in names:
+            value = names[node.id]
+            return lambda s: torch.full_like(s, value)
+        raise FormulaError(f"formula {text!r}: unknown name {node.id!r} (declare it under params)")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = _build(node.operand, text, names, variable)
+        return (lambda s: -operand(s)) if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
+        if isinstance(node.op, ast.Pow):
+            # Exponents are bounded literals or power-free expressions: no 9**9**9 towers.
+            exponent = _constant_value(node.right)
+            if exponent is not None and abs(exponent) > MAX_EXPONENT:
+                raise fail(f"an exponent of {exponent:g} (|exponent| <= {MAX_EXPONENT:g})")
+            if exponent is None and any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow)
+                                        for n in ast.walk(node.right)):
+                raise fail("a power inside an exponent")
+        left = _build(node.left, text, names, variable)
+        right = _build(node.right, text, names, variable)
+        op = BINARY[type(node.op)]
+        return lambda s: op(left(s), right(s))
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            raise fail(f"the call {ast.unparse(node.func)}(...)")
+        if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
+            raise fail("keyword or starred arguments")
+        arity = ARITY.get(node.func.id, 1)
+        if len(node.args) != arity:
+            raise FormulaError(f"formula {text!r}: {node.func.id} takes {arity} argument(s)")
+        fn = FUNCTIONS[node.func.id]
+        args = [_build(a, text, names, variable) for a in node.args]
+        return lambda s: fn(*(a(s) for a in args))
+    raise fail(f"'{type(node).__name__}' syntax")

@@ -1,0 +1,154 @@
+"""Samplers for the driftless reverse process; every one has the shape of k-diffusion's samplers.
+
+`sampler(denoiser, latents, schedule, steps, *, class_labels=None, generator=None, **options) -> x0`
+where `denoiser(x, sigma, class_labels)` returns D(x; σ) (score = (D − x)/σ², EDM eq. 3), `latents`
+~ N(0, I) are scaled by σ(1) = σ_max to start, and `schedule` is a Rationale. Stepping is in float64,
+as in NVlabs/edm; σ values are plain floats so the loop never syncs with the device.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Protocol
+
+import torch
+
+from ied.rationales import F64, Rationale
+
+Tensor = torch.Tensor
+Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+
+
+class NoiseSource(Protocol):
+    def randn_like(self, x: Tensor) -> Tensor: ...
+
+
+def _randn_like(generator: torch.Generator | NoiseSource | None, x: Tensor) -> Tensor:
+    if generator is not None and hasattr(generator, "randn_like"):
+        return generator.randn_like(x).to(x.dtype)  # per-image streams (ied.generate.StackedRandomGenerator)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def _denoise(denoiser: Denoiser, x: Tensor, sigma: float, class_labels: Tensor | None) -> Tensor:
+    sigma_batch = torch.full((x.shape[0],), sigma, dtype=F64, device=x.device)
+    return denoiser(x, sigma_batch, class_labels).to(F64)
+
+
+def noise_levels(schedule: Rationale, steps: int) -> Tensor:
+    """σ_i = σ(t_i), t_i = 1 − i/(steps−1), i < steps, then σ_steps = 0 (EDM Alg. 1 time steps)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    t = torch.linspace(1.0, 0.0, steps, dtype=F64)
+    return torch.cat([schedule.sigma(t), torch.zeros(1, dtype=F64)])
+
+
+def euler_maruyama(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
+                   class_labels: Tensor | None = None, generator: Any = None,
+                   discretization: str = "sde") -> Tensor:
+    """The paper's sampler: Euler–Maruyama on the reverse SDE (eq. 13), uniform t from 1 to 0."""
+    if discretization not in ("sde", "difference"):
+        raise ValueError(f"discretization must be 'sde' or 'difference', got {discretization!r}")
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=F64)
+    sigma, g2 = schedule.sigma(t).tolist(), schedule.g2(t).tolist()
+    x = latents.to(F64) * sigma[0]
+    for i in range(steps):
+        # g² Δt (eq. 11), or the exact variance decrement σ_i² − σ_{i+1}² of the discrete chain.
+        var = g2[i] / steps if discretization == "sde" else sigma[i] ** 2 - sigma[i + 1] ** 2
+        score = (_denoise(denoiser, x, sigma[i], class_labels) - x) / sigma[i] ** 2
+        x = x + var * score  # drift: −g² ∇log p dt, time running backwards
+        if i < steps - 1:  # the last step returns the mean, as score_sde does
+            x = x + math.sqrt(var) * _randn_like(generator, x)
+    return x
+
+
+def euler(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
+          class_labels: Tensor | None = None, generator: Any = None) -> Tensor:
+    """First-order probability-flow ODE solver dx/dσ = (x − D)/σ (EDM Alg. 1 without lines 6–8)."""
+    sigma = noise_levels(schedule, steps).tolist()
+    x = latents.to(F64) * sigma[0]
+    for i in range(steps):
+        d = (x - _denoise(denoiser, x, sigma[i], class_labels)) / sigma[i]
+        x = x + (sigma[i + 1] - sigma[i]) * d
+    return x
+
+
+def heun(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
+         class_labels: Tensor | None = None, generator: Any = None) -> Tensor:
+    """EDM Algorithm 1 (σ(t) = t, s(t) = 1) on the noise levels σ_i of `schedule`."""
+    sigma = noise_levels(schedule, steps).tolist()
+    x = latents.to(F64) * sigma[0]  # line 2: x_0 ~ N(0, σ_0² I)
+    for i in range(steps):
+        s, s_next = sigma[i], sigma[i + 1]
+        d = (x - _denoise(denoiser, x, s, class_labels)) / s  # line 4: evaluate dx/dσ at σ_i
+        x_next = x + (s_next - s) * d  # line 5: Euler step
+        if s_next != 0:  # lines 6–8: second-order correction, skipped when stepping to σ = 0
+            d_next = (x_next - _denoise(denoiser, x_next, s_next, class_labels)) / s_next
+            x_next = x + (s_next - s) * (0.5 * d + 0.5 * d_next)
+        x = x_next
+    return x
+
+
+def edm_stochastic(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
+                   class_labels: Tensor | None = None, generator: Any = None, S_churn: float = 0.0,
+                   S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0) -> Tensor:
+    """EDM Algorithm 2: Heun steps with Langevin-like churn on the noise levels σ_i of `schedule`."""
+    sigma = noise_levels(schedule, steps).tolist()
+    x = latents.to(F64) * sigma[0]
+    for i in range(steps):
+        s, s_next = sigma[i], sigma[i + 1]
+        # line 4: γ_i = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax], else 0
+        gamma = min(S_churn / steps, math.sqrt(2) - 1) if S_tmin <= s <= S_tmax else 0.0
+        s_hat = s + gamma * s  # line 6: temporarily raise the noise level
+        if gamma > 0:  # lines 5 and 7: ε ~ N(0, S_noise² I), x̂ = x + √(σ̂² − σ²) ε
+            x = x + math.sqrt(s_hat**2 - s**2) * S_noise * _randn_like(generator, x)
+        d = (x - _denoise(denoiser, x, s_hat, class_labels)) / s_hat  # line 8
+        x_next = x + (s_next - s_hat) * d  # line 9
+        if s_next != 0:  # lines 10–12: Heun correction
+            d_next = (x_next - _denoise(denoiser, x_next, s_next, class_labels)) / s_next
+            x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d_next)
+        x = x_next
+    return x
+
+
+def s2n(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
+        class_labels: Tensor | None = None, generator: Any = None,
+        gamma: float = 0.0, delta: float = 1.0, rho: float = 0.0) -> Tensor:
+    """S2N Corollary 1, driftless (α = 1, λ = −2 ln σ), on the noise levels σ_i of `schedule`.
+
+    With ε̂ = (x − D)/σ_t: x_s = x_t − (1+ρ²)/(1+γ) (σ_t^{1+γ} − σ_s^{1+γ}) σ_t^{−γ} ε̂
+    + ρ √(σ_t² − σ_s²) (σ_s/σ_t)^δ ε. ρ = 0 is deterministic, γ = ρ = 0 the Euler step, γ = δ = ρ = 1
+    ancestral sampling. (The paper's eq. 7 prints the ε̂ term with a + sign; eq. 12 and the Euler
+    special case fix it to −.)
+    """
+    if gamma <= -1:
+        raise ValueError(f"s2n needs gamma > -1, got {gamma}")
+    if delta < 0:
+        raise ValueError(f"s2n needs delta >= 0, got {delta}")
+    sigma = noise_levels(schedule, steps).tolist()
+    x = latents.to(F64) * sigma[0]
+    for i in range(steps):
+        st, ss = sigma[i], sigma[i + 1]
+        eps = (x - _denoise(denoiser, x, st, class_labels)) / st
+        x = x - (1 + rho**2) / (1 + gamma) * (st ** (1 + gamma) - ss ** (1 + gamma)) * st ** (-gamma) * eps
+        if rho != 0:
+            x = x + rho * math.sqrt(st**2 - ss**2) * (ss / st) ** delta * _randn_like(generator, x)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "euler_maruyama": euler_maruyama, "euler": euler, "heun": heun, "edm_stochastic": edm_stochastic, "s2n": s2n,
+}
+_NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler": (1, 0), "s2n": (1, 0), "heun": (2, -1), "edm_stochastic": (2, -1)}
+
+
+def nfe(sampler: str, steps: int) -> int:
+    """Denoiser evaluations per image for `steps` steps of `sampler`."""
+    per_step, offset = _NFE_PER_STEP[sampler]
+    return per_step * steps + offset
+
+
+def sampler_options(sampler: str) -> dict[str, Any]:
+    """The keyword options of a sampler with their defaults (for config validation)."""
+    params = inspect.signature(SAMPLERS[sampler]).parameters
+    return {k: p.default for k, p in params.items()
+            if p.kind is p.KEYWORD_ONLY and k not in ("class_labels", "generator")}

@@ -1,0 +1,49 @@
+import time
+
+import pytest
+import torch
+
+from ied.expressions import FormulaError, compile_formula
+
+S = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+
+
+def test_arithmetic_functions_and_params():
+    f = compile_formula("k * exp(-sigma**2 / 2) + sqrt(sigma) - log1p(sigma) / pi", {"k": 2.0})
+    expected = 2.0 * torch.exp(-S**2 / 2) + torch.sqrt(S) - torch.log1p(S) / torch.pi
+    torch.testing.assert_close(f(S), expected)
+    torch.testing.assert_close(compile_formula("maximum(sigma, 1)")(S), torch.clamp(S, min=1.0))
+    torch.testing.assert_close(compile_formula("sech(sigma) - sigmoid(-sigma)")(S),
+                               1 / torch.cosh(S) - torch.sigmoid(-S))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("__import__('os').system('echo pwned')", "call"),
+    ("sigma.__class__", "Attribute"),
+    ("(lambda: 1)()", "call"),
+    ("[x for x in (1, 2)][0]", "Subscript"),
+    ("9**9**9", "exponent"),
+    ("sigma ** 1000", "exponent"),
+    ("sigma ** (sigma ** 2)", "power inside an exponent"),
+    ("x + 1", "unknown name 'x'"),
+    ("exp(sigma, 2)", "takes 1"),
+    ("exp(x=sigma)", "keyword"),
+    ("'a' * 3", "literal"),
+    ("sigma if sigma > 1 else 0", "IfExp"),
+    ("open('/etc/passwd')", "call"),
+    ("1 +", "not valid arithmetic"),
+    ("sigma" + " + sigma" * 400, "characters long"),
+    ("True + sigma", "literal"),
+])
+def test_rejects_untrusted_input_without_evaluating(text, fragment):
+    start = time.perf_counter()
+    with pytest.raises(FormulaError, match=fragment.replace("(", r"\(").replace("*", r"\*")):
+        compile_formula(text)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_rejects_bad_params():
+    with pytest.raises(FormulaError, match="parameter 'k'"):
+        compile_formula("k * sigma", {"k": "1"})
+    with pytest.raises(FormulaError, match="parameter name 'exp'"):
+        compile_formula("sigma", {"exp": 1.0})
