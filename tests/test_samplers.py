@@ -1,0 +1,151 @@
+import math
+
+import pytest
+import torch
+
+from ied.rationales import build
+from ied.samplers import SAMPLERS, nfe, noise_levels, sampler_options
+
+F64 = torch.float64
+MU, S = 0.7, 0.5  # Gaussian data N(μ, s² I)
+# N(0, 5²) is cut at 3σ_N (paper App. C.2). KL's and the lognormal's schedules put almost no time
+# near σ_max, so their first step jumps down by orders of magnitude: they need σ_max/σ_min ≪ N.
+RATIONALES = {
+    "ve": {"family": "ve", "sigma_min": 0.002, "sigma_max": 80},
+    "l2": {"family": "l2", "sigma_min": 0.002, "sigma_max": 80},
+    "gaussian": {"family": "gaussian", "sigma_n": 5, "sigma_min": 0.002, "sigma_max": 15},
+    "kl": {"family": "kl", "sigma_min": 0.1, "sigma_max": 10},
+    "edm": {"family": "edm", "rho": 7, "sigma_min": 0.002, "sigma_max": 80},
+    "lognormal": {"family": "lognormal", "sigma_min": 0.002, "sigma_max": 10},
+}
+CASES = {
+    "euler_maruyama": {}, "euler_maruyama-difference": {"discretization": "difference"},
+    "euler": {}, "heun": {},
+    "edm_stochastic": {"S_churn": 40, "S_tmin": 0.05, "S_tmax": 50, "S_noise": 1.0},
+    "s2n-deterministic": {"gamma": 0.026}, "s2n-ancestral": {"gamma": 1, "delta": 1, "rho": 1},
+}
+# Left-point g(t_i)²Δt overshoots where the density at σ_max is ~0: the variance added by the first
+# step exceeds σ_max² unless N ≫ g(1)²/σ_max² (test_em_instability_is_real); 'difference' is the fix.
+LOGNORMAL_80 = {"family": "lognormal", "sigma_min": 0.002, "sigma_max": 80}
+
+
+def gaussian_denoiser(x, sigma, labels=None):
+    sg = sigma.view(-1, *([1] * (x.ndim - 1)))
+    return (S**2 * x + sg**2 * MU) / (S**2 + sg**2)
+
+
+def moments_error(case, rationale, steps, n=50000):
+    sampler = SAMPLERS[case.split("-")[0]]
+    r = build("r", RATIONALES[rationale] if isinstance(rationale, str) else rationale)
+    z = torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
+    # start from the exact marginal N(μ, s² + σ_max²) so the only error left is discretisation (and MC)
+    latents = (MU + math.sqrt(S**2 + r.sigma_max**2) * z) / r.sigma_max
+    x = sampler(gaussian_denoiser, latents, r, steps, generator=torch.Generator().manual_seed(1), **CASES[case])
+    return abs(x.mean().item() - MU) + abs(x.var().item() - S**2)
+
+
+@pytest.mark.parametrize("rationale", RATIONALES)
+@pytest.mark.parametrize("case", CASES)
+def test_gaussian_data_moments_converge(case, rationale):
+    errors = [moments_error(case, rationale, steps) for steps in (8, 64, 512)]
+    print(case, rationale, ["%.2e" % e for e in errors])
+    assert errors[2] < errors[0]
+    assert errors[2] < 0.03  # MC noise of 50k samples is ≈ 0.004
+
+
+def test_em_instability_is_real():
+    """The documented limitation above: left-point EM diverges, the difference form does not."""
+    assert moments_error("euler_maruyama", LOGNORMAL_80, 512) > 1.0
+    assert moments_error("euler_maruyama-difference", LOGNORMAL_80, 512) < 0.1
+
+
+def test_heun_with_edm_rationale_is_edm_sampler():
+    """σ_i of EDM eq. 5 (ρ = 7) and the EDM reference loop, written out as in NVlabs/edm."""
+    r = build("edm", {"family": "edm", "rho": 7, "sigma_min": 0.002, "sigma_max": 80})
+    steps, rho = 18, 7
+    i = torch.arange(steps, dtype=F64)
+    t_steps = (80 ** (1 / rho) + i / (steps - 1) * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
+    t_steps = torch.cat([t_steps, torch.zeros(1, dtype=F64)])
+    torch.testing.assert_close(noise_levels(r, steps), t_steps, rtol=1e-12, atol=0)
+    latents = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    x_next = latents * t_steps[0]
+    for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
+        x_cur = x_next
+        d_cur = (x_cur - gaussian_denoiser(x_cur, t_cur.expand(64))) / t_cur
+        x_next = x_cur + (t_next - t_cur) * d_cur
+        if t_next > 0:
+            d_prime = (x_next - gaussian_denoiser(x_next, t_next.expand(64))) / t_next
+            x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+    torch.testing.assert_close(SAMPLERS["heun"](gaussian_denoiser, latents, r, steps), x_next, rtol=1e-12, atol=1e-12)
+
+
+def test_s2n_special_cases():
+    r = build("ve", RATIONALES["ve"])
+    latents = torch.randn(256, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    euler = SAMPLERS["euler"](gaussian_denoiser, latents, r, 20)
+    torch.testing.assert_close(SAMPLERS["s2n"](gaussian_denoiser, latents, r, 20, gamma=0, rho=0), euler)
+    assert not torch.allclose(SAMPLERS["s2n"](gaussian_denoiser, latents, r, 20, gamma=0.5, rho=0), euler)
+    with pytest.raises(ValueError, match="gamma > -1"):
+        SAMPLERS["s2n"](gaussian_denoiser, latents, r, 20, gamma=-1)
+
+
+def point_set():
+    angles = torch.arange(8, dtype=F64) * (2 * math.pi / 8)
+    points = torch.stack([torch.cos(angles), torch.sin(angles)], 1)
+    return points, torch.arange(8) % 2  # two classes: even and odd corners
+
+
+def ideal_denoiser(x, sigma, labels=None):
+    """EDM App. B.3: D(x; σ) = Σ y_i N(x; y_i, σ²) / Σ N(x; y_i, σ²) over the (class's) points."""
+    points, classes = point_set()
+    logits = -((x[:, None, :] - points[None]) ** 2).sum(-1) / (2 * sigma[:, None] ** 2)
+    if labels is not None:
+        logits = logits.masked_fill(classes[None, :] != labels[:, None], -math.inf)
+    return torch.softmax(logits, dim=1) @ points
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_finite_point_set_with_class_labels(case):
+    r = build("edm", RATIONALES["edm"])
+    points, classes = point_set()
+    labels = torch.arange(200) % 2
+    latents = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = SAMPLERS[case.split("-")[0]](ideal_denoiser, latents, r, 256, class_labels=labels,
+                                     generator=torch.Generator().manual_seed(1), **CASES[case])
+    dist = torch.cdist(x, points)
+    nearest = dist.argmin(1)
+    assert dist.min(1).values.max().item() < 0.05
+    assert torch.equal(classes[nearest], labels)  # labels reach the denoiser
+    assert len(set(nearest.tolist())) == 8  # every corner is generated
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_reproducible_from_seeded_generator_and_float64(case):
+    r = build("l2", RATIONALES["l2"])
+    latents = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+    run = lambda seed: SAMPLERS[case.split("-")[0]](ideal_denoiser, latents, r, 12,
+                                                    generator=torch.Generator().manual_seed(seed), **CASES[case])
+    a, b, c = run(5), run(5), run(6)
+    assert a.dtype == F64 and torch.equal(a, b)
+    stochastic = case in ("euler_maruyama", "euler_maruyama-difference", "edm_stochastic", "s2n-ancestral")
+    assert torch.equal(a, c) != stochastic
+
+
+def test_noise_levels_nfe_and_options():
+    r = build("ve", RATIONALES["ve"])
+    levels = noise_levels(r, 5)
+    assert levels[0].item() == pytest.approx(80) and levels[-2].item() == pytest.approx(0.002)
+    assert levels[-1].item() == 0 and len(levels) == 6
+    calls = []
+
+    def counting(x, sigma, labels=None):
+        calls.append(1)
+        return gaussian_denoiser(x, sigma)
+
+    latents = torch.zeros(2, 1, dtype=F64)
+    for name, fn in SAMPLERS.items():
+        calls.clear()
+        fn(counting, latents, r, 10)
+        assert len(calls) == nfe(name, 10), name
+    assert sampler_options("edm_stochastic") == {"S_churn": 0.0, "S_tmin": 0.0, "S_tmax": float("inf"), "S_noise": 1.0}
+    assert set(sampler_options("s2n")) == {"gamma", "delta", "rho"}
