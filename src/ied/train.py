@@ -192,9 +192,10 @@ def _progress(start: int, end: int):
 
 def load_ema_denoiser(path: str | Path, expected_hash: str | None = None, device: str | torch.device = "cpu",
                       allow_config_change: bool = False) -> tuple[torch.nn.Module, dict]:
-    """The EMA denoiser of a checkpoint, ready for sampling, and the checkpoint's training config."""
+    """The EMA denoiser of a checkpoint, ready for sampling, and its step, shape and training config."""
     state = load_checkpoint(path, expected_hash, allow_config_change)
     config = json.loads(state["config_json"])
     denoiser = build_denoiser(config["network"], state["resolution"], state["channels"], state["num_classes"])
     denoiser.load_state_dict(state["ema"])
-    return denoiser.to(device).eval().requires_grad_(False), config
+    info = {k: int(state[k]) for k in ("step", "resolution", "channels", "num_classes")}
+    return denoiser.to(device).eval().requires_grad_(False), {**info, "config": config}

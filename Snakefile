@@ -1,0 +1,23 @@
+# Inverse Engineering Diffusion: data → schedules → training per rationale → sampling with every
+# schedule and sampler → FID/IS/KID → tables, figures, report. See README.md and config/README.md.
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/schedules.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        REPORT,
+    default_target: True

@@ -1,0 +1,5 @@
+import sys
+
+from ied.cli import main
+
+sys.exit(main())

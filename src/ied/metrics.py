@@ -1,0 +1,180 @@
+"""FID, Inception Score and KID through torch-fidelity, with Inception or a digits CNN as extractor."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ied.data import ImageSet, load_imageset
+from ied.io import atomic_path, sha256_file
+
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch-fidelity's weights-inception-2015-12-05-6726825d.pth
+DIGITS_EXTRACTOR = "ied-digits-cnn"
+
+
+class MetricsError(RuntimeError):
+    """A missing or wrong feature-extractor file, or unusable inputs; the message names the file."""
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """uint8 C×H×W tensors for torch-fidelity."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = torch.from_numpy(np.ascontiguousarray(images))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.images[i]
+
+
+class DigitsCNN(nn.Module):
+    """A small classifier for 8×8 digits: 128 penultimate features (FID/KID), 10 logits (IS)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, padding=1), nn.Conv2d(32, 64, 3, padding=1)
+        self.fc, self.head = nn.Linear(64 * 4 * 4, 128), nn.Linear(128, 10)
+
+    def features(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x_uint8.float() / 127.5 - 1.0
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)
+        feats = F.relu(self.fc(x.flatten(1)))
+        return feats, self.head(feats)
+
+
+def train_digits_cnn(train: ImageSet, test: ImageSet, out: str | Path, epochs: int = 30, seed: int = 0) -> float:
+    """Train the digits evaluator on the train split; save it; return its test accuracy."""
+    torch.manual_seed(seed)
+    model = DigitsCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    x, y = torch.from_numpy(train.images), torch.from_numpy(train.labels)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(64):
+            xb = x[idx]
+            shift = torch.randint(-1, 2, (2,), generator=gen).tolist()  # ±1 pixel translation
+            xb = torch.roll(xb, shifts=shift, dims=(2, 3))
+            loss = F.cross_entropy(model.features(xb)[1], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model.features(torch.from_numpy(test.images))[1].argmax(1).numpy() == test.labels).mean()
+    with atomic_path(out) as tmp:
+        torch.save({"state_dict": model.state_dict(), "test_accuracy": float(accuracy)}, tmp)
+    return float(accuracy)
+
+
+def _register_digits_extractor() -> None:
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    class DigitsFeatureExtractor(FeatureExtractorBase):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            if feature_extractor_weights_path is None:
+                raise MetricsError("the digits extractor needs feature_extractor_weights_path")
+            self.model = DigitsCNN()
+            state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["state_dict"])
+            self.requires_grad_(False)
+            self.eval()
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("features", "logits")
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits", "fid": "features", "kid": "features"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+
+        def forward(self, x):
+            feats, logits = self.model.features(x)
+            out = {"features": feats, "logits": logits}
+            return tuple(out[name] for name in self.features_list)
+
+    if DIGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
+
+
+def extractor_kwargs(extractor: str, weights_path: str | Path) -> dict[str, Any]:
+    """torch-fidelity arguments for an extractor whose weights come from a local file (never downloaded)."""
+    path = Path(weights_path)
+    if not path.is_file():
+        raise MetricsError(f"{path}: feature extractor weights not found (feature_extractor_weights_path)")
+    if extractor == "inception-v3-compat":
+        digest = sha256_file(path)
+        if not digest.startswith(INCEPTION_SHA256_PREFIX):
+            raise MetricsError(f"{path}: sha256 {digest[:8]}… is not torch-fidelity's Inception weights "
+                               f"({INCEPTION_SHA256_PREFIX}…)")
+        return {"feature_extractor": extractor, "feature_extractor_weights_path": str(path)}
+    if extractor == DIGITS_EXTRACTOR:
+        _register_digits_extractor()
+        return {"feature_extractor": extractor, "feature_extractor_weights_path": str(path),
+                "feature_layer_isc": "logits", "feature_layer_fid": "features", "feature_layer_kid": "features"}
+    raise MetricsError(f"unknown feature extractor {extractor!r}")
+
+
+def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weights_path: str | Path, *,
+              cache_root: str | Path | None = None, reference_cache_name: str | None = None,
+              isc: bool = True, batch_size: int = 256) -> dict[str, float]:
+    """torch-fidelity's FID, IS (10 splits) and KID of `generated` against `reference` (uint8 N×C×H×W)."""
+    import torch_fidelity
+
+    subset = min(1000, len(generated) // 2, len(reference) // 2)  # subsets must differ for a KID std
+    result = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, isc=isc, kid=True,
+        isc_splits=10, kid_subset_size=subset, cuda=torch.cuda.is_available(), batch_size=batch_size,
+        save_cpu_ram=True, verbose=False, cache=reference_cache_name is not None,
+        cache_root=str(cache_root) if cache_root else None, input2_cache_name=reference_cache_name,
+        **extractor_kwargs(extractor, weights_path))
+    return {"fid": float(result["frechet_inception_distance"]),
+            "isc_mean": float(result.get("inception_score_mean", math.nan)),
+            "isc_std": float(result.get("inception_score_std", math.nan)),
+            "kid_mean": float(result["kernel_inception_distance_mean"]),
+            "kid_std": float(result["kernel_inception_distance_std"])}
+
+
+def evaluate(samples: str | Path, reference: str | Path, extractor: str, weights_path: str | Path, out: str | Path,
+             *, meta: Mapping[str, Any] | None = None, cache_root: str | Path | None = None) -> dict[str, Any]:
+    """Score one samples file against the reference split and write the result row as Parquet."""
+    import pandas as pd
+    import torch_fidelity
+
+    from ied.generate import generation_info
+
+    tick = time.perf_counter()
+    gen, ref = load_imageset(samples), load_imageset(reference)
+    info = generation_info(samples)
+    cache_name = f"{Path(reference).stem}-{extractor}-{sha256_file(reference)[:12]}"
+    scores = calculate(gen.images, ref.images, extractor, weights_path, cache_root=cache_root,
+                       reference_cache_name=cache_name if cache_root else None)
+    row = {**dict(meta or {}), "sampler": info.get("sampler"), "steps": info.get("steps"),
+           "sampler_options": json.dumps(info.get("options", {}), sort_keys=True),
+           "checkpoint_step": info.get("checkpoint_step"), "seed_set": info.get("seed_set"),
+           "n_samples": len(gen), "reference_split": Path(reference).stem, "extractor": extractor, **scores,
+           "seconds": time.perf_counter() - tick,
+           "versions": json.dumps({"torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
+                                   "python": platform.python_version()})}
+    with atomic_path(out) as tmp:
+        pd.DataFrame([row]).to_parquet(tmp, index=False)
+    return row

@@ -1,0 +1,72 @@
+# Config validation and the experiment's cross-product, built once in ied.pipeline.
+import sys
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from ied.config import validate
+from ied.pipeline import (
+    ConfigError,
+    all_rationales,
+    cells,
+    checkpoint_steps,
+    dumps,
+    extractor,
+    reference_split,
+    train_config,
+)
+
+try:
+    config = validate(config)
+except ConfigError as err:
+    sys.exit(f"Config error: {err}")
+
+SRC = str(Path(workflow.basedir) / "src")
+IED = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python -m ied"
+EXP = f"results/{config['experiment']}"
+LOGS = f"{EXP}/logs"
+RATIONALES = all_rationales(config)
+CELLS = cells(config)
+EVERY = config["train"]["checkpoint_every"]
+EXTRACTOR = extractor(config)
+REFERENCE = reference_split(config)
+ENV = "../../envs/ied.yaml"
+CELL = "{train}/{step}/{sample}/{sampler}/seed{seed}"
+
+wildcard_constraints:
+    step=r"\d+",
+    seed=r"\d+",
+    split=r"train|test|val",
+    train=r"[A-Za-z][A-Za-z0-9_.-]*",
+    sample=r"[A-Za-z][A-Za-z0-9_.-]*",
+    sampler=r"[A-Za-z][A-Za-z0-9_.-]*",
+
+
+def res(rule_name, key, default):
+    """Per-rule cluster resources from config['resources'] (the slurm profile reads them)."""
+    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+
+
+def cell_path(kind, ext):
+    return [f"{EXP}/{kind}/{c.train}/{c.step}/{c.sample}/{c.sampler}/seed{c.seed_set}.{ext}" for c in CELLS]
+
+
+METRIC_ROWS = cell_path("metrics/rows", "parquet")
+TABLES = [
+    f"{EXP}/tables/{name}.{ext}"
+    for name in ["fid_is", "fid_std"]
+    for ext in ["parquet", "md", "tex"]
+]
+FIGURES = [
+    f"{EXP}/figures/{name}.{ext}"
+    for name in [
+        "fig1_rationales",
+        "fig2_marginals",
+        "fig3_fid_over_training",
+        "fig4_is_over_training",
+        "fig5_sigma_n_ablation",
+        "fig8_sample_grids",
+        "paper_comparison",
+    ]
+    for ext in ["png", "pdf"]
+]
+REPORT = f"{EXP}/report.md"

@@ -1,0 +1,51 @@
+rule tables:
+    """Tables 1–4: best FID with IS per training × sampling rationale; FID mean ± std over seed sets."""
+    input:
+        f"{EXP}/metrics.parquet",
+    output:
+        [report(t, category="Tables") if t.endswith(".md") else t for t in TABLES],
+    params:
+        config=lambda w: dumps(config),
+        outdir=f"{EXP}/tables",
+    log:
+        f"{LOGS}/tables/tables.log",
+    conda:
+        ENV
+    shell:
+        "{IED} tables --metrics {input} --config {params.config:q} --outdir {params.outdir} > {log} 2>&1"
+
+
+rule figures:
+    """Figures 1–9 and the comparison with the paper's published numbers."""
+    input:
+        metrics=f"{EXP}/metrics.parquet",
+        schedules=[f"{EXP}/schedules/{name}.parquet" for name in RATIONALES],
+        grids=cell_path("grids", "png"),
+        paper=[config["paper_results"]] if config.get("paper_results") else [],
+    output:
+        [report(f, category="Figures") if f.endswith(".png") else f for f in FIGURES],
+    params:
+        config=lambda w: dumps(config),
+        outdir=f"{EXP}/figures",
+        paper=lambda w, input: f"--paper {input.paper}" if input.paper else "",
+    log:
+        f"{LOGS}/figures/figures.log",
+    conda:
+        ENV
+    shell:
+        "{IED} figures --metrics {input.metrics} --config {params.config:q} --schedules {input.schedules}"
+        " --grids {EXP}/grids --outdir {params.outdir} {params.paper} > {log} 2>&1"
+
+
+rule report:
+    input:
+        tables=TABLES,
+        figures=FIGURES,
+    output:
+        REPORT,
+    log:
+        f"{LOGS}/report/report.log",
+    conda:
+        ENV
+    shell:
+        "{IED} report --tables {input.tables} --figures {input.figures} --out {output} > {log} 2>&1"
