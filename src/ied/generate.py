@@ -39,16 +39,17 @@ def balanced_labels(n: int, num_classes: int, seed_set: int) -> np.ndarray:
     return np.random.default_rng([seed_set, 12345]).permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
-def save_grid(path: str | Path, images: np.ndarray, rows: int = 10) -> None:
-    """A rows×rows PNG of the first rows² images (Figures 8–9)."""
+def save_grid(path: str | Path, images: np.ndarray, rows: int = 10, pad: int = 1) -> None:
+    """A rows×rows PNG of the first rows² images (Figures 8–9), cells separated by `pad` grey pixels."""
     from PIL import Image
 
     n = min(len(images), rows * rows)
     c, h, w = images.shape[1:]
-    grid = np.zeros((rows * h, rows * w, c), dtype=np.uint8)
+    grid = np.full((rows * (h + pad) + pad, rows * (w + pad) + pad, c), 96, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, rows)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = images[i].transpose(1, 2, 0)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y:y + h, x:x + w] = images[i].transpose(1, 2, 0)
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     if h < 32:  # tiny digits: upscale so the grid is legible
         img = img.resize((img.width * 4, img.height * 4), Image.NEAREST)
