@@ -7,7 +7,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from ied.pipeline import ConfigError, check
+from ied.pipeline import ConfigError
+from ied.pipeline import check as check_semantics
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -44,12 +45,12 @@ def validate(config: Mapping[str, Any]) -> dict:
         err = errors[0]
         key = ".".join(map(str, err.absolute_path)) or "(top level)"
         raise ConfigError(f"config key {key!r}: {err.message}")
-    check(config)
+    check_semantics(config)
     return config
 
 
-def load(paths: Iterable[str | Path]) -> dict:
-    """Merge YAML config files in order and validate the result."""
+def load(paths: Iterable[str | Path], check: bool = True) -> dict:
+    """Merge YAML config files in order and (by default) validate the result."""
     config: dict = {}
     for path in paths:
         path = Path(path)
@@ -62,4 +63,4 @@ def load(paths: Iterable[str | Path]) -> dict:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         config = merge(config, data)
-    return validate(config)
+    return validate(config) if check else config

@@ -1,9 +1,10 @@
 # Config validation and the experiment's cross-product, built once in ied.pipeline.
+import os
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from ied.config import validate
+from ied.config import load, merge, validate
 from ied.pipeline import (
     ConfigError,
     all_rationales,
@@ -15,13 +16,23 @@ from ied.pipeline import (
     train_config,
 )
 
+# config/config.yaml (the embedded default) applies only when no --configfile is given: a paper config
+# replaces it rather than being merged into it. --config key=value overrides either.
 try:
-    config = validate(config)
+    if not workflow.overwrite_configfiles:
+        _config = merge(load([Path(workflow.basedir) / "config" / "config.yaml"], check=False), config)
+    else:
+        _config = config
+    _config = validate(_config)
 except ConfigError as err:
     sys.exit(f"Config error: {err}")
+config.clear()
+config.update(_config)
 
-SRC = str(Path(workflow.basedir) / "src")
-IED = f"PYTHONPATH={SRC}${{PYTHONPATH:+:$PYTHONPATH}} python -m ied"
+# Every job (locally, or re-entered by the SLURM executor) runs `python -m ied` from this checkout's src/.
+# (Snakemake formats the prefix like a shell command, hence the doubled braces.)
+SRC = Path(workflow.basedir) / "src"
+shell.prefix(f'set -euo pipefail; export PYTHONPATH="{SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
 EXP = f"results/{config['experiment']}"
 LOGS = f"{EXP}/logs"
 RATIONALES = all_rationales(config)
@@ -31,6 +42,7 @@ EXTRACTOR = extractor(config)
 REFERENCE = reference_split(config)
 ENV = "../../envs/ied.yaml"
 CELL = "{train}/{step}/{sample}/{sampler}/seed{seed}"
+LOG_CELL = "{train}-{step}-{sample}-{sampler}-seed{seed}"
 
 wildcard_constraints:
     step=r"\d+",
@@ -70,3 +82,23 @@ FIGURES = [
     for ext in ["png", "pdf"]
 ]
 REPORT = f"{EXP}/report.md"
+
+
+def previous_checkpoint(w):
+    start = int(w.step) - EVERY
+    return [f"{EXP}/checkpoints/{w.train}/ckpt-{start}.pt"] if start > 0 else []
+
+
+def sampler_entry(w):
+    return config["sample"]["samplers"][w.sampler]
+
+
+def extractor_weights(w):
+    if EXTRACTOR == "ied-digits-cnn":
+        return f"{EXP}/evaluator/digits-cnn.pt"
+    return config["evaluate"]["feature_extractor_weights_path"]
+
+
+def parent(path):
+    """Folder of an output (a lint-friendly way to pass output folders)."""
+    return os.path.dirname(path)

@@ -18,7 +18,7 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "{IED} prepare --dataset {params.dataset} --split {wildcards.split} --out {output} {params.extra} > {log} 2>&1"
+        "python -m ied prepare --dataset {params.dataset} --split {wildcards.split} --out {output} {params.extra} > {log} 2>&1"
 
 
 rule train_evaluator:
@@ -33,4 +33,4 @@ rule train_evaluator:
     conda:
         ENV
     shell:
-        "{IED} train-evaluator --train {input.train} --test {input.test} --out {output} > {log} 2>&1"
+        "python -m ied train-evaluator --train {input.train} --test {input.test} --out {output} > {log} 2>&1"

@@ -1,9 +1,3 @@
-def extractor_weights(w):
-    if EXTRACTOR == "ied-digits-cnn":
-        return f"{EXP}/evaluator/digits-cnn.pt"
-    return config["evaluate"]["feature_extractor_weights_path"]
-
-
 rule evaluate:
     """FID, IS and KID of one samples file (torch-fidelity) → one Parquet row."""
     input:
@@ -27,7 +21,7 @@ rule evaluate:
         extractor=EXTRACTOR,
         cache=f"{EXP}/evaluator/fidelity-cache",
     log:
-        f"{LOGS}/evaluate/{CELL.replace('/', '-')}.log",
+        f"{LOGS}/evaluate/{LOG_CELL}.log",
     threads: res("evaluate", "cpus", 1)
     resources:
         gpu=res("evaluate", "gpus", 0),
@@ -38,7 +32,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "{IED} evaluate --samples {input.samples} --reference {input.reference} --extractor {params.extractor}"
+        "python -m ied evaluate --samples {input.samples} --reference {input.reference} --extractor {params.extractor}"
         " --weights {input.weights} --meta {params.meta:q} --cache-root {params.cache} --out {output} > {log} 2>&1"
 
 
@@ -52,4 +46,4 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "{IED} aggregate --out {output} {input} > {log} 2>&1"
+        "python -m ied aggregate --out {output} {input} > {log} 2>&1"

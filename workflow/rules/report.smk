@@ -6,13 +6,13 @@ rule tables:
         [report(t, category="Tables") if t.endswith(".md") else t for t in TABLES],
     params:
         config=lambda w: dumps(config),
-        outdir=f"{EXP}/tables",
+        outdir=lambda w, output: parent(output[0]),
     log:
         f"{LOGS}/tables/tables.log",
     conda:
         ENV
     shell:
-        "{IED} tables --metrics {input} --config {params.config:q} --outdir {params.outdir} > {log} 2>&1"
+        "python -m ied tables --metrics {input} --config {params.config:q} --outdir {params.outdir} > {log} 2>&1"
 
 
 rule figures:
@@ -26,15 +26,16 @@ rule figures:
         [report(f, category="Figures") if f.endswith(".png") else f for f in FIGURES],
     params:
         config=lambda w: dumps(config),
-        outdir=f"{EXP}/figures",
+        outdir=lambda w, output: parent(output[0]),
+        grids=lambda w, input: os.path.commonpath(input.grids),
         paper=lambda w, input: f"--paper {input.paper}" if input.paper else "",
     log:
         f"{LOGS}/figures/figures.log",
     conda:
         ENV
     shell:
-        "{IED} figures --metrics {input.metrics} --config {params.config:q} --schedules {input.schedules}"
-        " --grids {EXP}/grids --outdir {params.outdir} {params.paper} > {log} 2>&1"
+        "python -m ied figures --metrics {input.metrics} --config {params.config:q} --schedules {input.schedules}"
+        " --grids {params.grids} --outdir {params.outdir} {params.paper} > {log} 2>&1"
 
 
 rule report:
@@ -48,4 +49,4 @@ rule report:
     conda:
         ENV
     shell:
-        "{IED} report --tables {input.tables} --figures {input.figures} --out {output} > {log} 2>&1"
+        "python -m ied report --tables {input.tables} --figures {input.figures} --out {output} > {log} 2>&1"

@@ -1,7 +1,3 @@
-def sampler_entry(w):
-    return config["sample"]["samplers"][w.sampler]
-
-
 rule generate:
     """Sample one checkpoint with one schedule, sampler and seed set; shards make a killed job resumable."""
     input:
@@ -17,8 +13,8 @@ rule generate:
         n=config["sample"]["n_samples"],
         batch=config["sample"]["batch_size"],
     log:
-        jsonl=f"{LOGS}/generate/{CELL.replace('/', '-')}.jsonl",
-        stderr=f"{LOGS}/generate/{CELL.replace('/', '-')}.log",
+        jsonl=f"{LOGS}/generate/{LOG_CELL}.jsonl",
+        stderr=f"{LOGS}/generate/{LOG_CELL}.log",
     threads: res("generate", "cpus", 1)
     resources:
         gpu=res("generate", "gpus", 0),
@@ -29,6 +25,6 @@ rule generate:
     conda:
         ENV
     shell:
-        "{IED} generate --checkpoint {input} --rationale {params.rationale:q} --sampler {params.sampler}"
+        "python -m ied generate --checkpoint {input} --rationale {params.rationale:q} --sampler {params.sampler}"
         " --steps {params.steps} --options {params.options:q} --n-samples {params.n} --seed-set {wildcards.seed}"
         " --batch-size {params.batch} --out {output.samples} --grid {output.grid} --log {log.jsonl} 2> {log.stderr}"

@@ -9,4 +9,4 @@ rule tabulate_schedule:
     conda:
         ENV
     shell:
-        "{IED} tabulate --rationales {params.rationales:q} --name {wildcards.rationale} --out {output} > {log} 2>&1"
+        "python -m ied tabulate --rationales {params.rationales:q} --name {wildcards.rationale} --out {output} > {log} 2>&1"

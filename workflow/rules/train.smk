@@ -1,8 +1,3 @@
-def previous_checkpoint(w):
-    start = int(w.step) - EVERY
-    return [f"{EXP}/checkpoints/{w.train}/ckpt-{start}.pt"] if start > 0 else []
-
-
 rule train_segment:
     """Train one segment (checkpoint_every steps), resuming from the previous segment's checkpoint."""
     input:
@@ -27,5 +22,5 @@ rule train_segment:
     conda:
         ENV
     shell:
-        "{IED} train --config {params.config:q} --data {input.data} --start {params.start} --end {wildcards.step}"
+        "python -m ied train --config {params.config:q} --data {input.data} --start {params.start} --end {wildcards.step}"
         " {params.resume} --out {output} --log {log.jsonl} 2> {log.stderr}"
