@@ -26,6 +26,8 @@ try:
     _config = validate(_config)
 except ConfigError as err:
     sys.exit(f"Config error: {err}")
+if _config.get("paper_results") and not Path(_config["paper_results"]).exists():
+    _config["paper_results"] = str(Path(workflow.basedir) / _config["paper_results"])
 config.clear()
 config.update(_config)
 

@@ -1,0 +1,26 @@
+# The two commands of the README. Each creates .venv/ and installs everything on first use.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first, pinned, so nothing later pulls another build
+	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+run: $(STAMP)  ## the whole chain on the embedded digits dataset
+	$(VENV)/bin/snakemake --cores 2
+
+test: $(STAMP)  ## every test, the slow end-to-end ones included
+	$(PYTHON) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/snakemake --lint
+
+clean:
+	rm -rf results/digits-default .snakemake
