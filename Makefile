@@ -13,14 +13,17 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+# The rules call `python -m ied`, so the venv goes first on PATH (as `source .venv/bin/activate` does).
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
 run: $(STAMP)  ## the whole chain on the embedded digits dataset
-	$(VENV)/bin/snakemake --cores 2
+	snakemake --cores 2
 
 test: $(STAMP)  ## every test, the slow end-to-end ones included
 	$(PYTHON) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/snakemake --lint
+	snakemake --lint
 
 clean:
 	rm -rf results/digits-default .snakemake

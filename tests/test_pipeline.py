@@ -1,6 +1,7 @@
 import math
 import re
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,14 @@ from ied.config import load
 from ied.pipeline import cells
 
 REPO = Path(__file__).resolve().parents[1]
+# Rules call `python -m ied` through PATH (conda envs on clusters): put this interpreter's bin/ first.
+VENV_ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 DEFAULT = REPO / "config" / "config.yaml"
 
 
 def snakemake(*args, cwd, check=True):
-    result = subprocess.run([*SNAKEMAKE, "-d", str(cwd), *map(str, args)], capture_output=True, text=True,
+    result = subprocess.run([*SNAKEMAKE, "-d", str(cwd), *map(str, args)], capture_output=True, text=True, env=VENV_ENV,
                             cwd=cwd, timeout=1800)
     if check and result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-samples", type=int, required=True)
     p.add_argument("--seed-set", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")
     p.add_argument("--out", required=True)
     p.add_argument("--grid")
     p.add_argument("--meta", type=_json, default={})
@@ -137,7 +138,7 @@ def _train_evaluator(a):
 def _generate(a):
     from ied.generate import generate
     generate(a.checkpoint, a.rationale, a.sampler, a.steps, a.out, options=a.options, n_samples=a.n_samples,
-             seed_set=a.seed_set, batch_size=a.batch_size, grid=a.grid, meta=a.meta, log_path=a.log)
+             seed_set=a.seed_set, batch_size=a.batch_size, shard_size=a.shard_size, grid=a.grid, meta=a.meta, log_path=a.log)
 
 
 def _evaluate(a):

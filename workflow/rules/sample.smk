@@ -12,6 +12,9 @@ rule generate:
         options=lambda w: dumps(sampler_entry(w).get("options", {})),
         n=config["sample"]["n_samples"],
         batch=config["sample"]["batch_size"],
+        shard=config["sample"]["shard_size"],
+    benchmark:
+        f"{EXP}/benchmarks/generate/{LOG_CELL}.tsv",
     log:
         jsonl=f"{LOGS}/generate/{LOG_CELL}.jsonl",
         stderr=f"{LOGS}/generate/{LOG_CELL}.log",
@@ -27,4 +30,4 @@ rule generate:
     shell:
         "python -m ied generate --checkpoint {input} --rationale {params.rationale:q} --sampler {params.sampler}"
         " --steps {params.steps} --options {params.options:q} --n-samples {params.n} --seed-set {wildcards.seed}"
-        " --batch-size {params.batch} --out {output.samples} --grid {output.grid} --log {log.jsonl} 2> {log.stderr}"
+        " --batch-size {params.batch} --shard-size {params.shard} --out {output.samples} --grid {output.grid} --log {log.jsonl} 2> {log.stderr}"
