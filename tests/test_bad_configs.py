@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,12 +38,10 @@ def test_corpus_size():
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
 def test_rejected_with_the_key_named(path):
     config, expect = materialize(path)
-    start = time.perf_counter()
     with pytest.raises(ConfigError) as info:
         validate(config)
     assert f"config key '{expect}" in str(info.value)
     assert "\n" not in str(info.value)
-    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ rule prepare_data:
                 else []
             )
         ),
+    benchmark:
+        f"{EXP}/benchmarks/prepare_data/{{split}}.tsv",
     log:
         f"{LOGS}/prepare_data/{{split}}.log",
     conda:
@@ -28,6 +30,8 @@ rule train_evaluator:
         test=f"{EXP}/data/test.npz",
     output:
         f"{EXP}/evaluator/digits-cnn.pt",
+    benchmark:
+        f"{EXP}/benchmarks/train_evaluator/digits-cnn.tsv",
     log:
         f"{LOGS}/train_evaluator/digits-cnn.log",
     conda:

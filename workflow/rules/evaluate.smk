@@ -20,6 +20,8 @@ rule evaluate:
         ),
         extractor=EXTRACTOR,
         cache=f"{EXP}/evaluator/fidelity-cache",
+    benchmark:
+        f"{EXP}/benchmarks/evaluate/{LOG_CELL}.tsv",
     log:
         f"{LOGS}/evaluate/{LOG_CELL}.log",
     threads: res("evaluate", "cpus", 1)
@@ -41,6 +43,8 @@ rule aggregate:
         METRIC_ROWS,
     output:
         f"{EXP}/metrics.parquet",
+    benchmark:
+        f"{EXP}/benchmarks/aggregate/aggregate.tsv",
     log:
         f"{LOGS}/aggregate/aggregate.log",
     conda:

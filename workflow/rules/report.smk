@@ -7,6 +7,8 @@ rule tables:
     params:
         config=lambda w: dumps(config),
         outdir=lambda w, output: parent(output[0]),
+    benchmark:
+        f"{EXP}/benchmarks/tables/tables.tsv",
     log:
         f"{LOGS}/tables/tables.log",
     conda:
@@ -29,6 +31,8 @@ rule figures:
         outdir=lambda w, output: parent(output[0]),
         grids=lambda w, input: os.path.commonpath(input.grids),
         paper=lambda w, input: f"--paper {input.paper}" if input.paper else "",
+    benchmark:
+        f"{EXP}/benchmarks/figures/figures.tsv",
     log:
         f"{LOGS}/figures/figures.log",
     conda:
@@ -44,6 +48,8 @@ rule report:
         figures=FIGURES,
     output:
         REPORT,
+    benchmark:
+        f"{EXP}/benchmarks/report/report.tsv",
     log:
         f"{LOGS}/report/report.log",
     conda:

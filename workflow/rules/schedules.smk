@@ -4,6 +4,8 @@ rule tabulate_schedule:
         f"{EXP}/schedules/{{rationale}}.parquet",
     params:
         rationales=lambda w: dumps(RATIONALES),
+    benchmark:
+        f"{EXP}/benchmarks/tabulate_schedule/{{rationale}}.tsv",
     log:
         f"{LOGS}/tabulate_schedule/{{rationale}}.log",
     conda:

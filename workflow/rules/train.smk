@@ -9,6 +9,8 @@ rule train_segment:
         config=lambda w: dumps(train_config(config, w.train)),
         start=lambda w: int(w.step) - EVERY,
         resume=lambda w, input: f"--resume {input.resume}" if input.resume else "",
+    benchmark:
+        f"{EXP}/benchmarks/train_segment/{{train}}-{{step}}.tsv",
     log:
         jsonl=f"{LOGS}/train_segment/{{train}}-{{step}}.jsonl",
         stderr=f"{LOGS}/train_segment/{{train}}-{{step}}.log",
