@@ -1,9 +1,8 @@
-import math
 
 import pytest
 import torch
 
-from ied.networks import EDMPrecond, UNet, build_denoiser, parameter_count
+from ied.networks import UNet, build_denoiser, parameter_count
 
 from conftest import TINY_NET
 

@@ -1,6 +1,5 @@
 import math
 import re
-import shutil
 import os
 import subprocess
 import sys

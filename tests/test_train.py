@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ied.data import load_imageset, to_model_range
-from ied.train import CheckpointError, config_hash, load_checkpoint, load_ema_denoiser, train
+from ied.train import CheckpointError, CorruptCheckpointError, config_hash, load_checkpoint, load_ema_denoiser, train
 
 from conftest import tiny_config
 
@@ -57,6 +57,24 @@ def test_checkpoint_guards(digits, tmp_path):
     with pytest.raises(CheckpointError, match="bad.pt: unreadable or truncated"):
         load_checkpoint(tmp_path / "bad.pt")
     assert config_hash(cfg) == config_hash({**cfg, "log_every": 1, "device": "cpu"})
+
+
+def test_silent_corruption_is_caught_by_the_checksum_and_the_cli_moves_the_file_aside(digits, tmp_path, capsys):
+    from ied.cli import main
+
+    run(tiny_config(), digits, tmp_path, 0, 3, "a")
+    state = torch.load(tmp_path / "a-3.pt", weights_only=True)
+    first = next(iter(state["ema"]))
+    state["ema"][first].view(-1)[0] += 1e-3  # a valid file whose weights changed: only the checksum sees it
+    torch.save(state, tmp_path / "flipped.pt")
+    with pytest.raises(CorruptCheckpointError, match="flipped.pt: checksum mismatch"):
+        load_checkpoint(tmp_path / "flipped.pt")
+
+    rc = main(["generate", "--checkpoint", str(tmp_path / "flipped.pt"), "--rationale", '{"family": "ve"}',
+               "--sampler", "euler", "--steps", "2", "--n-samples", "2", "--out", str(tmp_path / "s.npz")])
+    assert rc == 1 and not (tmp_path / "flipped.pt").exists() and (tmp_path / "flipped.pt.corrupt").exists()
+    assert "flipped.pt: checksum mismatch" in capsys.readouterr().err
+    assert not (tmp_path / "s.npz").exists()
 
 
 @pytest.mark.slow

@@ -105,7 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         from ied.bench import main as bench_main
         return bench_main(argv[1:])
     args = parser.parse_args(argv)
-    return COMMANDS[args.command](args) or 0
+    from ied.io import CorruptFileError, quarantine
+    try:
+        return COMMANDS[args.command](args) or 0
+    except CorruptFileError as err:
+        # A file this pipeline wrote is damaged: move it aside so the next run regenerates it.
+        moved = quarantine(err.path)
+        print(f"error: {err}. Moved it to {moved}; rerun the pipeline to regenerate it.", file=sys.stderr)
+        return 1
 
 
 def _prepare(a):

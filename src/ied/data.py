@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ied.io import atomic_path
+from ied.io import CorruptFileError, atomic_path
 
 DATASETS = ("digits", "cifar10", "imagenet32")
 REFERENCE_SPLIT = {"digits": "test", "cifar10": "test", "imagenet32": "val"}
@@ -19,6 +19,10 @@ NUM_CLASSES = {"digits": 10, "cifar10": 10, "imagenet32": 1000}
 
 class DataError(RuntimeError):
     """Missing, corrupt or malformed dataset files; the message names the path."""
+
+
+class CorruptDataError(CorruptFileError, DataError):
+    """A prepared .npz (dataset split, sample shard or samples file) that is truncated or fails its checksum."""
 
 
 @dataclass
@@ -59,9 +63,9 @@ def load_imageset(path: str | Path) -> ImageSet:
         with np.load(path, allow_pickle=False) as npz:
             images, labels, info = npz["images"], npz["labels"], json.loads(str(npz["meta"]))
     except Exception as err:  # zip, key or JSON damage all mean the same thing to the user
-        raise DataError(f"{path}: unreadable or truncated prepared dataset ({err})") from None
+        raise CorruptDataError(path, f"unreadable or truncated image file ({err})") from None
     if checksum(images, labels) != info.get("sha256"):
-        raise DataError(f"{path}: checksum mismatch; the file is corrupt, delete it and rerun prepare")
+        raise CorruptDataError(path, "checksum mismatch; the file is corrupt")
     return ImageSet(images, labels.astype(np.int64), int(info["num_classes"]))
 
 

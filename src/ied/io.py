@@ -26,6 +26,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.unlink(tmp)
 
 
+class CorruptFileError(Exception):
+    """Base for errors about a truncated or corrupt file the pipeline wrote itself (`path`).
+
+    The CLI moves such a file aside (`quarantine`), so that rerunning the pipeline regenerates it.
+    """
+
+    def __init__(self, path: str | os.PathLike, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = Path(path)
+
+
+def quarantine(path: str | os.PathLike) -> Path:
+    """Rename a corrupt file to `<name>.corrupt` (kept for inspection); returns the new path."""
+    path = Path(path)
+    target = path.with_name(path.name + ".corrupt")
+    os.replace(path, target)
+    return target
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:

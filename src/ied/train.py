@@ -15,7 +15,7 @@ import torch
 
 from ied.data import load_imageset, to_model_range
 from ied.expressions import compile_formula
-from ied.io import atomic_path
+from ied.io import CorruptFileError, atomic_path
 from ied.loss import EpsilonLoss
 from ied.networks import build_denoiser, parameter_count
 from ied.rationales import build
@@ -28,6 +28,32 @@ class CheckpointError(RuntimeError):
     """A missing, corrupt or incompatible checkpoint; the message names the file."""
 
 
+class CorruptCheckpointError(CorruptFileError, CheckpointError):
+    """A checkpoint that is truncated or fails its checksum."""
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 over every tensor's bytes and every other value of a (nested) checkpoint state."""
+    digest = hashlib.sha256()
+
+    def visit(key: str, x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                visit(f"{key}/{k}", x[k])
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                visit(f"{key}[{i}]", v)
+        else:
+            digest.update(f"{key}={x!r}".encode())
+
+    visit("", state)
+    return digest.hexdigest()
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """Hash of everything that determines the trained weights (not paths, not segment bounds)."""
     relevant = {k: config.get(k) for k in TRAINING_KEYS}
@@ -37,7 +63,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write a checkpoint atomically (temp file + rename)."""
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save({**state, "sha256": state_digest(state)}, tmp)
 
 
 def load_checkpoint(path: str | Path, expected_hash: str | None = None, allow_config_change: bool = False) -> dict:
@@ -48,8 +74,9 @@ def load_checkpoint(path: str | Path, expected_hash: str | None = None, allow_co
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path}: unreadable or truncated checkpoint ({type(err).__name__}); "
-                              "delete it and rerun the segment that writes it") from None
+        raise CorruptCheckpointError(path, f"unreadable or truncated checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.pop("sha256", None) != state_digest(state):
+        raise CorruptCheckpointError(path, "checksum mismatch; the checkpoint is corrupt")
     if expected_hash is not None and state.get("config_hash") != expected_hash and not allow_config_change:
         raise CheckpointError(f"{path}: written by a different training config (hash {state.get('config_hash')} "
                               f"!= {expected_hash}); pass allow_config_change to use it anyway")
