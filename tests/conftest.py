@@ -1,5 +1,10 @@
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -21,3 +26,45 @@ def tiny_config(**overrides):
               "network": dict(TINY_NET), "batch_size": 32, "lr": 2e-3, "ema": 0.99, "seed": 0, "log_every": 10}
     config.update(overrides)
     return config
+
+
+REPO = Path(__file__).resolve().parents[1]
+# Rules call `python -m ied` through PATH (conda envs on clusters): put this interpreter's bin/ first.
+VENV_ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+
+
+def small_pipeline_config(tmp_path: Path, experiment: str) -> Path:
+    """The embedded default cut to one rationale, two 30-step segments and 40 samples; returns its path."""
+    from ied.config import merge
+
+    config = merge(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), {
+        "experiment": experiment,
+        "train": {"rationales": ["l2"], "total_steps": 60, "checkpoint_every": 30, "batch_size": 32, "log_every": 5},
+        "sample": {"rationales": ["l2"], "checkpoints": [30, 60], "n_samples": 40, "batch_size": 10,
+                   "shard_size": 10},
+        "ablation": {"sigma_n": []}})
+    config["sample"]["samplers"] = {"em": {"sampler": "euler_maruyama", "steps": 40}}
+    path = tmp_path / f"{experiment}.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+def assert_same_results(expected: Path, actual: Path) -> None:
+    """Two results/<experiment> folders of small_pipeline_config hold bit-identical weights, samples and metrics."""
+    import numpy as np
+    import pandas as pd
+
+    for step in (30, 60):
+        a, b = (torch.load(d / "checkpoints" / "l2" / f"ckpt-{step}.pt", weights_only=True) for d in (expected, actual))
+        for key in ("net", "ema"):
+            assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), (step, key)
+    samples = sorted(expected.glob("samples/**/*.npz"))
+    assert samples
+    for path in samples:
+        with np.load(path) as x, np.load(actual / path.relative_to(expected)) as y:
+            assert np.array_equal(x["images"], y["images"]), path
+    cols = ["train_rationale", "sample_rationale", "checkpoint_step", "fid", "isc_mean", "isc_std", "kid_mean",
+            "kid_std"]
+    a, b = (pd.read_parquet(d / "metrics.parquet")[cols] for d in (expected, actual))
+    pd.testing.assert_frame_equal(a, b)
+    assert not list(actual.glob("samples/**/*.parts"))

@@ -1,0 +1,106 @@
+"""Issue 7: SIGKILLed jobs and corrupted files; rerunning the same command gives bit-identical results (CPU)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, VENV_ENV, assert_same_results, small_pipeline_config
+
+def command(workdir: Path, configfile: Path, *targets: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *targets, "--cores", "1",
+            "--configfile", str(configfile)]
+
+
+def run(workdir: Path, configfile: Path, *targets: str) -> None:
+    result = subprocess.run(command(workdir, configfile, *targets), cwd=workdir, env=VENV_ENV, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def job_pids(workdir: Path, subcommand: str) -> list[int]:
+    """Processes running `python -m ied <subcommand>` inside workdir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"ied" in argv and subcommand.encode() in argv and Path(os.readlink(entry / "cwd")) == workdir:
+                pids.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def run_and_kill(workdir: Path, configfile: Path, subcommand: str, ready) -> None:
+    """Run the pipeline, SIGKILL the first `subcommand` job once ready(workdir) holds, expect failure."""
+    proc = subprocess.Popen(command(workdir, configfile), cwd=workdir, env=VENV_ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed, deadline = False, time.time() + 600
+    while not killed and proc.poll() is None and time.time() < deadline:
+        pids = job_pids(workdir, subcommand)
+        if pids and ready(workdir):
+            os.kill(pids[0], signal.SIGKILL)
+            killed = True
+        time.sleep(0.02)
+    stderr = proc.communicate(timeout=600)[1]
+    assert killed, f"no {subcommand} job was caught running"
+    assert proc.returncode != 0, stderr[-2000:]
+
+
+def exp(workdir: Path) -> Path:
+    return workdir / "results" / "faults"
+
+
+def training_in_second_segment(workdir: Path) -> bool:
+    log = exp(workdir) / "logs" / "train_segment" / "l2-60.jsonl"
+    return log.exists() and '"loss"' in log.read_text()
+
+
+def a_shard_is_done(workdir: Path) -> bool:
+    return any(exp(workdir).glob("samples/**/*.parts/shard-*.npz"))
+
+
+def evaluation_started(workdir: Path, started={}) -> bool:
+    started.setdefault(workdir, time.time())
+    return time.time() - started[workdir] > 1.0
+
+
+@pytest.mark.slow
+def test_killed_jobs_resume_bit_identically(tmp_path):
+    configfile = small_pipeline_config(tmp_path, "faults")
+    reference, faulty = tmp_path / "reference", tmp_path / "faulty"
+    reference.mkdir()
+    faulty.mkdir()
+    run(reference, configfile)
+
+    run_and_kill(faulty, configfile, "train", training_in_second_segment)
+    assert not (exp(faulty) / "checkpoints" / "l2" / "ckpt-60.pt").exists()
+    run_and_kill(faulty, configfile, "generate", a_shard_is_done)
+    assert any(exp(faulty).glob("samples/**/*.parts/shard-*.npz"))  # finished shards survive the kill
+    run_and_kill(faulty, configfile, "evaluate", evaluation_started)
+
+    # Damage a checkpoint (bytes changed, still a valid zip: only the checksum sees it) and a finished samples
+    # file (truncated). The run that reads them stops naming each file and moves it aside; the next one
+    # regenerates both.
+    ckpt = exp(faulty) / "checkpoints" / "l2" / "ckpt-60.pt"
+    state = torch.load(ckpt, weights_only=True)
+    next(iter(state["ema"].values())).view(-1)[0] += 1.0
+    torch.save(state, ckpt)
+    samples = exp(faulty) / "samples" / "l2" / "30" / "l2" / "em" / "seed0.npz"
+    run(faulty, configfile, str(samples.relative_to(faulty)))  # make sure it is there to be damaged
+    samples.write_bytes(samples.read_bytes()[:1000])
+    result = subprocess.run(command(faulty, configfile) + ["--keep-going"], cwd=faulty, env=VENV_ENV,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    logs = "".join(p.read_text() for p in (exp(faulty) / "logs").glob("*/*.log"))
+    assert f"{ckpt.relative_to(faulty)}: checksum mismatch" in logs
+    assert f"{samples.relative_to(faulty)}: unreadable or truncated" in logs
+    assert ckpt.with_name("ckpt-60.pt.corrupt").exists() and samples.with_name("seed0.npz.corrupt").exists()
+
+    run(faulty, configfile)
+    assert_same_results(exp(reference), exp(faulty))
