@@ -29,7 +29,9 @@ rule figures:
     params:
         config=lambda w: dumps(config),
         outdir=lambda w, output: parent(output[0]),
-        grids=f"{EXP}/grids",  # not the inputs' common path: with one training rationale that is too deep
+        # grids/<train>/<step>/<sample>/<sampler>/seed<k>.png → grids/ (their common path is too deep with one
+        # training rationale)
+        grids=lambda w, input: Path(input.grids[0]).parents[4],
         paper=lambda w, input: f"--paper {input.paper}" if input.paper else "",
     benchmark:
         f"{EXP}/benchmarks/figures/figures.tsv",
