@@ -1,5 +1,4 @@
 """Issue 7: every malformed config fails before any job, with one message naming the key, and no output."""
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +9,8 @@ import yaml
 from ied.config import merge, validate
 from ied.pipeline import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
-# Rules call `python -m ied` through PATH (conda envs on clusters): put this interpreter's bin/ first.
-VENV_ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+from conftest import REPO, VENV_ENV
+
 CORPUS = sorted((REPO / "tests" / "configs" / "bad").glob("*.yaml"))
 
 

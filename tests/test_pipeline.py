@@ -1,9 +1,7 @@
 import math
 import re
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,9 +10,8 @@ import yaml
 from ied.config import load
 from ied.pipeline import cells
 
-REPO = Path(__file__).resolve().parents[1]
-# Rules call `python -m ied` through PATH (conda envs on clusters): put this interpreter's bin/ first.
-VENV_ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+from conftest import REPO, VENV_ENV
+
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 DEFAULT = REPO / "config" / "config.yaml"
 
