@@ -99,6 +99,11 @@ def test_end_to_end_reduced_default(tmp_path):
     assert (exp / "report.md").read_text().count("![") == 7
     logs = list((exp / "logs").rglob("*.log"))
     assert {p.parent.name for p in logs} >= {"prepare_data", "train_segment", "generate", "evaluate", "figures"}
+    # the HTML report holds every figure and the Markdown tables
+    snakemake("--report", tmp_path / "report.html", "--configfile", DEFAULT, REPO / "tests" / "configs" / "e2e.yaml",
+              cwd=tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    assert all(f in html for f in figures if f.endswith(".png")) and "fid_is.md" in html
     # a second invocation has nothing left to do
     assert "Nothing to be done" in snakemake("--cores", "2", "--configfile", DEFAULT,
                                              REPO / "tests" / "configs" / "e2e.yaml", cwd=tmp_path).stderr
