@@ -68,3 +68,18 @@ def assert_same_results(expected: Path, actual: Path) -> None:
     a, b = (pd.read_parquet(d / "metrics.parquet")[cols] for d in (expected, actual))
     pd.testing.assert_frame_equal(a, b)
     assert not list(actual.glob("samples/**/*.parts"))
+
+
+def job_pids(workdir: Path, subcommand: str) -> list[int]:
+    """Processes running `python -m ied <subcommand>` inside workdir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"ied" in argv and subcommand.encode() in argv and Path(os.readlink(entry / "cwd")) == workdir:
+                pids.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return pids

@@ -9,31 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, VENV_ENV, assert_same_results, small_pipeline_config
+from conftest import REPO, VENV_ENV, assert_same_results, job_pids, small_pipeline_config
+
 
 def command(workdir: Path, configfile: Path, *targets: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *targets, "--cores", "1",
-            "--configfile", str(configfile)]
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *targets,
+            "--cores", "1", "--configfile", str(configfile)]
 
 
 def run(workdir: Path, configfile: Path, *targets: str) -> None:
-    result = subprocess.run(command(workdir, configfile, *targets), cwd=workdir, env=VENV_ENV, capture_output=True, text=True)
+    result = subprocess.run(command(workdir, configfile, *targets), cwd=workdir, env=VENV_ENV, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-
-
-def job_pids(workdir: Path, subcommand: str) -> list[int]:
-    """Processes running `python -m ied <subcommand>` inside workdir."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"ied" in argv and subcommand.encode() in argv and Path(os.readlink(entry / "cwd")) == workdir:
-                pids.append(int(entry.name))
-        except (OSError, ValueError):
-            continue
-    return pids
 
 
 def run_and_kill(workdir: Path, configfile: Path, subcommand: str, ready) -> None:
@@ -65,9 +52,15 @@ def a_shard_is_done(workdir: Path) -> bool:
     return any(exp(workdir).glob("samples/**/*.parts/shard-*.npz"))
 
 
-def evaluation_started(workdir: Path, started={}) -> bool:
-    started.setdefault(workdir, time.time())
-    return time.time() - started[workdir] > 1.0
+def running_for(seconds: float):
+    """A ready() that holds once it has been asked for `seconds` (it is only asked while the job runs)."""
+    first_asked: list[float] = []
+
+    def ready(workdir: Path) -> bool:
+        first_asked or first_asked.append(time.time())
+        return time.time() - first_asked[0] > seconds
+
+    return ready
 
 
 @pytest.mark.slow
@@ -82,7 +75,7 @@ def test_killed_jobs_resume_bit_identically(tmp_path):
     assert not (exp(faulty) / "checkpoints" / "l2" / "ckpt-60.pt").exists()
     run_and_kill(faulty, configfile, "generate", a_shard_is_done)
     assert any(exp(faulty).glob("samples/**/*.parts/shard-*.npz"))  # finished shards survive the kill
-    run_and_kill(faulty, configfile, "evaluate", evaluation_started)
+    run_and_kill(faulty, configfile, "evaluate", running_for(1.0))
 
     # Damage a checkpoint (bytes changed, still a valid zip: only the checksum sees it) and a finished samples
     # file (truncated). The run that reads them stops naming each file and moves it aside; the next one

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VENV_ENV, assert_same_results, small_pipeline_config
-from test_faults import job_pids
+from conftest import REPO, VENV_ENV, assert_same_results, job_pids, small_pipeline_config
 
 pytestmark = pytest.mark.slow
 SLURM_DIR = Path(os.environ.get("IED_SLURM_DIR", "/tmp/ied-slurm"))
