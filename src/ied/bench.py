@@ -79,29 +79,56 @@ def bench_training(preset: str, batch: int, steps: int, device: torch.device, **
             "parameters": parameter_count(denoiser)}
 
 
-def bench_sampling(preset: str, batch: int, steps: int, device: torch.device, **model_kw) -> dict:
+def bench_sampling(preset: str, batch: int, steps: int, device: torch.device, repeats: int = 3,
+                   **model_kw) -> dict:
     denoiser, shape, classes = _model(preset, device, **model_kw)
     denoiser.eval().requires_grad_(False)
     latents = torch.randn(batch, *shape, device=device)
     labels = torch.randint(0, classes, (batch,), device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    in_denoiser = [0.0]
 
     def call(x, sigma, class_labels):
         with autocast:
             return denoiser(x, sigma, class_labels)
 
+    def timed_call(x, sigma, class_labels):
+        _sync(device)
+        start = time.perf_counter()
+        result = call(x, sigma, class_labels)
+        _sync(device)
+        in_denoiser[0] += time.perf_counter() - start
+        return result
+
     schedule = build("edm7", RATIONALES["edm7"])
     sigma = torch.full((batch,), 1.0, dtype=torch.float64, device=device)
     x64 = latents.to(torch.float64)
     with torch.no_grad():
-        forward = _timeit(lambda: call(x64, sigma, labels), device, 5)  # what one NFE costs, bare
-        out = {"batch_size": batch, "denoiser_forward_s": forward}
+        out = {"batch_size": batch, "denoiser_forward_s": _timeit(lambda: call(x64, sigma, labels), device, 5)}
         for name, sampler in SAMPLERS.items():
-            wall = _timeit(lambda: sampler(call, latents, schedule, steps, class_labels=labels,
-                                           generator=torch.Generator(device).manual_seed(0)), device, 1)
             calls = nfe(name, steps)
+
+            def run(denoise):
+                return sampler(denoise, latents, schedule, steps, class_labels=labels,
+                               generator=torch.Generator(device).manual_seed(0))
+
+            # overhead: the sampler against a bare loop of the same NFE, alternated so that a machine whose speed
+            # drifts (shared CPUs, GPU clocks) affects both alike, the fastest of each as timeit advises.
+            # overhead_in_run: wall time over the time spent inside the denoiser in that same run (synchronised
+            # around each call), which drift cannot separate.
+            walls, bares, in_run = [], [], []
+            for _ in range(repeats):
+                walls.append(_timeit(lambda: run(call), device, 1))
+                bares.append(_timeit(lambda: [call(x64, sigma, labels) for _ in range(calls)], device, 1))
+                in_denoiser[0] = 0.0
+                start = time.perf_counter()
+                run(timed_call)
+                _sync(device)
+                in_run.append((time.perf_counter() - start) / in_denoiser[0])
+            wall = min(walls)
             out[name] = {"steps": steps, "nfe": calls, "seconds": wall, "images_per_s": batch / wall,
-                         "nfe_per_s": batch * calls / wall, "overhead": wall / (calls * forward)}
+                         "nfe_per_s": batch * calls / wall, "overhead": wall / min(bares),
+                         "overhead_in_run": min(in_run)}
     return out
 
 
