@@ -16,5 +16,12 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        REPORT,
+        out(layout.REPORT),
     default_target: True
+
+
+# resources: is keyed by rule name; now that every rule is defined, an unknown key is refused.
+try:
+    check_resources(config, [r.name for r in workflow.rules])
+except ConfigError as err:
+    sys.exit(f"Config error: {err}")

@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,7 +9,10 @@ import yaml
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-TINY_NET = {"base_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.1}
+TINY_NET = {"base_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.1, "attention": True,
+            "sigma_data": 0.5}
+L2 = {"family": "l2", "sigma_min": 0.002, "sigma_max": 80.0, "v_max": 1.0}
+VE = {"family": "ve", "sigma_min": 0.002, "sigma_max": 80.0}
 
 
 @pytest.fixture(scope="session")
@@ -21,11 +25,19 @@ def digits(tmp_path_factory):
     return root
 
 
-def tiny_config(**overrides):
-    config = {"dataset": "digits", "rationale": {"family": "l2", "sigma_min": 0.002, "sigma_max": 80},
-              "network": dict(TINY_NET), "batch_size": 32, "lr": 2e-3, "ema": 0.99, "seed": 0, "log_every": 10}
-    config.update(overrides)
-    return config
+def tiny_spec(**overrides):
+    """A resolved training spec (ied.specs.training_spec) of a tiny digits model."""
+    spec = {"dataset": "digits", "rationale": dict(L2), "network": dict(TINY_NET), "batch_size": 32, "lr": 2e-3,
+            "ema": 0.99, "grad_clip": None, "seed": 0, "weighting": None}
+    spec.update(overrides)
+    return spec
+
+
+def sampling_spec(rationale=VE, sampler="euler_maruyama", steps=6, **options):
+    """A resolved sampling spec (ied.specs.sampling_spec)."""
+    from ied.samplers import resolve_options
+    return {"rationale": dict(rationale), "sampler": sampler, "steps": steps,
+            "options": resolve_options(sampler, options)}
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +45,30 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 
 
-def small_pipeline_config(tmp_path: Path, experiment: str) -> Path:
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+DEFAULT = REPO / "config" / "config.yaml"
+E2E = ["--configfile", str(DEFAULT), str(REPO / "tests" / "configs" / "e2e.yaml")]
+
+
+def snakemake(*args, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run snakemake on this repository's Snakefile in `cwd` (its working directory)."""
+    result = subprocess.run([*SNAKEMAKE, "-d", str(cwd), *map(str, args)], capture_output=True, text=True,
+                            env=env or VENV_ENV, cwd=cwd, timeout=3600)
+    if check and result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
+    return result
+
+
+@pytest.fixture(scope="session")
+def e2e_run(tmp_path_factory) -> Path:
+    """The reduced embedded default (tests/configs/e2e.yaml), run once for every test that needs a finished
+    pipeline; returns the working directory (results under results/e2e/)."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    snakemake("--cores", "2", *E2E, cwd=workdir)
+    return workdir
+
+
+def small_pipeline_config(tmp_path: Path, experiment: str = "small") -> Path:
     """The embedded default cut to one rationale, two 30-step segments and 40 samples; returns its path."""
     from ied.config import merge
 
@@ -47,6 +82,14 @@ def small_pipeline_config(tmp_path: Path, experiment: str) -> Path:
     path = tmp_path / f"{experiment}.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
     return path
+
+
+@pytest.fixture(scope="session")
+def small_reference(tmp_path_factory) -> Path:
+    """small_pipeline_config run once, uninterrupted and locally: what the fault and SLURM runs must equal."""
+    workdir = tmp_path_factory.mktemp("reference")
+    snakemake("--cores", "1", "--configfile", small_pipeline_config(workdir), cwd=workdir)
+    return workdir / "results" / "small"
 
 
 def assert_same_results(expected: Path, actual: Path) -> None:

@@ -71,11 +71,18 @@ def test_cifar10_upstream_format(tmp_path):
         prepare("cifar10", "test", tmp_path / "x.npz")
 
 
-def test_imagenet32_upstream_format(tmp_path):
+def write_fake_imagenet32(root, n_per_batch=3):
+    """Downsampled ImageNet 32×32 batches in the upstream npz format (data N×3072 uint8, 1-based labels)."""
+    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name in [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
-        np.savez(tmp_path / f"{name}.npz", data=rng.integers(0, 256, (3, 3072), dtype=np.uint8),
-                 labels=rng.integers(1, 1001, 3), mean=np.zeros(3072))
+        np.savez(root / f"{name}.npz", data=rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 labels=rng.integers(1, 1001, n_per_batch), mean=np.zeros(3072))
+    return root
+
+
+def test_imagenet32_upstream_format(tmp_path):
+    write_fake_imagenet32(tmp_path)
     val = prepare("imagenet32", "val", tmp_path / "val.npz", data_root=str(tmp_path))
     with np.load(tmp_path / "val_data.npz") as raw:
         assert np.array_equal(val.labels, raw["labels"] - 1)
@@ -84,6 +91,9 @@ def test_imagenet32_upstream_format(tmp_path):
     assert val.num_classes == 1000
     np.savez(tmp_path / "val_data.npz", data=np.zeros((2, 100), np.uint8), labels=np.ones(2))
     with pytest.raises(DataError, match="val_data.npz: expected data N×3072"):
+        prepare("imagenet32", "val", tmp_path / "val.npz", data_root=str(tmp_path))
+    np.savez(tmp_path / "val_data.npz", data=np.zeros((2, 3072), np.float32), labels=np.ones(2))
+    with pytest.raises(DataError, match="val_data.npz: data is float32, expected uint8"):
         prepare("imagenet32", "val", tmp_path / "val.npz", data_root=str(tmp_path))
 
 

@@ -40,7 +40,7 @@ def run_and_kill(workdir: Path, configfile: Path, subcommand: str, ready) -> Non
 
 
 def exp(workdir: Path) -> Path:
-    return workdir / "results" / "faults"
+    return workdir / "results" / "small"
 
 
 def training_in_second_segment(workdir: Path) -> bool:
@@ -64,12 +64,10 @@ def running_for(seconds: float):
 
 
 @pytest.mark.slow
-def test_killed_jobs_resume_bit_identically(tmp_path):
-    configfile = small_pipeline_config(tmp_path, "faults")
-    reference, faulty = tmp_path / "reference", tmp_path / "faulty"
-    reference.mkdir()
+def test_killed_jobs_resume_bit_identically(tmp_path, small_reference):
+    configfile = small_pipeline_config(tmp_path)
+    faulty = tmp_path / "faulty"
     faulty.mkdir()
-    run(reference, configfile)
 
     run_and_kill(faulty, configfile, "train", training_in_second_segment)
     assert not (exp(faulty) / "checkpoints" / "l2" / "ckpt-60.pt").exists()
@@ -96,4 +94,4 @@ def test_killed_jobs_resume_bit_identically(tmp_path):
     assert ckpt.with_name("ckpt-60.pt.corrupt").exists() and samples.with_name("seed0.npz.corrupt").exists()
 
     run(faulty, configfile)
-    assert_same_results(exp(reference), exp(faulty))
+    assert_same_results(small_reference, exp(faulty))

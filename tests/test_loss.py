@@ -1,19 +1,20 @@
+import numpy as np
 import torch
 
 from ied.loss import EpsilonLoss
-from ied.rationales import build
+from ied.specs import rationale
 
 
 def test_epsilon_loss_is_denoiser_loss_over_sigma_squared():
-    r = build("ve", {"family": "ve"})
+    r = rationale({"family": "ve"})
     y = torch.randn(64, 1, 8, 8)
     weights = torch.randn(1, 1, 8, 8)
     denoiser = lambda x, sigma, labels: torch.tanh(x * weights)
     gen = torch.Generator().manual_seed(0)
     loss, sigma = EpsilonLoss(r)(denoiser, y, None, gen)
-    # replay the same draws: ‖ε̂ − ε‖² = ‖D − y‖²/σ²
+    # replay the same draws: σ = σ(t), t ~ U[0, 1], then ε; ‖ε̂ − ε‖² = ‖D − y‖²/σ²
     gen = torch.Generator().manual_seed(0)
-    sigma2 = r.sample(64, gen)
+    sigma2 = torch.from_numpy(r.sigma(torch.rand(64, generator=gen, dtype=torch.float64).numpy()))
     eps = torch.randn(y.shape, generator=gen)
     s = sigma2.float().view(-1, 1, 1, 1)
     d_loss = (denoiser(y + s * eps, None, None) - y).square().flatten(1).mean(1)
@@ -22,9 +23,9 @@ def test_epsilon_loss_is_denoiser_loss_over_sigma_squared():
 
 
 def test_explicit_weighting_multiplies():
-    r = build("l2", {"family": "l2"})
+    r = rationale({"family": "l2"})
     y = torch.randn(16, 1, 4, 4)
     denoiser = lambda x, sigma, labels: 0.5 * x
     plain, sigma = EpsilonLoss(r)(denoiser, y, None, torch.Generator().manual_seed(1))
-    weighted, _ = EpsilonLoss(r, lambda s: s**2)(denoiser, y, None, torch.Generator().manual_seed(1))
+    weighted, _ = EpsilonLoss(r, lambda s: np.asarray(s) ** 2)(denoiser, y, None, torch.Generator().manual_seed(1))
     torch.testing.assert_close(weighted, plain * sigma.float() ** 2)

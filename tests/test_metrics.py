@@ -9,7 +9,7 @@ from ied.generate import generate
 from ied.metrics import DIGITS_EXTRACTOR, MetricsError, calculate, evaluate, extractor_kwargs, train_digits_cnn
 from ied.train import train
 
-from conftest import tiny_config
+from conftest import L2, sampling_spec, tiny_spec
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -38,30 +38,30 @@ def test_fid_zero_against_itself_and_grows_with_noise(digits, evaluator):
 
 @pytest.mark.slow
 def test_trained_model_beats_untrained(digits, evaluator, tmp_path):
-    cfg = tiny_config(batch_size=64, network={**tiny_config()["network"], "dropout": 0.0})
+    cfg = tiny_spec(batch_size=64, network={**tiny_spec()["network"], "dropout": 0.0})
     train(cfg, 0, 1, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=tmp_path / "c1.pt")
     train(cfg, 0, 400, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=tmp_path / "c400.pt")
-    l2 = {"family": "l2", "sigma_min": 0.002, "sigma_max": 80}
     rows = {}
     for name in ("c1", "c400"):
-        generate(tmp_path / f"{name}.pt", l2, "heun", 10, tmp_path / f"{name}.npz", n_samples=200, batch_size=200)
+        generate(tmp_path / f"{name}.pt", sampling_spec(L2, "heun", 10), tmp_path / f"{name}.npz", n_samples=200,
+                 batch_size=200)
         rows[name] = evaluate(tmp_path / f"{name}.npz", digits / "test.npz", DIGITS_EXTRACTOR, evaluator[0],
-                              tmp_path / f"{name}.parquet", meta={"train_rationale": "l2"})
+                              tmp_path / f"{name}.parquet", cell={"train_rationale": "l2"})
     print({k: round(v["fid"], 2) for k, v in rows.items()})
     assert rows["c400"]["fid"] < 0.5 * rows["c1"]["fid"]
     frame = pd.read_parquet(tmp_path / "c400.parquet")
     expected = {"train_rationale", "sampler", "steps", "sampler_options", "checkpoint_step", "seed_set", "n_samples",
                 "reference_split", "extractor", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "seconds",
-                "versions"}
+                "versions", "degenerate", "nfe"}
     assert expected <= set(frame.columns) and frame["checkpoint_step"].iloc[0] == 400
 
 
 def test_inception_weights_come_from_a_checked_local_file(tmp_path):
     with pytest.raises(MetricsError, match="missing.pth: feature extractor weights not found"):
-        extractor_kwargs("inception-v3-compat", tmp_path / "missing.pth")
+        extractor_kwargs("inception-v3-compat", tmp_path / "missing.pth", "6726825d")
     (tmp_path / "fake.pth").write_bytes(b"not inception")
-    with pytest.raises(MetricsError, match="fake.pth: sha256 .* is not torch-fidelity's Inception weights"):
-        extractor_kwargs("inception-v3-compat", tmp_path / "fake.pth")
+    with pytest.raises(MetricsError, match="fake.pth: sha256 .* does not start with the expected 6726825d"):
+        extractor_kwargs("inception-v3-compat", tmp_path / "fake.pth", "6726825d")
 
 
 def _shared_inception():
@@ -75,7 +75,7 @@ def test_configured_path_matches_torch_fidelity_default(tmp_path, monkeypatch):
     import torch
     import torch_fidelity.feature_extractor_inceptionv3 as fe
     weights = _shared_inception()
-    kwargs = extractor_kwargs("inception-v3-compat", weights)
+    kwargs = extractor_kwargs("inception-v3-compat", weights, "6726825d")
     ours = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], **{
         "feature_extractor_weights_path": kwargs["feature_extractor_weights_path"]})
     # torch-fidelity's default fetches the same file by URL; serve it from the shared copy instead
@@ -83,3 +83,23 @@ def test_configured_path_matches_torch_fidelity_default(tmp_path, monkeypatch):
     default = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(ours(x)[0], default(x)[0])
+
+
+def test_degenerate_sets_are_flagged():
+    from ied.metrics import degenerate
+    rng = np.random.default_rng(0)
+    usable = rng.integers(0, 256, (100, 1, 8, 8), dtype=np.uint8)
+    assert degenerate(usable) is None
+    black = np.zeros_like(usable)
+    assert "constant" in degenerate(black)
+    repeated = np.repeat(usable[:2], 50, axis=0)
+    assert "2 distinct images" in degenerate(repeated)
+
+
+def test_reference_cache_is_keyed_by_extractor_weights(digits, evaluator, tmp_path):
+    """A retrained extractor must not reuse the reference statistics of the old one."""
+    from ied.metrics import reference_cache_name
+    other = tmp_path / "other.pt"
+    other.write_bytes(evaluator[0].read_bytes() + b"\0")
+    ref = digits / "test.npz"
+    assert reference_cache_name(ref, DIGITS_EXTRACTOR, evaluator[0]) != reference_cache_name(ref, DIGITS_EXTRACTOR, other)

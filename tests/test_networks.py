@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ied.networks import UNet, build_denoiser, parameter_count
+from ied.specs import network
 
 from conftest import TINY_NET
 
@@ -43,7 +44,7 @@ def test_sigma_embedding_is_quarter_log_sigma_and_preconditioning():
 
 
 def test_paper_size_unet_at_32():
-    d = build_denoiser({}, 32, 3, 10)
+    d = build_denoiser(network({}), 32, 3, 10)  # the schema's defaults are the paper's U-Net
     count = parameter_count(d)
     print("paper-size U-Net at 32x32:", count, "parameters")
     assert 30e6 < count < 40e6
@@ -54,4 +55,4 @@ def test_paper_size_unet_at_32():
 
 def test_resolution_must_divide():
     with pytest.raises(ValueError, match="divisible"):
-        UNet(12, 1, channel_mult=(1, 2, 2, 2))
+        UNet(12, 1, 10, **{k: v for k, v in network({}).items() if k != "sigma_data"})  # 3 poolings: 12 ∤ 8

@@ -1,3 +1,4 @@
+"""The Snakemake pipeline: the DAG, what a config edit reruns, the end-to-end run and its report."""
 import math
 import re
 import subprocess
@@ -8,61 +9,99 @@ import pytest
 import yaml
 
 from ied.config import load
-from ied.pipeline import cells
+from ied.layout import cells
 
-from conftest import REPO, VENV_ENV
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-DEFAULT = REPO / "config" / "config.yaml"
+from conftest import DEFAULT, E2E, REPO, VENV_ENV, snakemake
 
 
-def snakemake(*args, cwd, check=True):
-    result = subprocess.run([*SNAKEMAKE, "-d", str(cwd), *map(str, args)], capture_output=True, text=True, env=VENV_ENV,
-                            cwd=cwd, timeout=1800)
-    if check and result.returncode != 0:
-        raise AssertionError(result.stdout[-3000:] + result.stderr[-3000:])
-    return result
-
-
-def job_counts(*configfiles, cwd):
-    out = snakemake("-n", "--quiet", "rules", "--configfile", *configfiles, cwd=cwd).stdout
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M)}
+def job_counts(*args, cwd):
+    out = snakemake("-n", "--quiet", "rules", *args, cwd=cwd).stdout
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m.group(1) != "total"}
 
 
 def test_default_config_cross_product():
     config = load([DEFAULT])
-    assert len(cells(config)) == 3 * 2 * 4 * 2 + 4  # train × checkpoints × sample × samplers + ablation
+    # train × checkpoints × sample × samplers, plus the ablation's σ_N of 1, 3, 10 (σ_N = 5 is gauss5's cell)
+    assert len(cells(config)) == 3 * 2 * 4 * 2 + 3
     assert config["sample"]["samplers"]["em"]["options"] == {}  # schema defaults are filled in
 
 
+def test_parsing_the_snakefile_imports_no_torch():
+    """The config checks, specs and paths the Snakefile imports are torch-free (a login node parses in seconds)."""
+    code = ("import sys; sys.path.insert(0, 'src'); import ied.config, ied.layout, ied.specs, ied.data; "
+            "from ied.config import load; load(['config/config.yaml']); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
 def test_a_new_rationale_is_a_config_entry(tmp_path):
-    before = job_counts(DEFAULT, cwd=tmp_path)
+    before = job_counts("--configfile", DEFAULT, cwd=tmp_path)
     extra = tmp_path / "bump.yaml"
     extra.write_text(yaml.safe_dump({
         "rationales": {"bump": {"family": "expression", "density": "exp(-(log(sigma) - m)**2)", "params": {"m": 0.0},
                                 "sigma_min": 0.002, "sigma_max": 80, "label": "bump"}},
         "sample": {"rationales": ["ve", "l2", "gauss5", "edm7", "bump"]}}))
-    after = job_counts(DEFAULT, extra, cwd=tmp_path)
+    after = job_counts("--configfile", DEFAULT, extra, cwd=tmp_path)
     per_sampling_rationale = 3 * 2 * 2  # train rationales × checkpoints × samplers
     assert after["generate"] == before["generate"] + per_sampling_rationale
     assert after["evaluate"] == before["evaluate"] + per_sampling_rationale
     assert after["tabulate_schedule"] == before["tabulate_schedule"] + 1
     extra.write_text(yaml.safe_dump({**yaml.safe_load(extra.read_text()),
                                      "train": {"rationales": ["ve", "l2", "gauss5", "bump"]}}))
-    trained = job_counts(DEFAULT, extra, cwd=tmp_path)
+    trained = job_counts("--configfile", DEFAULT, extra, cwd=tmp_path)
     assert trained["train_segment"] == before["train_segment"] + 3
     assert trained["generate"] == after["generate"] + 2 * 5 * 2
 
 
-@pytest.mark.parametrize("name, generate", [("paper-cifar10", 3 * 20 * 5 * 5 + 6), ("paper-imagenet32", 3 * 20 * 5 * 4)])
+# --- what a config edit reruns, dry-run against the one finished pipeline (e2e_run) ------------------------
+E2E_CONFIG = yaml.safe_load((REPO / "tests" / "configs" / "e2e.yaml").read_text())
+AGGREGATION = {"aggregate": 1, "tables": 1, "figures": 1, "report": 1, "all": 1}
+EDITS = {
+    "nothing": ({}, {}),
+    "relabel": ({"rationales": {"l2": {"label": "squared L2"}, "gauss5": {"label": "Gauss"}}},
+                {"tables": 1, "figures": 1, "report": 1, "all": 1}),
+    "log interval, device, precision": ({"train": {"log_every": 3, "device": "cpu", "precision": "fp32"}}, {}),
+    "batch and shard size": ({"sample": {"batch_size": 7, "shard_size": 5}, "evaluate": {"batch_size": 16}}, {}),
+    "paper results path": ({"paper_results": str(REPO / "config" / "paper_results.yaml")}, {}),
+    # 2 train × 2 checkpoints × 2 samplers × 2 seed sets with edm7 (defined, so already tabulated)
+    "add a sampling rationale": ({"sample": {"rationales": ["l2", "gauss5", "edm7"]}},
+                                 {"generate": 16, "evaluate": 16, **AGGREGATION}),
+    # its two segments, and 2 checkpoints × 2 sampling rationales × 2 samplers × 2 seed sets
+    "add a training rationale": ({"train": {"rationales": ["ve", "l2", "gauss5"]}},
+                                 {"train_segment": 2, "generate": 16, "evaluate": 16, **AGGREGATION}),
+    "sampler steps": ({"sample": {"samplers": {"heun": {"steps": 5}}}},
+                      {"generate": 16, "evaluate": 16, **AGGREGATION}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edit", EDITS, ids=lambda e: e.replace(" ", "-").replace(",", ""))
+def test_a_config_edit_reruns_only_what_it_changes(e2e_run, tmp_path, edit):
+    patch, expected = EDITS[edit]
+    extra = tmp_path / "edit.yaml"
+    extra.write_text(yaml.safe_dump(patch, allow_unicode=True))
+    assert job_counts(*E2E, extra, cwd=e2e_run) == expected
+
+
+@pytest.mark.slow
+def test_nested_config_overrides_are_typed(e2e_run):
+    """--config train="{log_every: 3, lr: 0.002}" reaches the config typed (Snakemake alone passes strings)."""
+    assert job_counts(*E2E, "--config", "train={log_every: 3, lr: 0.002}", cwd=e2e_run)["train_segment"] == 4
+
+
+@pytest.mark.parametrize("name, generate", [("paper-cifar10", 3 * 20 * 5 * 5 + 5), ("paper-imagenet32", 3 * 20 * 5 * 4)])
 def test_paper_dags_build_with_gpu_training(tmp_path, name, generate):
-    (tmp_path / "data").mkdir()
+    from test_data import write_fake_cifar, write_fake_imagenet32
+    data = tmp_path / "data"
+    write_fake_cifar(data) if name == "paper-cifar10" else write_fake_imagenet32(data)
     weights = tmp_path / "inception.pth"
-    weights.write_bytes(b"stand-in: the dry run only checks the file exists")
+    weights.write_bytes(b"stand-in: the dry run checks its sha256 against the configured one")
+    from ied.io import sha256_file
     override = tmp_path / "local.yaml"
-    override.write_text(yaml.safe_dump({"dataset": {"data_root": str(tmp_path / "data")},
-                                        "evaluate": {"feature_extractor_weights_path": str(weights)}}))
-    counts = job_counts(REPO / "config" / f"{name}.yaml", override, cwd=tmp_path)
+    override.write_text(yaml.safe_dump({"dataset": {"data_root": str(data), "verify_checksums": False},
+                                        "evaluate": {"feature_extractor_weights_path": str(weights),
+                                                     "feature_extractor_sha256": sha256_file(weights)}}))
+    counts = job_counts("--configfile", REPO / "config" / f"{name}.yaml", override, cwd=tmp_path)
     assert counts["train_segment"] == 3 * 20 and counts["generate"] == generate
     out = snakemake("-n", "--configfile", REPO / "config" / f"{name}.yaml", override, cwd=tmp_path).stdout
     blocks = out.split("rule ")
@@ -71,22 +110,24 @@ def test_paper_dags_build_with_gpu_training(tmp_path, name, generate):
     assert all("gpu=" not in b for b in blocks if b.startswith(("tabulate_schedule:", "tables:", "figures:")))
 
 
-def test_lint_is_clean(tmp_path):
+def test_lint_is_clean():
     result = snakemake("--lint", cwd=REPO)
     assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
 
 
-def test_profile_is_found_from_repo_root():
-    profile = yaml.safe_load((REPO / "slurm" / "config.v8+.yaml").read_text())
-    assert profile["executor"] == "slurm" and profile["retries"] >= 1
+def test_slurm_profile_dry_run_from_the_repository_root():
+    """What a cluster user types, from the repository root: the profile is found and every rule is planned."""
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--quiet", "rules"],
+                            cwd=REPO, env=VENV_ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^train_segment\s+9$", result.stdout, re.M), result.stdout[-2000:]
 
 
 @pytest.mark.slow
-def test_end_to_end_reduced_default(tmp_path):
-    snakemake("--cores", "2", "--configfile", DEFAULT, REPO / "tests" / "configs" / "e2e.yaml", cwd=tmp_path)
-    exp = tmp_path / "results" / "e2e"
+def test_end_to_end_reduced_default(e2e_run):
+    exp = e2e_run / "results" / "e2e"
     metrics = pd.read_parquet(exp / "metrics.parquet")
-    assert len(metrics) == 2 * 2 * 2 * 2 * 2 + 2
+    assert len(metrics) == 2 * 2 * 2 * 2 * 2 + 1  # + the ablation's σ_N = 1 (σ_N = 5 is the gauss5 cell)
     for column in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std"):
         assert metrics[column].map(math.isfinite).all(), column
     for name in ("fid_is", "fid_std"):
@@ -100,10 +141,8 @@ def test_end_to_end_reduced_default(tmp_path):
     logs = list((exp / "logs").rglob("*.log"))
     assert {p.parent.name for p in logs} >= {"prepare_data", "train_segment", "generate", "evaluate", "figures"}
     # the HTML report holds every figure and the Markdown tables
-    snakemake("--report", tmp_path / "report.html", "--configfile", DEFAULT, REPO / "tests" / "configs" / "e2e.yaml",
-              cwd=tmp_path)
-    html = (tmp_path / "report.html").read_text()
+    snakemake("--report", e2e_run / "report.html", *E2E, cwd=e2e_run)
+    html = (e2e_run / "report.html").read_text()
     assert all(f in html for f in figures if f.endswith(".png")) and "fid_is.md" in html
     # a second invocation has nothing left to do
-    assert "Nothing to be done" in snakemake("--cores", "2", "--configfile", DEFAULT,
-                                             REPO / "tests" / "configs" / "e2e.yaml", cwd=tmp_path).stderr
+    assert "Nothing to be done" in snakemake("--cores", "2", *E2E, cwd=e2e_run).stderr

@@ -1,10 +1,11 @@
 import math
+import re
 
 import pytest
 import torch
 
-from ied.rationales import build
-from ied.samplers import SAMPLERS, nfe, noise_levels, sampler_options
+from ied.samplers import SAMPLERS, OptionError, nfe, noise_levels, resolve_options
+from ied.specs import rationale
 
 F64 = torch.float64
 MU, S = 0.7, 0.5  # Gaussian data N(μ, s² I)
@@ -34,9 +35,9 @@ def gaussian_denoiser(x, sigma, labels=None):
     return (S**2 * x + sg**2 * MU) / (S**2 + sg**2)
 
 
-def moments_error(case, rationale, steps, n=50000):
+def moments_error(case, name, steps, n=50000):
     sampler = SAMPLERS[case.split("-")[0]]
-    r = build("r", RATIONALES[rationale] if isinstance(rationale, str) else rationale)
+    r = rationale(RATIONALES[name] if isinstance(name, str) else name)
     z = torch.randn(n, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
     # start from the exact marginal N(μ, s² + σ_max²) so the only error left is discretisation (and MC)
     latents = (MU + math.sqrt(S**2 + r.sigma_max**2) * z) / r.sigma_max
@@ -61,12 +62,12 @@ def test_em_instability_is_real():
 
 def test_heun_with_edm_rationale_is_edm_sampler():
     """σ_i of EDM eq. 5 (ρ = 7) and the EDM reference loop, written out as in NVlabs/edm."""
-    r = build("edm", {"family": "edm", "rho": 7, "sigma_min": 0.002, "sigma_max": 80})
+    r = rationale({"family": "edm", "rho": 7, "sigma_min": 0.002, "sigma_max": 80})
     steps, rho = 18, 7
     i = torch.arange(steps, dtype=F64)
     t_steps = (80 ** (1 / rho) + i / (steps - 1) * (0.002 ** (1 / rho) - 80 ** (1 / rho))) ** rho
     t_steps = torch.cat([t_steps, torch.zeros(1, dtype=F64)])
-    torch.testing.assert_close(noise_levels(r, steps), t_steps, rtol=1e-12, atol=0)
+    torch.testing.assert_close(torch.from_numpy(noise_levels(r, steps)), t_steps, rtol=1e-12, atol=0)
     latents = torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
     x_next = latents * t_steps[0]
     for t_cur, t_next in zip(t_steps[:-1], t_steps[1:]):
@@ -80,13 +81,11 @@ def test_heun_with_edm_rationale_is_edm_sampler():
 
 
 def test_s2n_special_cases():
-    r = build("ve", RATIONALES["ve"])
+    r = rationale(RATIONALES["ve"])
     latents = torch.randn(256, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
     euler = SAMPLERS["euler"](gaussian_denoiser, latents, r, 20)
     torch.testing.assert_close(SAMPLERS["s2n"](gaussian_denoiser, latents, r, 20, gamma=0, rho=0), euler)
     assert not torch.allclose(SAMPLERS["s2n"](gaussian_denoiser, latents, r, 20, gamma=0.5, rho=0), euler)
-    with pytest.raises(ValueError, match="gamma > -1"):
-        SAMPLERS["s2n"](gaussian_denoiser, latents, r, 20, gamma=-1)
 
 
 def point_set():
@@ -106,7 +105,7 @@ def ideal_denoiser(x, sigma, labels=None):
 
 @pytest.mark.parametrize("case", CASES)
 def test_finite_point_set_with_class_labels(case):
-    r = build("edm", RATIONALES["edm"])
+    r = rationale(RATIONALES["edm"])
     points, classes = point_set()
     labels = torch.arange(200) % 2
     latents = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -121,7 +120,7 @@ def test_finite_point_set_with_class_labels(case):
 
 @pytest.mark.parametrize("case", CASES)
 def test_reproducible_from_seeded_generator_and_float64(case):
-    r = build("l2", RATIONALES["l2"])
+    r = rationale(RATIONALES["l2"])
     latents = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
     run = lambda seed: SAMPLERS[case.split("-")[0]](ideal_denoiser, latents, r, 12,
                                                     generator=torch.Generator().manual_seed(seed), **CASES[case])
@@ -132,10 +131,10 @@ def test_reproducible_from_seeded_generator_and_float64(case):
 
 
 def test_noise_levels_nfe_and_options():
-    r = build("ve", RATIONALES["ve"])
+    r = rationale(RATIONALES["ve"])
     levels = noise_levels(r, 5)
-    assert levels[0].item() == pytest.approx(80) and levels[-2].item() == pytest.approx(0.002)
-    assert levels[-1].item() == 0 and len(levels) == 6
+    assert levels[0] == pytest.approx(80) and levels[-2] == pytest.approx(0.002)
+    assert levels[-1] == 0 and len(levels) == 6
     calls = []
 
     def counting(x, sigma, labels=None):
@@ -147,5 +146,23 @@ def test_noise_levels_nfe_and_options():
         calls.clear()
         fn(counting, latents, r, 10)
         assert len(calls) == nfe(name, 10), name
-    assert sampler_options("edm_stochastic") == {"S_churn": 0.0, "S_tmin": 0.0, "S_tmax": float("inf"), "S_noise": 1.0}
-    assert set(sampler_options("s2n")) == {"gamma", "delta", "rho"}
+
+
+def test_options_are_checked_against_the_signatures():
+    assert resolve_options("edm_stochastic", {}) == {"S_churn": 0.0, "S_tmin": 0.0, "S_tmax": math.inf,
+                                                     "S_noise": 1.0}
+    assert resolve_options("s2n", {"gamma": 1}) == {"gamma": 1.0, "delta": 1.0, "rho": 0.0}
+    assert resolve_options("euler_maruyama", {"discretization": "difference"}) == {"discretization": "difference"}
+    for sampler, options, option, fragment in [
+        ("edm_stochastic", {"S_churn": "abc"}, "S_churn", "must be a number"),
+        ("edm_stochastic", {"S_churn": -50}, "S_churn", "must be >= 0"),
+        ("edm_stochastic", {"S_noise": math.nan}, "S_noise", "finite"),
+        ("edm_stochastic", {"S_churn": True}, "S_churn", "must be a number"),
+        ("euler_maruyama", {"discretization": "foo"}, "discretization", "one of ['sde', 'difference']"),
+        ("s2n", {"gamma": -2}, "gamma", "must be > -1"),
+        ("s2n", {"delta": -1}, "delta", "must be >= 0"),
+        ("heun", {"S_churn": 1}, "S_churn", "not an option of heun"),
+    ]:
+        with pytest.raises(OptionError, match=re.escape(fragment)) as info:
+            resolve_options(sampler, options)
+        assert info.value.option == option

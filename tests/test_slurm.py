@@ -66,15 +66,11 @@ def job_states(workdir: Path) -> Counter:
     return states
 
 
-def test_pipeline_through_slurm_with_retry_and_scancel(cluster, tmp_path):
-    configfile = small_pipeline_config(tmp_path, "slurm")
-    local, cluster_dir = tmp_path / "local", tmp_path / "cluster"
-    local.mkdir()
+def test_pipeline_through_slurm_with_retry_and_scancel(cluster, tmp_path, small_reference):
+    configfile = small_pipeline_config(tmp_path)
+    cluster_dir = tmp_path / "cluster"
     cluster_dir.mkdir()
-    subprocess.run([*SNAKEMAKE, "-d", str(local), "--cores", "1", "--configfile", str(configfile)], cwd=local,
-                   env=VENV_ENV, check=True, capture_output=True)
-
-    exp = cluster_dir / "results" / "slurm"
+    exp = cluster_dir / "results" / "small"
     proc = subprocess.Popen([*SNAKEMAKE, "-d", str(cluster_dir), "--profile", str(REPO / "slurm"),
                              "--profile", str(REPO / "tests" / "slurm" / "ci"), "--configfile", str(configfile)],
                             cwd=cluster_dir, env=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -102,4 +98,4 @@ def test_pipeline_through_slurm_with_retry_and_scancel(cluster, tmp_path):
     assert states["COMPLETED"] == len(list(exp.glob("benchmarks/*/*.tsv"))), states  # every job ran under sbatch
     # the scancelled segment resumed from the previous checkpoint rather than from scratch
     assert (exp / "checkpoints" / "l2" / "ckpt-30.pt").stat().st_mtime_ns == first_checkpoint
-    assert_same_results(local / "results" / "slurm", exp)
+    assert_same_results(small_reference, exp)

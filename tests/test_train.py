@@ -3,17 +3,19 @@ import json
 import pytest
 import torch
 
+from ied.checkpoints import CheckpointError, CorruptCheckpointError, load as load_checkpoint, load_ema_denoiser
 from ied.data import load_imageset, to_model_range
-from ied.train import CheckpointError, CorruptCheckpointError, config_hash, load_checkpoint, load_ema_denoiser, train
+from ied.specs import identity_hash
+from ied.train import train
 
-from conftest import tiny_config
+from conftest import sampling_spec, tiny_spec
 
 
-def run(cfg, digits, tmp_path, start, end, name):
+def run(cfg, digits, tmp_path, start, end, name, log_every=10):
     out = tmp_path / f"{name}-{end}.pt"
     train(cfg, start, end, data_path=digits / "train.npz",
           checkpoint_in=(tmp_path / f"{name}-{start}.pt") if start else None,
-          checkpoint_out=out, log_path=tmp_path / f"{name}.jsonl")
+          checkpoint_out=out, log_path=tmp_path / f"{name}.jsonl", log_every=log_every)
     return torch.load(out, weights_only=True)
 
 
@@ -25,7 +27,7 @@ def assert_identical(a, b):
 
 
 def test_resume_is_exact_short(digits, tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_spec()
     whole = run(cfg, digits, tmp_path, 0, 24, "one")
     run(cfg, digits, tmp_path, 0, 10, "two")
     assert_identical(whole, run(cfg, digits, tmp_path, 10, 24, "two"))
@@ -34,16 +36,16 @@ def test_resume_is_exact_short(digits, tmp_path):
 @pytest.mark.slow
 def test_resume_is_exact_2k(digits, tmp_path):
     """0→2k in one segment and 0→1k→2k in two give bit-identical EMA weights (issue 3)."""
-    cfg = tiny_config(batch_size=8, log_every=500)
-    whole = run(cfg, digits, tmp_path, 0, 2000, "one")
-    run(cfg, digits, tmp_path, 0, 1000, "two")
-    assert_identical(whole, run(cfg, digits, tmp_path, 1000, 2000, "two"))
+    cfg = tiny_spec(batch_size=8)
+    whole = run(cfg, digits, tmp_path, 0, 2000, "one", log_every=500)
+    run(cfg, digits, tmp_path, 0, 1000, "two", log_every=500)
+    assert_identical(whole, run(cfg, digits, tmp_path, 1000, 2000, "two", log_every=333))
 
 
 def test_checkpoint_guards(digits, tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_spec()
     run(cfg, digits, tmp_path, 0, 5, "a")
-    other = tiny_config(lr=1e-3)
+    other = tiny_spec(lr=1e-3)
     with pytest.raises(CheckpointError, match="different training config"):
         train(other, 5, 6, data_path=digits / "train.npz", checkpoint_in=tmp_path / "a-5.pt",
               checkpoint_out=tmp_path / "b.pt")
@@ -52,17 +54,18 @@ def test_checkpoint_guards(digits, tmp_path):
     with pytest.raises(CheckpointError, match="holds step 5, expected 4"):
         train(cfg, 4, 6, data_path=digits / "train.npz", checkpoint_in=tmp_path / "a-5.pt",
               checkpoint_out=tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()
     raw = (tmp_path / "a-5.pt").read_bytes()
     (tmp_path / "bad.pt").write_bytes(raw[: len(raw) // 3])
     with pytest.raises(CheckpointError, match="bad.pt: unreadable or truncated"):
         load_checkpoint(tmp_path / "bad.pt")
-    assert config_hash(cfg) == config_hash({**cfg, "log_every": 1, "device": "cpu"})
+    assert torch.load(tmp_path / "a-5.pt", weights_only=True)["config_hash"] == identity_hash(cfg)
 
 
 def test_silent_corruption_is_caught_by_the_checksum_and_the_cli_moves_the_file_aside(digits, tmp_path, capsys):
     from ied.cli import main
 
-    run(tiny_config(), digits, tmp_path, 0, 3, "a")
+    run(tiny_spec(), digits, tmp_path, 0, 3, "a")
     state = torch.load(tmp_path / "a-3.pt", weights_only=True)
     first = next(iter(state["ema"]))
     state["ema"][first].view(-1)[0] += 1e-3  # a valid file whose weights changed: only the checksum sees it
@@ -70,8 +73,9 @@ def test_silent_corruption_is_caught_by_the_checksum_and_the_cli_moves_the_file_
     with pytest.raises(CorruptCheckpointError, match="flipped.pt: checksum mismatch"):
         load_checkpoint(tmp_path / "flipped.pt")
 
-    rc = main(["generate", "--checkpoint", str(tmp_path / "flipped.pt"), "--rationale", '{"family": "ve"}',
-               "--sampler", "euler", "--steps", "2", "--n-samples", "2", "--out", str(tmp_path / "s.npz")])
+    spec = json.dumps(sampling_spec(sampler="euler", steps=2))
+    rc = main(["generate", "--checkpoint", str(tmp_path / "flipped.pt"), "--spec", spec, "--n-samples", "2",
+               "--out", str(tmp_path / "s.npz")])
     assert rc == 1 and not (tmp_path / "flipped.pt").exists() and (tmp_path / "flipped.pt.corrupt").exists()
     assert "flipped.pt: checksum mismatch" in capsys.readouterr().err
     assert not (tmp_path / "s.npz").exists()
@@ -79,8 +83,8 @@ def test_silent_corruption_is_caught_by_the_checksum_and_the_cli_moves_the_file_
 
 @pytest.mark.slow
 def test_short_training_learns_to_denoise(digits, tmp_path):
-    cfg = tiny_config(batch_size=64, log_every=100, network={**tiny_config()["network"], "dropout": 0.0})
-    run(cfg, digits, tmp_path, 0, 600, "learn")
+    cfg = tiny_spec(batch_size=64, network={**tiny_spec()["network"], "dropout": 0.0})
+    run(cfg, digits, tmp_path, 0, 600, "learn", log_every=100)
     logs = [json.loads(line) for line in open(tmp_path / "learn.jsonl") if '"loss"' in line]
     assert logs[-1]["loss"] < 0.6 * logs[0]["loss"]
     assert {"images_per_s", "lr", "loss_by_sigma"} <= set(logs[-1])
@@ -99,3 +103,27 @@ def test_short_training_learns_to_denoise(digits, tmp_path):
             err_untrained = (untrained(noisy, s, labels) - y).square().mean().item()
         print(f"sigma={sigma}: MSE trained {err_trained:.4f}, untrained {err_untrained:.4f}")
         assert err_trained < 0.7 * err_untrained
+
+
+def test_non_finite_loss_stops_training_without_a_checkpoint(digits, tmp_path):
+    """A weighting that is NaN on part of the domain (the config check refuses it; this is the job's own guard)."""
+    from ied.train import TrainingError
+    cfg = tiny_spec(weighting="log(sigma - 1)")
+    with pytest.raises(TrainingError, match=r"non-finite loss or gradient at step 1;"):
+        train(cfg, 0, 5, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=tmp_path / "c.pt",
+              log_every=100)
+    assert not (tmp_path / "c.pt").exists()
+
+
+def test_ema_follows_its_definition(digits, tmp_path):
+    """After each step ema = d·ema + (1 − d)·net, starting from the initial weights (d = 0.9, three steps)."""
+    from ied.networks import build_denoiser
+    cfg = tiny_spec(ema=0.9, lr=1e-2)
+    torch.manual_seed(cfg["seed"])  # the initial weights, as train() draws them
+    expected = build_denoiser(cfg["network"], 8, 1, 10).state_dict()
+    for step in (1, 2, 3):
+        state = run(cfg, digits, tmp_path, step - 1, step, "e")
+        assert not torch.equal(state["net"]["net.conv_out.weight"], state["ema"]["net.conv_out.weight"])  # it trains
+        expected = {k: 0.9 * expected[k] + 0.1 * state["net"][k] for k in expected}
+        for name in expected:
+            torch.testing.assert_close(state["ema"][name], expected[name], rtol=1e-5, atol=1e-7)

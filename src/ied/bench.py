@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from ied.networks import build_denoiser, parameter_count
-from ied.rationales import ClosedForm, Tabulated, build
+from ied.rationales import ClosedForm, Tabulated
+from ied import specs
+from ied.specs import rationale
 from ied.samplers import SAMPLERS, nfe
 
 PRESETS = {  # network, resolution, channels, classes
@@ -48,7 +51,7 @@ def _timeit(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
 
 def _model(preset: str, device: torch.device, channels_last: bool, compile_: bool):
     network, res, ch, classes = PRESETS[preset]
-    denoiser = build_denoiser(network, res, ch, classes).to(device)
+    denoiser = build_denoiser(specs.network(network), res, ch, classes).to(device)
     if channels_last and device.type == "cuda":
         denoiser = denoiser.to(memory_format=torch.channels_last)
     if compile_:
@@ -61,7 +64,7 @@ def bench_training(preset: str, batch: int, steps: int, device: torch.device, **
 
     denoiser, shape, classes = _model(preset, device, **model_kw)
     optimizer = torch.optim.RAdam(denoiser.parameters(), lr=2e-4)
-    loss_fn = EpsilonLoss(build("l2", RATIONALES["l2"]))
+    loss_fn = EpsilonLoss(rationale(RATIONALES["l2"], "l2"))
     x = torch.randn(batch, *shape, device=device).clamp(-1, 1)
     labels = torch.randint(0, classes, (batch,), device=device)
     gen = torch.Generator().manual_seed(0)
@@ -100,7 +103,7 @@ def bench_sampling(preset: str, batch: int, steps: int, device: torch.device, re
         in_denoiser[0] += time.perf_counter() - start
         return result
 
-    schedule = build("edm7", RATIONALES["edm7"])
+    schedule = rationale(RATIONALES["edm7"], "edm7")
     sigma = torch.full((batch,), 1.0, dtype=torch.float64, device=device)
     x64 = latents.to(torch.float64)
     with torch.no_grad():
@@ -147,19 +150,18 @@ def bench_flops(preset: str, device: torch.device, peak_tflops: float | None, im
 
 
 def bench_schedules(intervals: int) -> dict:
-    t = torch.cat([torch.linspace(0, 1, 20001, dtype=torch.float64),
-                   torch.tensor([1e-9, 1 - 1e-9], dtype=torch.float64)])
+    t = np.concatenate([np.linspace(0, 1, 20001), [1e-9, 1 - 1e-9]])
     out = {}
     for name, spec in RATIONALES.items():
-        r = build(name, spec)
+        r = rationale(spec, name)
         start = time.perf_counter()
         table = Tabulated(name, r.sigma_min, r.sigma_max, density_fn=r.density, intervals=intervals)
         built = time.perf_counter() - start
         exact = r if isinstance(r, ClosedForm) else Tabulated(name, r.sigma_min, r.sigma_max,
                                                               density_fn=r.density, intervals=4 * intervals)
-        error = ((table.sigma(t) - exact.sigma(t)).abs() / exact.sigma(t)).max().item()
+        error = float(np.max(np.abs(table.sigma(t) - exact.sigma(t)) / exact.sigma(t)))
         start = time.perf_counter()
-        table.sigma(torch.rand(1000, dtype=torch.float64))
+        table.sigma(np.random.default_rng(0).random(1000))
         lookup = time.perf_counter() - start
         out[name] = {"build_s": built, "max_rel_error": error,
                      "against": "closed form" if isinstance(r, ClosedForm) else f"{4 * intervals} intervals",

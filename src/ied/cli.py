@@ -1,7 +1,13 @@
-"""`ied <command>`: the thin entry points the Snakemake rules call, with explicit input and output paths."""
+"""`ied <command>`: the thin entry points the Snakemake rules call, with explicit input and output paths.
+
+Specs arrive resolved (ied.specs) as JSON; run-time settings (devices, batch sizes, log intervals) arrive
+as their own flags. A known failure — a corrupt or mismatched file, bad data, no CUDA, a non-finite result,
+a full disk — ends the job with one line on stderr naming the file or key, and exit status 1.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -13,7 +19,11 @@ def _json(text: str):
         raise argparse.ArgumentTypeError(f"not valid JSON: {err}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ied", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -21,25 +31,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--data-root")
-    p.add_argument("--download", action="store_true")
-    p.add_argument("--no-verify", action="store_true", help="skip torchvision's md5 checks (CIFAR-10)")
-    p.add_argument("--max-images", type=int)
+    p.add_argument("--data-root", default="", help="folder with the upstream files ('' for digits)")
+    p.add_argument("--download", type=_flag, default=False)
+    p.add_argument("--verify", type=_flag, default=True, help="check torchvision's md5s (CIFAR-10)")
+    p.add_argument("--max-images", type=int, default=0, help="seeded subset (0: all)")
 
     p = sub.add_parser("tabulate", help="write a rationale's schedule table as Parquet")
-    p.add_argument("--rationales", type=_json, required=True, help="the config's rationales mapping (JSON)")
+    p.add_argument("--spec", type=_json, required=True, help="resolved rationale spec (JSON)")
     p.add_argument("--name", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=1001)
 
     p = sub.add_parser("train", help="train one segment, start → end")
-    p.add_argument("--config", type=_json, required=True, help="training config (JSON)")
+    p.add_argument("--spec", type=_json, required=True, help="resolved training spec (JSON)")
     p.add_argument("--data", required=True)
     p.add_argument("--start", type=int, required=True)
     p.add_argument("--end", type=int, required=True)
     p.add_argument("--resume", help="checkpoint written at --start (omit when --start is 0)")
     p.add_argument("--out", required=True)
     p.add_argument("--log")
+    p.add_argument("--log-every", type=int, default=100)
+    _runtime(p)
     p.add_argument("--allow-config-change", action="store_true")
 
     p = sub.add_parser("train-evaluator", help="train the digits CNN feature extractor")
@@ -50,17 +62,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("generate", help="sample images from a checkpoint")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--rationale", type=_json, required=True, help="sampling rationale spec (JSON)")
-    p.add_argument("--sampler", required=True)
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--options", type=_json, default={})
+    p.add_argument("--spec", type=_json, required=True, help="resolved sampling spec (JSON)")
     p.add_argument("--n-samples", type=int, required=True)
     p.add_argument("--seed-set", type=int, default=0)
+    p.add_argument("--expect-step", type=int, help="refuse a checkpoint of another step")
+    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")
+    _runtime(p)
     p.add_argument("--out", required=True)
     p.add_argument("--grid")
-    p.add_argument("--meta", type=_json, default={})
     p.add_argument("--log")
 
     p = sub.add_parser("evaluate", help="FID/IS/KID of a samples file → one Parquet row")
@@ -68,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference", required=True)
     p.add_argument("--extractor", required=True)
     p.add_argument("--weights", required=True)
+    p.add_argument("--sha256", default="", help="expected sha256 (prefix) of the weights ('' to skip)")
     p.add_argument("--out", required=True)
-    p.add_argument("--meta", type=_json, default={})
+    p.add_argument("--cell", type=_json, default={}, help="the cell's names, stored in the row (JSON)")
     p.add_argument("--cache-root")
+    p.add_argument("--batch-size", type=int, default=256)
 
     p = sub.add_parser("aggregate", help="concatenate metric rows")
     p.add_argument("--out", required=True)
@@ -78,16 +91,15 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("tables", help="Tables 1–4 from the metrics")
     p.add_argument("--metrics", required=True)
-    p.add_argument("--config", type=_json, required=True)
+    p.add_argument("--grid", type=_json, required=True, help="names, order and labels of the grid (JSON)")
     p.add_argument("--outdir", required=True)
 
     p = sub.add_parser("figures", help="Figures 1–9 from tables, metrics and grids")
     p.add_argument("--metrics", required=True)
-    p.add_argument("--config", type=_json, required=True)
+    p.add_argument("--grid", type=_json, required=True, help="names, labels, ablation, paper tables (JSON)")
     p.add_argument("--schedules", nargs="+", required=True)
+    p.add_argument("--root", required=True, help="the experiment folder (sample grids are found there)")
     p.add_argument("--outdir", required=True)
-    p.add_argument("--grids", required=True, help="folder of sample grids")
-    p.add_argument("--paper", help="the paper's published tables (YAML)")
 
     p = sub.add_parser("report", help="a Markdown summary of tables and figures")
     p.add_argument("--tables", nargs="+", required=True)
@@ -98,39 +110,71 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("configfiles", nargs="+")
 
     sub.add_parser("bench", help="print benchmark numbers as JSON (see ied.bench)", add_help=False)
+    return parser
 
+
+def _runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), bf16 or fp32")
+    p.add_argument("--compile", type=_flag, default=False, help="torch.compile the U-Net")
+
+
+def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["bench"]:
         from ied.bench import main as bench_main
         return bench_main(argv[1:])
-    args = parser.parse_args(argv)
-    from ied.io import CorruptFileError, quarantine
+    args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args) or 0
-    except CorruptFileError as err:
-        # A file this pipeline wrote is damaged: move it aside so the next run regenerates it.
-        moved = quarantine(err.path)
-        print(f"error: {err}. Moved it to {moved}; rerun the pipeline to regenerate it.", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 — known failures become one line; anything else keeps its traceback
+        message = _known(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 1
+
+
+def _known(err: Exception) -> str | None:
+    """The one-line message of an expected failure, or None for a bug (which keeps its traceback)."""
+    from ied.checkpoints import CheckpointError
+    from ied.config import ConfigError
+    from ied.data import DataError
+    from ied.device import DeviceError
+    from ied.generate import GenerationError
+    from ied.io import CorruptFileError, quarantine
+    from ied.metrics import MetricsError
+    from ied.rationales import RationaleError
+    from ied.samplers import OptionError
+    from ied.train import TrainingError
+
+    if isinstance(err, CorruptFileError):
+        # A file this pipeline wrote is damaged: move it aside so the next run regenerates it.
+        return f"{err}. Moved it to {quarantine(err.path)}; rerun the pipeline to regenerate it."
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on device writing {err.filename or 'an output'}; free space and rerun"
+    known = (CheckpointError, ConfigError, DataError, DeviceError, GenerationError, MetricsError, RationaleError,
+             OptionError, TrainingError)
+    return str(err) if isinstance(err, known) else None
 
 
 def _prepare(a):
     from ied.data import prepare
-    data = prepare(a.dataset, a.split, a.out, data_root=a.data_root, download=a.download, verify=not a.no_verify,
-                   max_images=a.max_images)
+    data = prepare(a.dataset, a.split, a.out, data_root=a.data_root or None, download=a.download, verify=a.verify,
+                   max_images=a.max_images or None)
     print(f"{a.out}: {len(data)} images {data.images.shape[1:]}", file=sys.stderr)
 
 
 def _tabulate(a):
-    from ied.rationales import build_all, tabulate
-    tabulate(build_all(a.rationales)[a.name], n=a.n).to_parquet(a.out)
+    from ied.rationales import build, tabulate
+    tabulate(build(a.name, a.spec), n=a.n).to_parquet(a.out)
 
 
 def _train(a):
     from ied.train import train
-    train(a.config, a.start, a.end, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out,
-          log_path=a.log, allow_config_change=a.allow_config_change)
+    train(a.spec, a.start, a.end, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out, log_path=a.log,
+          log_every=a.log_every, device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
 
 
 def _train_evaluator(a):
@@ -144,14 +188,16 @@ def _train_evaluator(a):
 
 def _generate(a):
     from ied.generate import generate
-    generate(a.checkpoint, a.rationale, a.sampler, a.steps, a.out, options=a.options, n_samples=a.n_samples,
-             seed_set=a.seed_set, batch_size=a.batch_size, shard_size=a.shard_size, grid=a.grid, meta=a.meta, log_path=a.log)
+    generate(a.checkpoint, a.spec, a.out, n_samples=a.n_samples, seed_set=a.seed_set, expect_step=a.expect_step,
+             expect_config_hash=a.expect_config_hash, batch_size=a.batch_size, shard_size=a.shard_size, grid=a.grid,
+             device=a.device, precision=a.precision, compile=a.compile, log_path=a.log)
 
 
 def _evaluate(a):
     from ied.metrics import evaluate
-    row = evaluate(a.samples, a.reference, a.extractor, a.weights, a.out, meta=a.meta, cache_root=a.cache_root)
-    print(json.dumps({k: row[k] for k in ("fid", "isc_mean", "kid_mean")}), file=sys.stderr)
+    row = evaluate(a.samples, a.reference, a.extractor, a.weights, a.out, cell=a.cell, sha256=a.sha256 or None,
+                   cache_root=a.cache_root, batch_size=a.batch_size)
+    print(json.dumps({k: row[k] for k in ("fid", "isc_mean", "kid_mean", "degenerate")}), file=sys.stderr)
 
 
 def _aggregate(a):
@@ -165,12 +211,12 @@ def _aggregate(a):
 
 def _tables(a):
     from ied.tables import write_tables
-    write_tables(a.metrics, a.config, a.outdir)
+    write_tables(a.metrics, a.grid, a.outdir)
 
 
 def _figures(a):
     from ied.figures import write_figures
-    write_figures(a.metrics, a.config, a.schedules, a.grids, a.outdir, a.paper)
+    write_figures(a.metrics, a.grid, a.schedules, a.root, a.outdir)
 
 
 def _report(a):

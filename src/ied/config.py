@@ -1,16 +1,100 @@
-"""Load pipeline configs: merge files, validate against the JSON schema (filling defaults), check semantics."""
+"""Pipeline configs: strict YAML, the JSON schema (the one home of defaults), and the checks it cannot express.
+
+Allowed values — families, weightings, datasets, extractors, samplers and their options, device names —
+come from the code's registries, filled into the schema here. Every check runs before any job and
+fails with one line naming the key. Torch-free: the Snakefile runs it while it parses.
+"""
 from __future__ import annotations
 
 import copy
+import functools
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 import yaml
 
-from ied.pipeline import ConfigError
-from ied.pipeline import check as check_semantics
+from ied import specs
+from ied.data import DATASETS, EXTRACTORS, DataError, check_upstream
+from ied.device import DEVICE_PATTERN, PRECISIONS
+from ied.expressions import FormulaError, compile_formula
+from ied.io import sha256_file
+from ied.rationales import FAMILIES, KG_WEIGHTINGS, RationaleError, build, check_numerics
+from ied.samplers import SAMPLERS, OptionError, resolve_options
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+MIN_SAMPLES = 20  # FID needs a covariance, KID two subsets
+
+
+class ConfigError(ValueError):
+    """An invalid pipeline config; the message names the key."""
+
+
+def fail(key: str, message: str):
+    raise ConfigError(f"config key {key!r}: {message}")
+
+
+# --- strict YAML ------------------------------------------------------------------------------------
+def _duplicates(node: yaml.Node, path: tuple[str, ...], source: Path) -> None:
+    """Refuse a mapping key given twice (YAML would silently keep the last), naming its dotted path."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                fail(".".join(path + (key,)), f"given twice in {source} (lines {seen[key]} and {line}); "
+                                             f"YAML would silently keep the last")
+            seen[key] = line
+            _duplicates(value, path + (key,), source)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicates(item, path + (str(i),), source)
+
+
+def read_yaml(path: str | Path) -> dict:
+    """One config file as a mapping; ConfigError names the file, or a key given twice with its lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    text = path.read_text()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML: {problem}") from None
+    if node is not None:
+        _duplicates(node, (), path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def parse_overrides(entries: Iterable[str]) -> dict:
+    """`--config key=value` entries as typed values: numbers, booleans, and nested YAML mappings."""
+    out: dict = {}
+    for entry in entries:
+        key, sep, text = entry.partition("=")
+        if not sep:
+            raise ConfigError(f"--config {entry!r}: expected key=value")
+        for parse in (int, float):
+            try:
+                value = parse(text)
+                break
+            except ValueError:
+                continue
+        else:
+            try:
+                node = yaml.compose(text, Loader=yaml.SafeLoader)
+                if node is not None:
+                    _duplicates(node, (key,), Path("--config"))
+                value = yaml.safe_load(text) if text else None
+            except yaml.YAMLError as err:
+                raise ConfigError(f"--config {key}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        out = merge(out, {key: value})
+    return out
 
 
 def merge(base: dict, override: Mapping) -> dict:
@@ -22,45 +106,215 @@ def merge(base: dict, override: Mapping) -> dict:
     return out
 
 
-def _validator():
-    import jsonschema
-
-    schema = yaml.safe_load(SCHEMA.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-
-    def set_defaults(validator, properties, instance, schema):
-        for name, sub in properties.items():
-            if isinstance(instance, dict) and "default" in sub:
-                instance.setdefault(name, copy.deepcopy(sub["default"]))
-        yield from cls.VALIDATORS["properties"](validator, properties, instance, schema)
-
-    return jsonschema.validators.extend(cls, {"properties": set_defaults})(schema)
-
-
-def validate(config: Mapping[str, Any]) -> dict:
-    """Schema-check with defaults filled in, then semantic checks; ConfigError names the first bad key."""
-    config = copy.deepcopy(dict(config))
-    errors = sorted(_validator().iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
-    if errors:
-        err = errors[0]
-        key = ".".join(map(str, err.absolute_path)) or "(top level)"
-        raise ConfigError(f"config key {key!r}: {err.message}")
-    check_semantics(config)
-    return config
-
-
-def load(paths: Iterable[str | Path], check: bool = True) -> dict:
+def load(paths: Iterable[str | Path], check: bool = True, **options) -> dict:
     """Merge YAML config files in order and (by default) validate the result."""
     config: dict = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        config = merge(config, read_yaml(path))
+    return validate(config, **options) if check else config
+
+
+# --- the schema, with the registries filled in ----------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def schema() -> dict:
+    """workflow/schemas/config.schema.yaml with the allowed values of the code's registries."""
+    doc = yaml.safe_load(SCHEMA.read_text())
+    rationale = doc["$defs"]["rationale"]["properties"]
+    rationale["family"]["enum"] = sorted(FAMILIES)
+    rationale["weighting"]["enum"] = sorted(KG_WEIGHTINGS)
+    doc["$defs"]["sampler"]["properties"]["sampler"]["enum"] = sorted(SAMPLERS)
+    props = doc["properties"]
+    props["dataset"]["properties"]["name"]["enum"] = sorted(DATASETS)
+    props["evaluate"]["properties"]["extractor"]["enum"] = ["auto", *EXTRACTORS]
+    for section in ("train", "sample"):
+        props[section]["properties"]["device"]["pattern"] = DEVICE_PATTERN
+        props[section]["properties"]["precision"]["enum"] = list(PRECISIONS)
+    return doc
+
+
+def _validator(root: dict):
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(root)
+
+    def set_defaults(validator, properties, instance, sub):
+        for name, prop in properties.items():
+            if isinstance(instance, dict) and "default" in prop:
+                instance.setdefault(name, copy.deepcopy(prop["default"]))
+        yield from cls.VALIDATORS["properties"](validator, properties, instance, sub)
+
+    return jsonschema.validators.extend(cls, {"properties": set_defaults})(root)
+
+
+def _schema_errors(instance: Any, root: dict, prefix: str = "") -> None:
+    errors = sorted(_validator(root).iter_errors(instance), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if errors:
+        err = errors[0]
+        key = ".".join([prefix] * bool(prefix) + list(map(str, err.absolute_path))) or "(top level)"
+        fail(key, err.message)
+
+
+def _definition(name: str) -> dict:
+    """A schema of one of the config schema's $defs."""
+    root = schema()
+    return {"$schema": root["$schema"], "$defs": root["$defs"], "$ref": f"#/$defs/{name}"}
+
+
+def fill_defaults(definition: str, entry: Mapping[str, Any]) -> dict:
+    """One entry of a schema definition (rationale, network, resource) with its defaults filled in."""
+    entry = copy.deepcopy(dict(entry))
+    _schema_errors(entry, _definition(definition), definition)
+    return entry
+
+
+def validate(config: Mapping[str, Any], *, rules: Iterable[str] | None = None, deep: bool = True) -> dict:
+    """Schema-check with defaults filled in, then every semantic and numerical check; ConfigError names the key.
+
+    `rules`: the workflow's rule names, the allowed keys of `resources`. `deep`: also open the data files and
+    hash the Inception weights (the Snakefile skips this in jobs re-entering it on a cluster node)."""
+    config = copy.deepcopy(dict(config))
+    _schema_errors(config, schema())
+    _check_rationales(config)
+    _check_lists(config)
+    _check_samplers(config)
+    _check_training(config)
+    _check_ablation(config)
+    _check_evaluation(config, deep)
+    if rules is not None:
+        check_resources(config, rules)
+    return config
+
+
+# --- semantic checks ----------------------------------------------------------------------------------
+def _check_rationales(config: dict) -> None:
+    for name in config["rationales"]:
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        config = merge(config, data)
-    return validate(config) if check else config
+            spec = specs.resolve_rationale(name, config["rationales"][name], config["rationales"])
+            check_numerics(build(name, spec))
+        except RationaleError as err:
+            fail(f"rationales.{err.rationale.split('.')[0]}.{err.key}", str(err))
+
+
+def _check_lists(config: dict) -> None:
+    for section in ("train", "sample"):
+        names = config[section]["rationales"]
+        if len(set(names)) != len(names):
+            fail(f"{section}.rationales", f"lists a rationale twice: {names}")
+        for name in names:
+            if name not in config["rationales"]:
+                fail(f"{section}.rationales", f"{name!r} is not defined under rationales")
+    train = config["train"]
+    if train["total_steps"] % train["checkpoint_every"]:
+        fail("train.total_steps", f"must be a multiple of checkpoint_every ({train['checkpoint_every']})")
+    wanted = config["sample"]["checkpoints"]
+    steps = range(train["checkpoint_every"], train["total_steps"] + 1, train["checkpoint_every"])
+    for step in [] if wanted == "all" else wanted:
+        if step not in steps:
+            fail("sample.checkpoints", f"step {step} is not a checkpoint (multiples of "
+                                       f"{train['checkpoint_every']} up to {train['total_steps']})")
+    if config["sample"]["n_samples"] < MIN_SAMPLES:
+        fail("sample.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
+
+
+def _check_samplers(config: dict) -> None:
+    for name, entry in config["sample"]["samplers"].items():
+        try:
+            resolve_options(entry["sampler"], entry.get("options", {}))
+        except OptionError as err:
+            fail(f"sample.samplers.{name}.options.{err.option}", f"{entry['sampler']}: {err}")
+
+
+def _check_training(config: dict) -> None:
+    weighting = config["train"]["weighting"]
+    if weighting is None:
+        return
+    try:
+        formula = compile_formula(weighting)
+    except FormulaError as err:
+        fail("train.weighting", str(err))
+    for name in config["train"]["rationales"]:
+        r = specs.all_rationales(config)[name]
+        sigma = np.exp(np.linspace(math.log(r["sigma_min"]), math.log(r["sigma_max"]), 4097))
+        values = formula(sigma)
+        if not np.isfinite(values).all():
+            bad = sigma[~np.isfinite(values)][0]
+            fail("train.weighting", f"{weighting!r} is not finite at σ = {bad:.4g}, inside the training domain "
+                                    f"[{r['sigma_min']:g}, {r['sigma_max']:g}] of {name!r}")
+        if (values < 0).any():
+            fail("train.weighting", f"{weighting!r} is negative at σ = {sigma[values < 0][0]:.4g} ({name!r})")
+        if not (values > 0).any():
+            fail("train.weighting", f"{weighting!r} is 0 everywhere on the domain of {name!r}")
+
+
+def _check_ablation(config: dict) -> None:
+    ablation = config["ablation"]
+    if not ablation["sigma_n"]:
+        return
+    for key, allowed in (("rationale", config["rationales"]), ("train_rationale", config["train"]["rationales"]),
+                         ("sampler", config["sample"]["samplers"])):
+        if ablation.get(key) not in allowed:
+            fail(f"ablation.{key}", f"{ablation.get(key)!r} is not one of {sorted(allowed)}")
+    if config["rationales"][ablation["rationale"]]["family"] != "gaussian":
+        fail("ablation.rationale", f"{ablation['rationale']!r} must be a gaussian rationale (σ_N is varied)")
+    step = ablation["checkpoint"]
+    train = config["train"]
+    if step != "last" and (step % train["checkpoint_every"] or step > train["total_steps"]):
+        fail("ablation.checkpoint", f"step {step} is not a checkpoint")
+    configured = specs.configured_rationales(config)
+    for name, spec in specs.ablation_rationales(config).items():
+        if name in configured and configured[name] != spec:
+            fail("ablation.sigma_n", f"the ablation's rationale name {name!r} is taken by a different rationale")
+        try:
+            check_numerics(build(name, spec))
+        except RationaleError as err:
+            fail("ablation.sigma_n", f"σ_N = {spec['sigma_n']:g} gives an unusable schedule: {err}")
+
+
+def _check_evaluation(config: dict, deep: bool) -> None:
+    dataset = config["dataset"]
+    info = DATASETS[dataset["name"]]
+    if not info.embedded:
+        root = dataset["data_root"]
+        if not root:
+            fail("dataset.data_root", f"dataset {dataset['name']!r} needs a local data_root")
+        if not dataset["download"] and not Path(root).is_dir():
+            fail("dataset.data_root", f"{root}: no such folder (set download: true on a machine with internet)")
+        if deep and not dataset["download"]:
+            try:
+                check_upstream(dataset["name"], root)
+            except DataError as err:
+                fail("dataset.data_root", str(err))
+    chosen = extractor(config)
+    if chosen == DATASETS["digits"].extractor and not info.embedded:
+        fail("evaluate.extractor", "the digits CNN only scores the digits dataset")
+    if chosen != DATASETS["digits"].extractor:
+        evaluate = config["evaluate"]
+        path = evaluate["feature_extractor_weights_path"]
+        if not path:
+            fail("evaluate.feature_extractor_weights_path", f"{chosen} needs a local weights file (never downloaded)")
+        if not Path(path).is_file():
+            fail("evaluate.feature_extractor_weights_path", f"{path}: no such file")
+        expected = evaluate["feature_extractor_sha256"]
+        if deep and not sha256_file(path).startswith(expected):
+            fail("evaluate.feature_extractor_weights_path",
+                 f"{path}: sha256 {sha256_file(path)[:12]}… does not start with evaluate.feature_extractor_sha256 "
+                 f"({expected}): not the expected weights file")
+
+
+def check_resources(config: Mapping[str, Any], rules: Iterable[str]) -> None:
+    """`resources:` is keyed by the workflow's rule names; an unknown key is refused."""
+    rules = set(rules)
+    for key in config["resources"]:
+        if key not in rules:
+            fail(f"resources.{key}", f"not a rule of this workflow (rules: {sorted(rules)})")
+
+
+def resource(config: Mapping[str, Any], rule: str) -> dict:
+    """`resources.<rule>` with the schema's defaults filled in."""
+    return fill_defaults("resource", config["resources"].get(rule) or {})
+
+
+def extractor(config: Mapping[str, Any]) -> str:
+    """The feature extractor: the dataset's default for `auto`."""
+    chosen = config["evaluate"]["extractor"]
+    return DATASETS[config["dataset"]["name"]].extractor if chosen == "auto" else chosen

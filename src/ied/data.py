@@ -1,20 +1,45 @@
-"""Datasets in one prepared on-disk format: uint8 images N×C×H×W, int64 labels, and a checksum."""
+"""Datasets in one prepared on-disk format: uint8 images N×C×H×W, int64 labels, and a checksum.
+
+Torch-free at import (tensor helpers use tensor methods): the Snakefile reads DATASETS while it parses.
+"""
 from __future__ import annotations
 
 import hashlib
 import json
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ied.io import CorruptFileError, atomic_path
 
-DATASETS = ("digits", "cifar10", "imagenet32")
-REFERENCE_SPLIT = {"digits": "test", "cifar10": "test", "imagenet32": "val"}
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "imagenet32": 1000}
+if TYPE_CHECKING:
+    import torch
+
+INCEPTION = "inception-v3-compat"  # torch-fidelity's FID Inception
+DIGITS_CNN = "ied-digits-cnn"  # the pipeline's own digits evaluator (ied.metrics)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What the pipeline needs to know of a dataset: splits, FID reference, classes, default extractor."""
+
+    splits: tuple[str, ...]
+    reference_split: str
+    num_classes: int
+    extractor: str
+    embedded: bool
+
+
+DATASETS = {
+    "digits": Dataset(("train", "test"), "test", 10, DIGITS_CNN, embedded=True),
+    "cifar10": Dataset(("train", "test"), "test", 10, INCEPTION, embedded=False),
+    "imagenet32": Dataset(("train", "val"), "val", 1000, INCEPTION, embedded=False),
+}
+EXTRACTORS = (INCEPTION, DIGITS_CNN)
 
 
 class DataError(RuntimeError):
@@ -56,6 +81,11 @@ def save_imageset(path: str | Path, data: ImageSet, **meta) -> None:
 
 def load_imageset(path: str | Path) -> ImageSet:
     """Read a prepared .npz, verifying its checksum."""
+    return load_imageset_meta(path)[0]
+
+
+def load_imageset_meta(path: str | Path) -> tuple[ImageSet, dict]:
+    """Read a prepared .npz, verifying its checksum; also return the metadata stored with it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared dataset not found")
@@ -66,7 +96,12 @@ def load_imageset(path: str | Path) -> ImageSet:
         raise CorruptDataError(path, f"unreadable or truncated image file ({err})") from None
     if checksum(images, labels) != info.get("sha256"):
         raise CorruptDataError(path, "checksum mismatch; the file is corrupt")
-    return ImageSet(images, labels.astype(np.int64), int(info["num_classes"]))
+    return ImageSet(images, labels.astype(np.int64), int(info["num_classes"])), info
+
+
+def generation_info(path: str | Path) -> dict:
+    """The generation metadata (checkpoint, spec, seed set) stored with a samples file by ied.generate."""
+    return json.loads(load_imageset_meta(path)[1].get("generation", "{}"))
 
 
 def load_digits(split: str, seed: int = 0, test_fraction: float = 0.2) -> ImageSet:
@@ -82,51 +117,98 @@ def load_digits(split: str, seed: int = 0, test_fraction: float = 0.2) -> ImageS
     return ImageSet(images[idx], bunch.target[idx].astype(np.int64), 10)
 
 
+CIFAR_FOLDER = "cifar-10-batches-py"
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+IMAGENET32_FILES = {"train": [f"train_data_batch_{i}.npz" for i in range(1, 11)], "val": ["val_data.npz"]}
+
+
+def _cifar_md5s() -> dict[str, str]:
+    from torchvision.datasets import CIFAR10
+    return dict(CIFAR10.train_list + CIFAR10.test_list)
+
+
+def _read_cifar_batch(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch as images N×3×32×32 uint8 and labels; md5 as torchvision when `verify`."""
+    if not path.is_file():
+        raise DataError(f"{path}: CIFAR-10 batch not found (set data_root, or download: true with internet)")
+    if verify:
+        from torchvision.datasets.utils import check_integrity
+        if not check_integrity(str(path), _cifar_md5s()[path.name]):
+            raise DataError(f"{path}: md5 differs from torchvision's; the file is corrupt or not CIFAR-10")
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+        data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"], dtype=np.int64)
+    except Exception as err:
+        raise DataError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{path}: expected uint8 data N×3072 and N labels, got {data.dtype} {data.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
 def load_cifar10(root: str | Path, split: str, download: bool = False, verify: bool = True) -> ImageSet:
     """CIFAR-10 from torchvision's python-pickle batches under `root`; md5s checked as torchvision does."""
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import check_integrity
-
     root = Path(root)
     if download:
+        from torchvision.datasets import CIFAR10
         CIFAR10(str(root), train=(split == "train"), download=True)  # verifies the archive's md5
-    files = CIFAR10.train_list if split == "train" else CIFAR10.test_list
-    images, labels = [], []
-    for name, md5 in files:
-        path = root / CIFAR10.base_folder / name
-        if not path.is_file():
-            raise DataError(f"{path}: CIFAR-10 batch not found (set data_root, or download: true with internet)")
-        if verify and not check_integrity(str(path), md5):
-            raise DataError(f"{path}: md5 differs from torchvision's; the file is corrupt or not CIFAR-10")
-        try:
-            with open(path, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(entry["labels"], dtype=np.int64))
-        except Exception as err:
-            raise DataError(f"{path}: not a CIFAR-10 python batch ({err})") from None
-    return ImageSet(np.concatenate(images), np.concatenate(labels), 10)
+    batches = [_read_cifar_batch(root / CIFAR_FOLDER / name, verify) for name in CIFAR_FILES[split]]
+    return ImageSet(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), 10)
+
+
+def _npy_header(archive: zipfile.ZipFile, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one array of an .npz, read from its header without loading the data."""
+    with archive.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def _check_imagenet32_batch(path: Path) -> None:
+    """Keys, shapes and dtypes of one ImageNet-32 batch, from the .npz headers (cheap on 1.2M images)."""
+    if not path.is_file():
+        raise DataError(f"{path}: ImageNet-32 batch not found (set data_root)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            (shape, dtype), (lshape, _) = _npy_header(archive, "data"), _npy_header(archive, "labels")
+    except Exception as err:
+        raise DataError(f"{path}: not an ImageNet-32 npz batch with keys data, labels ({err})") from None
+    if dtype != np.uint8:
+        raise DataError(f"{path}: data is {dtype}, expected uint8 (the pipeline does not cast images)")
+    if len(shape) != 2 or shape[1] != 3 * 32 * 32 or lshape != (shape[0],):
+        raise DataError(f"{path}: expected data N×3072 and N labels, got {shape} and {lshape}")
 
 
 def load_imagenet32(root: str | Path, split: str) -> ImageSet:
     """Downsampled ImageNet 32×32 (Chrabaszcz et al. 2017) npz batches; labels are 1-based upstream."""
     root = Path(root)
-    names = [f"train_data_batch_{i}.npz" for i in range(1, 11)] if split == "train" else ["val_data.npz"]
     images, labels = [], []
-    for name in names:
+    for name in IMAGENET32_FILES[split]:
         path = root / name
-        if not path.is_file():
-            raise DataError(f"{path}: ImageNet-32 batch not found (set data_root)")
-        try:
-            with np.load(path) as npz:
-                data, y = np.asarray(npz["data"], dtype=np.uint8), np.asarray(npz["labels"], dtype=np.int64)
-        except Exception as err:
-            raise DataError(f"{path}: not an ImageNet-32 npz batch with keys data, labels ({err})") from None
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(y) != len(data) or y.min() < 1 or y.max() > 1000:
-            raise DataError(f"{path}: expected data N×3072 and 1-based labels in 1..1000")
+        _check_imagenet32_batch(path)
+        with np.load(path) as npz:
+            data, y = npz["data"], np.asarray(npz["labels"], dtype=np.int64)
+        if len(y) and (y.min() < 1 or y.max() > 1000):
+            raise DataError(f"{path}: expected 1-based labels in 1..1000")
         images.append(data.reshape(-1, 3, 32, 32))
         labels.append(y - 1)
     return ImageSet(np.concatenate(images), np.concatenate(labels), 1000)
+
+
+def check_upstream(dataset: str, data_root: str | Path) -> None:
+    """Every upstream file of every split is there with the right shape and type (before any job runs)."""
+    root = Path(data_root)
+    if dataset == "cifar10":
+        for split in CIFAR_FILES:
+            for name in CIFAR_FILES[split]:
+                _read_cifar_batch(root / CIFAR_FOLDER / name, verify=False)  # md5s: in the prepare job
+    elif dataset == "imagenet32":
+        for split in IMAGENET32_FILES:
+            for name in IMAGENET32_FILES[split]:
+                _check_imagenet32_batch(root / name)
 
 
 def prepare(dataset: str, split: str, out: str | Path, *, data_root: str | None = None, download: bool = False,
@@ -140,7 +222,7 @@ def prepare(dataset: str, split: str, out: str | Path, *, data_root: str | None 
         data = load_cifar10(data_root, split, download, verify) if dataset == "cifar10" else \
             load_imagenet32(data_root, split)
     else:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {DATASETS}")
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
     if max_images is not None and max_images < len(data):
         keep = np.sort(np.random.default_rng(seed).permutation(len(data))[:max_images])
         data = ImageSet(data.images[keep], data.labels[keep], data.num_classes)
@@ -148,11 +230,11 @@ def prepare(dataset: str, split: str, out: str | Path, *, data_root: str | None 
     return data
 
 
-def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
+def to_model_range(images_uint8: "torch.Tensor") -> "torch.Tensor":
     """uint8 [0, 255] → float [−1, 1] (σ_data = 0.5 in EDM's preconditioning)."""
     return images_uint8.float() / 127.5 - 1.0
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
+def to_uint8(x: "torch.Tensor") -> "torch.Tensor":
     """float [−1, 1] → uint8 [0, 255], as NVlabs/edm saves images."""
-    return (x * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+    return (x * 127.5 + 128).clamp(0, 255).byte()

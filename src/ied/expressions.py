@@ -1,29 +1,30 @@
-"""Safe formulas in sigma from config files: parsed to a whitelisted AST, never `eval`ed."""
+"""Safe formulas in sigma from config files: parsed to a whitelisted AST, never `eval`ed (NumPy, float64)."""
 from __future__ import annotations
 
 import ast
 import math
 from typing import Callable, Mapping
 
-import torch
+import numpy as np
+from scipy import special
 
 MAX_LENGTH = 500
 MAX_NODES = 200
 MAX_EXPONENT = 64.0
 
-FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
-    "exp": torch.exp, "log": torch.log, "log1p": torch.log1p, "expm1": torch.expm1,
-    "sqrt": torch.sqrt, "abs": torch.abs,
-    "erf": torch.special.erf, "erfc": torch.special.erfc, "erfinv": torch.special.erfinv,
-    "sigmoid": torch.sigmoid, "tanh": torch.tanh, "sinh": torch.sinh, "cosh": torch.cosh,
-    "sech": lambda x: 1.0 / torch.cosh(x),
-    "sin": torch.sin, "cos": torch.cos,
-    "minimum": torch.minimum, "maximum": torch.maximum,
+FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
+    "exp": np.exp, "log": np.log, "log1p": np.log1p, "expm1": np.expm1,
+    "sqrt": np.sqrt, "abs": np.abs,
+    "erf": special.erf, "erfc": special.erfc, "erfinv": special.erfinv,
+    "sigmoid": special.expit, "tanh": np.tanh, "sinh": np.sinh, "cosh": np.cosh,
+    "sech": lambda x: 1.0 / np.cosh(x),
+    "sin": np.sin, "cos": np.cos,
+    "minimum": np.minimum, "maximum": np.maximum,
 }
 ARITY = {"minimum": 2, "maximum": 2}
 CONSTANTS = {"pi": math.pi, "e": math.e}
 BINARY = {
-    ast.Add: torch.add, ast.Sub: torch.sub, ast.Mult: torch.mul, ast.Div: torch.div, ast.Pow: torch.pow,
+    ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide, ast.Pow: np.power,
 }
 
 
@@ -31,11 +32,14 @@ class FormulaError(ValueError):
     """A formula string uses something outside the whitelist."""
 
 
-Node = Callable[[torch.Tensor], torch.Tensor]
+Node = Callable[[np.ndarray], np.ndarray]
 
 
 def compile_formula(text: str, params: Mapping[str, float] | None = None, variable: str = "sigma") -> Node:
-    """Compile `text` (arithmetic in `variable`, `params`, numbers and FUNCTIONS) to a tensor function."""
+    """Compile `text` (arithmetic in `variable`, `params`, numbers and FUNCTIONS) to a float64 array function.
+
+    Floating-point warnings are silenced: a NaN, inf or negative value is the caller's to check.
+    """
     if not isinstance(text, str):
         raise FormulaError(f"formula must be a string, got {type(text).__name__}")
     if len(text) > MAX_LENGTH:
@@ -53,7 +57,13 @@ def compile_formula(text: str, params: Mapping[str, float] | None = None, variab
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise FormulaError(f"formula {text!r} has more than {MAX_NODES} syntax nodes")
     names = {**CONSTANTS, **{k: float(v) for k, v in params.items()}}
-    return _build(tree.body, text, names, variable)
+    node = _build(tree.body, text, names, variable)
+
+    def formula(s: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return np.asarray(node(np.asarray(s, dtype=np.float64)), dtype=np.float64)
+
+    return formula
 
 
 def _constant_value(node: ast.AST) -> float | None:
@@ -78,13 +88,13 @@ def _build(node: ast.AST, text: str, names: dict[str, float], variable: str) -> 
             value = float(node.value)
         except OverflowError:
             raise fail("a number this large") from None
-        return lambda s: torch.full_like(s, value)
+        return lambda s: np.full(np.shape(s), value)
     if isinstance(node, ast.Name):
         if node.id == variable:
             return lambda s: s
         if node.id in names:
             value = names[node.id]
-            return lambda s: torch.full_like(s, value)
+            return lambda s: np.full(np.shape(s), value)
         raise FormulaError(f"formula {text!r}: unknown name {node.id!r} (declare it under params)")
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         operand = _build(node.operand, text, names, variable)

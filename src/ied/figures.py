@@ -12,11 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
 
+from ied import layout  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
-from ied.pipeline import ablation_rationales  # noqa: E402
-from ied.tables import best_checkpoints, per_checkpoint  # noqa: E402
+from ied.tables import best_checkpoints, per_checkpoint, with_labels  # noqa: E402
 
 
 def _save(fig, outdir: Path, name: str) -> None:
@@ -26,8 +25,8 @@ def _save(fig, outdir: Path, name: str) -> None:
     plt.close(fig)
 
 
-def _label(config: Mapping[str, Any], name: str) -> str:
-    return {**config["rationales"], **ablation_rationales(config)}.get(name, {}).get("label", name)
+def _label(grid: Mapping[str, Any], name: str) -> str:
+    return grid["labels"].get(name, name)
 
 
 def _empty(outdir: Path, name: str, message: str) -> None:
@@ -70,13 +69,12 @@ def fig_marginals(schedules: dict[str, pd.DataFrame], config, outdir: Path, x_ma
 
 def fig_over_training(metrics: pd.DataFrame, config, outdir: Path, metric: str, name: str) -> None:
     """Figs. 3/4/6/7: a metric against training step, a panel per training rationale, std bands."""
-    main = metrics[metrics["sample_rationale"].isin(config["sample"]["rationales"])
-                   & metrics["train_rationale"].isin(config["train"]["rationales"])]
-    summary = per_checkpoint(main)
-    samplers, trains = list(config["sample"]["samplers"]), config["train"]["rationales"]
+    main = metrics[metrics["sample_rationale"].isin(config["sample"]) & metrics["train_rationale"].isin(config["train"])]
+    summary = per_checkpoint(with_labels(main, config["labels"]))
+    samplers, trains = config["samplers"], config["train"]
     fig, axes = plt.subplots(len(samplers), len(trains), figsize=(4 * len(trains), 3.2 * len(samplers)),
                              sharey=True, squeeze=False)
-    palette = dict(zip(config["sample"]["rationales"], sns.color_palette("tab10")))
+    palette = dict(zip(config["sample"], sns.color_palette("tab10")))
     for r, sampler in enumerate(samplers):
         for c, train in enumerate(trains):
             ax = axes[r][c]
@@ -95,25 +93,27 @@ def fig_over_training(metrics: pd.DataFrame, config, outdir: Path, metric: str, 
 
 def fig_ablation(metrics: pd.DataFrame, config, outdir: Path) -> None:
     """Fig. 5: one model sampled with N(0, σ_N²) rationales for a list of σ_N."""
-    names = ablation_rationales(config)
-    rows = metrics[metrics["sample_rationale"].isin(names)]
+    ablation = config["ablation"]
+    names = ablation["sigma_n"]
+    rows = metrics[metrics["sample_rationale"].isin(names) & (metrics["train_rationale"] == ablation["train_rationale"])
+                   & (metrics["sampler_name"] == ablation["sampler"]) & (metrics["seed_set"] == 0)]
     if rows.empty:
         return _empty(outdir, "fig5_sigma_n_ablation", "no σ_N ablation configured (config key 'ablation')")
-    rows = rows.assign(sigma_n=rows["sample_rationale"].map(lambda n: names[n]["sigma_n"])).sort_values("sigma_n")
+    rows = rows[rows["checkpoint_step"] == ablation["checkpoint"]]
+    rows = rows.assign(sigma_n=rows["sample_rationale"].map(names)).sort_values("sigma_n")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     sns.lineplot(data=rows, x="sigma_n", y="fid", marker="o", ax=ax, errorbar="sd")
-    ablation = config["ablation"]
     ax.set(xlabel="σ_N of the N(0, σ_N²) sampling rationale", ylabel="FID ↓",
            title=f"trained: {_label(config, ablation['train_rationale'])}, sampler {ablation['sampler']}")
     _save(fig, outdir, "fig5_sigma_n_ablation")
 
 
-def fig_grids(metrics: pd.DataFrame, config, grids: Path, outdir: Path) -> None:
+def fig_grids(metrics: pd.DataFrame, config, root: Path, outdir: Path) -> None:
     """Figs. 8/9: 10×10 sample grids at each cell's best checkpoint (first sampler, seed set 0)."""
     best = best_checkpoints(metrics, config)
-    sampler = list(config["sample"]["samplers"])[0]
+    sampler = config["samplers"][0]
     best = best[best["sampler_name"] == sampler]
-    trains, samples = config["train"]["rationales"], config["sample"]["rationales"]
+    trains, samples = config["train"], config["sample"]
     fig, axes = plt.subplots(len(trains), len(samples), figsize=(2.6 * len(samples), 2.6 * len(trains)),
                              squeeze=False)
     for r, train in enumerate(trains):
@@ -124,24 +124,24 @@ def fig_grids(metrics: pd.DataFrame, config, grids: Path, outdir: Path) -> None:
             if row.empty:
                 continue
             step = int(row["checkpoint_step"].iloc[0])
-            image = plt.imread(grids / train / str(step) / sample / sampler / "seed0.png")
+            image = plt.imread(root / layout.cell_path(layout.GRID, layout.Cell(train, step, sample, sampler, 0)))
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             ax.set_title(f"{_label(config, train)} → {_label(config, sample)}\nstep {step}", fontsize=8)
     fig.suptitle(f"Samples (rows: training rationale, columns: sampling rationale; sampler {sampler})")
     _save(fig, outdir, "fig8_sample_grids")
 
 
-def fig_paper_comparison(metrics: pd.DataFrame, config, paper_path: str | None, outdir: Path) -> None:
+def fig_paper_comparison(metrics: pd.DataFrame, config, outdir: Path) -> None:
     """Our FID grid next to the paper's, each row divided by its minimum so the patterns compare."""
-    if not paper_path or not Path(paper_path).is_file():
+    paper = config["paper"]
+    if not paper:
         return _empty(outdir, "paper_comparison", "no paper results file configured (config key 'paper_results')")
-    paper = yaml.safe_load(Path(paper_path).read_text())
-    dataset = config["dataset"]["name"]
+    dataset = config["dataset"]
     key = dataset if dataset in paper else "cifar10"
     table_name, table = next(iter(paper[key]["fid"].items()))
     ref = pd.DataFrame({train: {s: v[0] for s, v in row.items()} for train, row in table["rows"].items()}).T
     best = best_checkpoints(metrics, config)
-    best = best[best["sampler_name"] == list(config["sample"]["samplers"])[0]]
+    best = best[best["sampler_name"] == config["samplers"][0]]
     ours = best.pivot(index="train_label", columns="sample_label", values="fid_mean")
     rows = [r for r in ref.index if r in ours.index]
     cols = [c for c in ref.columns if c in ours.columns]
@@ -158,17 +158,17 @@ def fig_paper_comparison(metrics: pd.DataFrame, config, paper_path: str | None, 
 
 
 def write_figures(metrics_path: str | Path, config: Mapping[str, Any], schedule_paths: Sequence[str],
-                  grids: str | Path, outdir: str | Path, paper: str | None = None) -> None:
-    """Write every figure as PNG and PDF into `outdir`."""
+                  root: str | Path, outdir: str | Path) -> None:
+    """Write every figure as PNG and PDF into `outdir`; `config` is the figures' slice (rules/report.smk)."""
     sns.set_theme(style="whitegrid", context="paper")
     outdir = Path(outdir)
     metrics = pd.read_parquet(metrics_path)
     schedules = {Path(p).stem: pd.read_parquet(p) for p in schedule_paths}
-    main = {n: t for n, t in schedules.items() if n in config["rationales"]}
+    main = {n: t for n, t in schedules.items() if n in config["schedules"]}
     fig_rationales(main, config, outdir)
     fig_marginals(main, config, outdir)
     fig_over_training(metrics, config, outdir, "fid", "fig3_fid_over_training")
     fig_over_training(metrics, config, outdir, "isc", "fig4_is_over_training")
     fig_ablation(metrics, config, outdir)
-    fig_grids(metrics, config, Path(grids), outdir)
-    fig_paper_comparison(metrics, config, paper, outdir)
+    fig_grids(metrics, config, Path(root), outdir)
+    fig_paper_comparison(metrics, config, outdir)

@@ -1,4 +1,4 @@
-"""Generate images from a checkpoint's EMA denoiser: per-image seeds, resumable shards, sample grids."""
+"""Generate images from a checkpoint's EMA denoiser: per-image noise, resumable shards, sample grids."""
 from __future__ import annotations
 
 import json
@@ -10,27 +10,16 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ied.data import DataError, ImageSet, load_imageset, save_imageset, to_uint8
+from ied import device as devices
+from ied.checkpoints import load_ema_denoiser
+from ied.data import DataError, ImageSet, load_imageset, load_imageset_meta, save_imageset, to_uint8
 from ied.io import atomic_path
+from ied.noise import PerImageNoise
 from ied.rationales import build
-from ied.samplers import SAMPLERS, nfe
-from ied.train import load_ema_denoiser
+from ied.samplers import SAMPLERS, nfe, resolve_options
+from ied.specs import identity_hash
 
-SEED_SET_STRIDE = 10_000_000  # image i of seed set k uses seed k·stride + i
-
-
-class StackedRandomGenerator:
-    """One torch.Generator per image (as NVlabs/edm): image i is the same whatever the batch size."""
-
-    def __init__(self, device: torch.device | str, seeds: list[int]):
-        self.generators = [torch.Generator(device).manual_seed(int(s)) for s in seeds]
-
-    def randn(self, size: tuple[int, ...], dtype=torch.float32, device=None) -> torch.Tensor:
-        return torch.stack([torch.randn(size[1:], generator=g, dtype=dtype, device=g.device)
-                            for g in self.generators]).to(device or self.generators[0].device)
-
-    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
-        return self.randn(tuple(x.shape), dtype=x.dtype, device=x.device)
+SEED_SET_STRIDE = 10_000_000  # image i of seed set k has the noise key k·stride + i (ied.noise)
 
 
 def balanced_labels(n: int, num_classes: int, seed_set: int) -> np.ndarray:
@@ -56,75 +45,87 @@ def save_grid(path: str | Path, images: np.ndarray, rows: int = 10, pad: int = 1
         img.save(tmp, format="PNG")
 
 
-def generate(checkpoint: str | Path, rationale: Mapping[str, Any], sampler: str, steps: int, out: str | Path, *,
-             options: Mapping[str, Any] | None = None, n_samples: int, seed_set: int = 0, batch_size: int = 256,
-             shard_size: int = 1000, grid: str | Path | None = None, meta: Mapping[str, Any] | None = None,
-             device: str = "auto", log_path: str | Path | None = None) -> ImageSet:
-    """Sample `n_samples` images into `out` (.npz); finished shards in `out`.parts/ survive a kill."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev)
+class GenerationError(RuntimeError):
+    """Samples that must not be written (non-finite values); the message names the output."""
+
+
+def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *, n_samples: int, seed_set: int = 0,
+             expect_step: int | None = None, expect_config_hash: str | None = None, batch_size: int = 256,
+             shard_size: int = 1000, grid: str | Path | None = None, device: str = "auto", precision: str = "auto",
+             compile: bool = False, log_path: str | Path | None = None) -> ImageSet:
+    """Sample `n_samples` images of seed set `seed_set` with the resolved sampling spec (ied.specs.sampling_spec)
+    into `out` (.npz). Finished shards in `out`.parts/ survive a kill and are reused only if they were made
+    from the same checkpoint content, spec and seed set; batch and shard sizes do not change any image."""
+    options = resolve_options(spec["sampler"], spec["options"])
+    dev = devices.choose(device)
+    denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
+    net = devices.prepare_module(denoiser, dev, compile=compile)
     shape = (ckpt["channels"], ckpt["resolution"], ckpt["resolution"])
-    num_classes, ckpt_step, train_config = ckpt["num_classes"], ckpt["step"], ckpt["config"]
-    schedule = build("sample", dict(rationale))
-    options = dict(options or {})
-    labels_all = balanced_labels(n_samples, num_classes, seed_set)
+    schedule = build("sampling rationale", spec["rationale"])
+    labels_all = balanced_labels(n_samples, ckpt["num_classes"], seed_set)
+    identity = {"checkpoint_sha256": ckpt["sha256"], "spec": {**dict(spec), "options": options},
+                "seed_set": seed_set, "n_samples": n_samples}
     parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast(
-        "cpu", enabled=False)
+    autocast = devices.autocast(dev, precision)
 
     def call(x, sigma, labels):
         with autocast:
-            return denoiser(x, sigma, labels)
+            return net(x, sigma, labels)
+
+    def sample(idx: list[int]) -> np.ndarray:
+        rnd = PerImageNoise([seed_set * SEED_SET_STRIDE + i for i in idx], dev)
+        latents = rnd.randn((len(idx), *shape))
+        labels = torch.as_tensor(labels_all[idx], device=dev)
+        with torch.no_grad():
+            x = SAMPLERS[spec["sampler"]](call, latents, schedule, spec["steps"], class_labels=labels, generator=rnd,
+                                          **options)
+        if not torch.isfinite(x).all():
+            raise GenerationError(f"{out}: the sampler produced non-finite values (images {idx[0]}–{idx[-1]}); "
+                                  f"nothing was written. The schedule or the checkpoint is unusable")
+        return to_uint8(x.float()).cpu().numpy()
 
     shards, done_images, tick = [], 0, time.perf_counter()
     for shard, start in enumerate(range(0, n_samples, shard_size)):
         stop = min(start + shard_size, n_samples)
-        path = parts / f"shard-{shard:05d}-{start}-{stop}.npz"
+        path = parts / f"shard-{start}-{stop}.npz"
         shards.append(path)
-        if path.exists():
-            try:
-                load_imageset(path)
-                continue  # finished before a kill: keep it
-            except DataError:
-                path.unlink()  # truncated or corrupt: regenerate
-        images = []
-        for b0 in range(start, stop, batch_size):
-            idx = list(range(b0, min(b0 + batch_size, stop)))
-            rnd = StackedRandomGenerator(dev, [seed_set * SEED_SET_STRIDE + i for i in idx])
-            latents = rnd.randn((len(idx), *shape), device=dev)
-            labels = torch.as_tensor(labels_all[idx], device=dev)
-            with torch.no_grad():
-                x = SAMPLERS[sampler](call, latents, schedule, steps, class_labels=labels, generator=rnd, **options)
-            images.append(to_uint8(x.float()).cpu().numpy())
-            done_images += len(idx)
-        save_imageset(path, ImageSet(np.concatenate(images), labels_all[start:stop], num_classes))
+        key = identity_hash({**identity, "images": [start, stop]})
+        if _reusable(path, key):
+            continue
+        images = [sample(list(range(b0, min(b0 + batch_size, stop)))) for b0 in range(start, stop, batch_size)]
+        done_images += stop - start
+        save_imageset(path, ImageSet(np.concatenate(images), labels_all[start:stop], ckpt["num_classes"]), shard=key)
     elapsed = time.perf_counter() - tick
-    data = ImageSet(np.concatenate([load_imageset(p).images for p in shards]), labels_all, num_classes)
-    info = {"checkpoint_step": ckpt_step, "train_rationale_spec": train_config.get("rationale"),
-            "sample_rationale_spec": dict(rationale), "sampler": sampler, "steps": steps, "options": options,
-            "seed_set": seed_set, "n_samples": n_samples, "nfe": nfe(sampler, steps), **dict(meta or {})}
-    save_imageset(out, data, generation=json.dumps(info, sort_keys=True, default=str))
+    data = ImageSet(np.concatenate([load_imageset(p).images for p in shards]), labels_all, ckpt["num_classes"])
+    info = {"checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"], "config_hash": ckpt["config_hash"],
+            "train_rationale_spec": ckpt["spec"]["rationale"], "sample_rationale_spec": spec["rationale"],
+            "sampler": spec["sampler"], "steps": spec["steps"], "options": options, "seed_set": seed_set,
+            "n_samples": n_samples, "nfe": nfe(spec["sampler"], spec["steps"])}
+    save_imageset(out, data, generation=json.dumps(info, sort_keys=True))
     if grid:
         save_grid(grid, data.images)
-    line = {"event": "generated", "images": done_images, "seconds": elapsed,
+    line = {"event": "generated", "images": done_images, "seconds": elapsed, "device": str(dev),
             "images_per_s": done_images / elapsed if done_images else None,
-            "nfe_per_s": done_images * nfe(sampler, steps) / elapsed if done_images else None, **info}
+            "nfe_per_s": done_images * info["nfe"] / elapsed if done_images else None, **info}
     if log_path:
         with open(log_path, "a") as f:
-            f.write(json.dumps(line, default=str) + "\n")
+            f.write(json.dumps(line) + "\n")
     print(json.dumps({k: line[k] for k in ("images", "seconds", "images_per_s", "nfe_per_s")}), file=sys.stderr)
-    for p in shards:
+    for p in parts.iterdir():
         p.unlink()
     parts.rmdir()
     return data
 
 
-def generation_info(path: str | Path) -> dict:
-    """The generation metadata stored with a samples file."""
-    with np.load(path, allow_pickle=False) as npz:
-        meta = json.loads(str(npz["meta"]))
-    return json.loads(meta.get("generation", "{}"))
+def _reusable(path: Path, key: str) -> bool:
+    """A finished shard from before a kill, made from the same checkpoint content, spec and seed set."""
+    if not path.exists():
+        return False
+    try:
+        if load_imageset_meta(path)[1].get("shard") == key:
+            return True
+    except DataError:
+        pass  # truncated or corrupt
+    path.unlink()  # another spec's or a damaged shard: regenerate
+    return False

@@ -1,29 +1,62 @@
-"""Atomic file output and checksums: a killed job never leaves a half-written result behind."""
+"""Atomic file output and checksums: a killed job never leaves a half-written result behind.
+
+Outputs get the user's umask (mkstemp's 0600 would hide them from collaborators on a shared file system),
+temp files of an earlier killed write to the same target are removed, and a full disk is named as such.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _temp_files(path: Path) -> list[Path]:
+    return list(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it."""
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
+
+    `path` keeps its old content (or stays absent) until the block has finished without an exception."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _temp_files(path):  # left by a write that was killed (one job writes a given output)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as err:
+        # Writers word a full disk differently (torch.save: "file write failed"): ask the disk itself.
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or _disk_full(path.parent):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 class CorruptFileError(Exception):

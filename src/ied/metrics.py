@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ied.data import ImageSet, load_imageset
+from ied.data import DIGITS_CNN, INCEPTION, ImageSet, generation_info, load_imageset
 from ied.io import atomic_path, sha256_file
 
-INCEPTION_SHA256_PREFIX = "6726825d"  # torch-fidelity's weights-inception-2015-12-05-6726825d.pth
-DIGITS_EXTRACTOR = "ied-digits-cnn"
+DIGITS_EXTRACTOR = DIGITS_CNN
 
 
 class MetricsError(RuntimeError):
@@ -116,16 +115,18 @@ def _register_digits_extractor() -> None:
         register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
 
 
-def extractor_kwargs(extractor: str, weights_path: str | Path) -> dict[str, Any]:
-    """torch-fidelity arguments for an extractor whose weights come from a local file (never downloaded)."""
+def extractor_kwargs(extractor: str, weights_path: str | Path, sha256: str | None = None) -> dict[str, Any]:
+    """torch-fidelity arguments for an extractor whose weights come from a local file (never downloaded).
+
+    `sha256`: the expected digest, or its leading hex digits (torch.hub's convention); checked if given."""
     path = Path(weights_path)
     if not path.is_file():
         raise MetricsError(f"{path}: feature extractor weights not found (feature_extractor_weights_path)")
-    if extractor == "inception-v3-compat":
+    if sha256 is not None:
         digest = sha256_file(path)
-        if not digest.startswith(INCEPTION_SHA256_PREFIX):
-            raise MetricsError(f"{path}: sha256 {digest[:8]}… is not torch-fidelity's Inception weights "
-                               f"({INCEPTION_SHA256_PREFIX}…)")
+        if not digest.startswith(sha256):
+            raise MetricsError(f"{path}: sha256 {digest[:12]}… does not start with the expected {sha256}")
+    if extractor == INCEPTION:
         return {"feature_extractor": extractor, "feature_extractor_weights_path": str(path)}
     if extractor == DIGITS_EXTRACTOR:
         _register_digits_extractor()
@@ -134,9 +135,21 @@ def extractor_kwargs(extractor: str, weights_path: str | Path) -> dict[str, Any]
     raise MetricsError(f"unknown feature extractor {extractor!r}")
 
 
+def degenerate(images: np.ndarray) -> str | None:
+    """Why a sample set must not be ranked (constant or all-alike images), or None if it is usable."""
+    flat = images.reshape(len(images), -1).astype(np.int16)
+    constant = float(np.mean(flat.max(axis=1) - flat.min(axis=1) <= 2))
+    if constant > 0.5:
+        return f"{constant:.0%} of the images are constant"
+    distinct = len(np.unique(flat, axis=0))
+    if distinct < max(2, len(images) // 20):
+        return f"only {distinct} distinct images in {len(images)}"
+    return None
+
+
 def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weights_path: str | Path, *,
-              cache_root: str | Path | None = None, reference_cache_name: str | None = None,
-              isc: bool = True, batch_size: int = 256) -> dict[str, float]:
+              sha256: str | None = None, cache_root: str | Path | None = None,
+              reference_cache_name: str | None = None, isc: bool = True, batch_size: int = 256) -> dict[str, float]:
     """torch-fidelity's FID, IS (10 splits) and KID of `generated` against `reference` (uint8 N×C×H×W)."""
     import torch_fidelity
 
@@ -146,7 +159,7 @@ def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weig
         isc_splits=10, kid_subset_size=subset, cuda=torch.cuda.is_available(), batch_size=batch_size,
         save_cpu_ram=True, verbose=False, cache=reference_cache_name is not None,
         cache_root=str(cache_root) if cache_root else None, input2_cache_name=reference_cache_name,
-        **extractor_kwargs(extractor, weights_path))
+        **extractor_kwargs(extractor, weights_path, sha256))
     return {"fid": float(result["frechet_inception_distance"]),
             "isc_mean": float(result.get("inception_score_mean", math.nan)),
             "isc_std": float(result.get("inception_score_std", math.nan)),
@@ -154,25 +167,35 @@ def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weig
             "kid_std": float(result["kernel_inception_distance_std"])}
 
 
+def reference_cache_name(reference: str | Path, extractor: str, weights_path: str | Path) -> str:
+    """Cached reference statistics are valid for this reference file, extractor and weights file only."""
+    return (f"{Path(reference).stem}-{sha256_file(reference)[:12]}-{extractor}-"
+            f"{sha256_file(weights_path)[:12]}")
+
+
 def evaluate(samples: str | Path, reference: str | Path, extractor: str, weights_path: str | Path, out: str | Path,
-             *, meta: Mapping[str, Any] | None = None, cache_root: str | Path | None = None) -> dict[str, Any]:
-    """Score one samples file against the reference split and write the result row as Parquet."""
+             *, cell: Mapping[str, Any] | None = None, sha256: str | None = None,
+             cache_root: str | Path | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """Score one samples file against the reference split and write the result row as Parquet.
+
+    A degenerate set (constant or all-alike images) is scored but flagged, so the tables never rank it."""
     import pandas as pd
     import torch_fidelity
-
-    from ied.generate import generation_info
 
     tick = time.perf_counter()
     gen, ref = load_imageset(samples), load_imageset(reference)
     info = generation_info(samples)
-    cache_name = f"{Path(reference).stem}-{extractor}-{sha256_file(reference)[:12]}"
-    scores = calculate(gen.images, ref.images, extractor, weights_path, cache_root=cache_root,
-                       reference_cache_name=cache_name if cache_root else None)
-    row = {**dict(meta or {}), "sampler": info.get("sampler"), "steps": info.get("steps"),
+    cache_name = reference_cache_name(reference, extractor, weights_path) if cache_root else None
+    scores = calculate(gen.images, ref.images, extractor, weights_path, sha256=sha256, cache_root=cache_root,
+                       reference_cache_name=cache_name, batch_size=batch_size)
+    problem = degenerate(gen.images)
+    if problem is None and not all(math.isfinite(scores[k]) for k in ("fid", "kid_mean")):
+        problem = "non-finite score"
+    row = {**dict(cell or {}), "sampler": info.get("sampler"), "steps": info.get("steps"), "nfe": info.get("nfe"),
            "sampler_options": json.dumps(info.get("options", {}), sort_keys=True),
            "checkpoint_step": info.get("checkpoint_step"), "seed_set": info.get("seed_set"),
            "n_samples": len(gen), "reference_split": Path(reference).stem, "extractor": extractor, **scores,
-           "seconds": time.perf_counter() - tick,
+           "degenerate": problem or "", "seconds": time.perf_counter() - tick,
            "versions": json.dumps({"torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
                                    "python": platform.python_version()})}
     with atomic_path(out) as tmp:

@@ -70,9 +70,8 @@ class AttentionBlock(nn.Module):
 class UNet(nn.Module):
     """U-Net F(x; c_noise, labels): levels of residual blocks, attention in the bottleneck."""
 
-    def __init__(self, img_resolution: int, in_channels: int, label_dim: int = 0, base_channels: int = 128,
-                 channel_mult: Sequence[int] = (1, 2, 2, 2), num_blocks: int = 2, dropout: float = 0.1,
-                 attention: bool = True):
+    def __init__(self, img_resolution: int, in_channels: int, label_dim: int, *, base_channels: int,
+                 channel_mult: Sequence[int], num_blocks: int, dropout: float, attention: bool):
         super().__init__()
         if img_resolution % 2 ** (len(channel_mult) - 1):
             raise ValueError(f"img_resolution {img_resolution} is not divisible by 2^{len(channel_mult) - 1}")
@@ -132,7 +131,7 @@ class UNet(nn.Module):
 class EDMPrecond(nn.Module):
     """Denoiser D(x; σ) = c_skip x + c_out F(c_in x; c_noise) (EDM Table 1, c_noise = ¼ ln σ)."""
 
-    def __init__(self, net: UNet, sigma_data: float = 0.5):
+    def __init__(self, net: UNet, sigma_data: float):
         super().__init__()
         self.net, self.sigma_data = net, sigma_data
 
@@ -149,9 +148,9 @@ class EDMPrecond(nn.Module):
 
 
 def build_denoiser(network: dict, img_resolution: int, in_channels: int, label_dim: int) -> EDMPrecond:
-    """The preconditioned U-Net from the config's `network:` section."""
+    """The preconditioned U-Net from a complete `network:` spec (ied.specs.network fills the defaults)."""
     kwargs = dict(network)
-    sigma_data = kwargs.pop("sigma_data", 0.5)
+    sigma_data = kwargs.pop("sigma_data")
     return EDMPrecond(UNet(img_resolution, in_channels, label_dim, **kwargs), sigma_data)
 
 

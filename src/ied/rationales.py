@@ -1,22 +1,28 @@
-"""Rationales r(σ) and the variance schedules they induce: σ(t) = Φ⁻¹(t) (paper eq. 5–11)."""
+"""Rationales r(σ) and the variance schedules they induce: σ(t) = Φ⁻¹(t) (paper eq. 5–11).
+
+Schedules are data, kept apart from the samplers and the network as in k-diffusion: NumPy float64
+arrays in, arrays out, so that config checks, tables and figures never need torch.
+`build(name, spec)` takes a *resolved* spec (every key present, a weighted base inlined):
+`ied.specs` makes those from config entries.
+"""
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
+from scipy import special
 
 from ied.expressions import FormulaError, compile_formula
 
-Tensor = torch.Tensor
-F64 = torch.float64
-DEFAULT_SIGMA_MIN = 0.002
-DEFAULT_SIGMA_MAX = 80.0
-GRID_INTERVALS = 8192  # log-σ intervals of a tabulated schedule; enough for 1e-6 relative accuracy (tests)
-_GL_NODES, _GL_WEIGHTS = (torch.as_tensor(a, dtype=F64) for a in np.polynomial.legendre.leggauss(8))
+Array = np.ndarray
+GRID_INTERVALS = 8192  # log-σ intervals of a tabulated schedule; enough for 1e-9 relative accuracy (tests)
+CHECK_POINTS = 100_001  # t grid of the numerical checks run before any job
+FLOAT32_SIGMA_MAX = math.sqrt(np.finfo(np.float32).max)  # the denoiser squares σ in float32
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(8)
 
 
 class RationaleError(ValueError):
@@ -27,8 +33,17 @@ class RationaleError(ValueError):
         self.rationale, self.key = name, key
 
 
-def _f64(x: Any) -> Tensor:
-    return torch.as_tensor(x, dtype=F64)
+def _f64(x: Any) -> Array:
+    return np.asarray(x, dtype=np.float64)
+
+
+def _quiet(method: Callable) -> Callable:
+    """Both branches of a np.where are computed; the unused one may overflow. Results are checked instead."""
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return method(*args, **kwargs)
+    return wrapper
 
 
 class Rationale:
@@ -41,36 +56,38 @@ class Rationale:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, [{self.sigma_min:g}, {self.sigma_max:g}])"
 
-    def density(self, sigma: Tensor) -> Tensor:
+    def density(self, sigma: Array) -> Array:
         """Unnormalised rationale r(σ) (eq. 5 numerator)."""
         raise NotImplementedError
 
-    def pdf(self, sigma: Tensor) -> Tensor:
+    def pdf(self, sigma: Array) -> Array:
         """Normalised density φ(σ) = r(σ)/Z on the domain, 0 outside (eq. 5)."""
         raise NotImplementedError
 
-    def cdf(self, sigma: Tensor) -> Tensor:
+    def cdf(self, sigma: Array) -> Array:
         """Φ(σ) = ∫_{σ_min}^{σ} φ (eq. 6)."""
         raise NotImplementedError
 
-    def sigma(self, t: Tensor) -> Tensor:
+    def sigma(self, t: Array) -> Array:
         """The variance schedule σ(t) = Φ⁻¹(t), generalized inverse (eq. 7, 9)."""
         raise NotImplementedError
 
-    def dsigma_dt(self, t: Tensor) -> Tensor:
+    @_quiet
+    def dsigma_dt(self, t: Array) -> Array:
         """dσ/dt = 1/φ(σ(t)) (eq. 10)."""
         return 1.0 / self.pdf(self.sigma(t))
 
-    def g2(self, t: Tensor) -> Tensor:
+    @_quiet
+    def g2(self, t: Array) -> Array:
         """Squared diffusion g(t)² = 2σ(t)/φ(σ(t)) (eq. 11)."""
         s = self.sigma(t)
         return 2.0 * s / self.pdf(s)
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, rng: np.random.Generator) -> Array:
         """σ ~ φ by the Smirnov transform σ = σ(t), t ~ U[0, 1] (eq. 8)."""
-        return self.sigma(torch.rand(n, generator=generator, dtype=F64))
+        return self.sigma(rng.random(n))
 
-    def _inside(self, sigma: Tensor) -> Tensor:
+    def _inside(self, sigma: Array) -> Array:
         return (sigma >= self.sigma_min) & (sigma <= self.sigma_max)
 
 
@@ -79,55 +96,57 @@ class ClosedForm(Rationale):
 
     Subclasses give F, F⁻¹ and F' = dF/dσ; where precision in the upper tail matters they also give
     the survival function S (decreasing, S' = −F') and its inverse. Kingma & Gao App. E.3.1 truncation:
-    σ̃(t) = F⁻¹(F(σ_min) + t (F(σ_max) − F(σ_min))).
+    σ̃(t) = F⁻¹(F(σ_min) + t (F(σ_max) − F(σ_min))), and from the top with S where t > ½.
     """
 
-    def _F(self, s: Tensor) -> Tensor: raise NotImplementedError
-    def _F_inv(self, u: Tensor) -> Tensor: raise NotImplementedError
-    def _dF(self, s: Tensor) -> Tensor: raise NotImplementedError
-    def _S(self, s: Tensor) -> Tensor: return -self._F(s)
-    def _S_inv(self, q: Tensor) -> Tensor: return self._F_inv(-q)
+    def _F(self, s: Array) -> Array: raise NotImplementedError
+    def _F_inv(self, u: Array) -> Array: raise NotImplementedError
+    def _dF(self, s: Array) -> Array: raise NotImplementedError
+    def _S(self, s: Array) -> Array: return -self._F(s)
+    def _S_inv(self, q: Array) -> Array: return self._F_inv(-q)
 
-    def _ends(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _ends(self) -> tuple[float, float, float, float]:
         a, b = _f64(self.sigma_min), _f64(self.sigma_max)
         return self._F(a), self._F(b), self._S(a), self._S(b)
 
-    def pdf(self, sigma: Tensor) -> Tensor:
+    @_quiet
+    def pdf(self, sigma: Array) -> Array:
         sigma = _f64(sigma)
         fa, fb, _, _ = self._ends()
-        inside = self._inside(sigma)
-        value = self._dF(sigma.clamp(self.sigma_min, self.sigma_max)) / (fb - fa)
-        return torch.where(inside, value, torch.zeros_like(value))
+        value = self._dF(np.clip(sigma, self.sigma_min, self.sigma_max)) / (fb - fa)
+        return np.where(self._inside(sigma), value, 0.0)
 
-    def cdf(self, sigma: Tensor) -> Tensor:
-        sigma = _f64(sigma).clamp(self.sigma_min, self.sigma_max)
+    @_quiet
+    def cdf(self, sigma: Array) -> Array:
+        sigma = np.clip(_f64(sigma), self.sigma_min, self.sigma_max)
         fa, fb, sa, sb = self._ends()
         lower = (self._F(sigma) - fa) / (fb - fa)
         upper = 1.0 - (self._S(sigma) - sb) / (sa - sb)
-        return torch.where(lower <= 0.5, lower, upper).clamp(0.0, 1.0)
+        return np.clip(np.where(lower <= 0.5, lower, upper), 0.0, 1.0)
 
-    def sigma(self, t: Tensor) -> Tensor:
-        t = _f64(t).clamp(0.0, 1.0)
+    @_quiet
+    def sigma(self, t: Array) -> Array:
+        t = np.clip(_f64(t), 0.0, 1.0)
         fa, fb, sa, sb = self._ends()
         lower = self._F_inv(fa + t * (fb - fa))
         upper = self._S_inv(sb + (1.0 - t) * (sa - sb))  # 1 − t is exact near t = 1
-        sigma = torch.where(t <= 0.5, lower, upper).clamp(self.sigma_min, self.sigma_max)
-        return torch.where(t == 1.0, self.sigma_max, torch.where(t == 0.0, self.sigma_min, sigma))
+        sigma = np.clip(np.where(t <= 0.5, lower, upper), self.sigma_min, self.sigma_max)
+        return np.where(t == 1.0, self.sigma_max, np.where(t == 0.0, self.sigma_min, sigma))
 
 
 class VE(ClosedForm):
     """Variance exploding: φ ∝ 1/σ, σ(t) = σ_min (σ_max/σ_min)^t (eq. 14–16)."""
 
     def density(self, s): return 1.0 / _f64(s)
-    def _F(self, s): return torch.log(s)
-    def _F_inv(self, u): return torch.exp(u)
+    def _F(self, s): return np.log(s)
+    def _F_inv(self, u): return np.exp(u)
     def _dF(self, s): return 1.0 / s
 
 
 class EDM(ClosedForm):
     """Karras et al. time discretisation as a rationale: r ∝ σ^{1/ρ−1} (eq. 61–63, increasing t)."""
 
-    def __init__(self, name, sigma_min, sigma_max, spec=None, rho: float = 7.0):
+    def __init__(self, name, sigma_min, sigma_max, spec=None, *, rho: float):
         super().__init__(name, sigma_min, sigma_max, spec)
         self.rho = float(rho)
 
@@ -140,7 +159,7 @@ class EDM(ClosedForm):
 class KL(ClosedForm):
     """KL divergence of N(±v, σ²): r = 2v²/σ², Φ⁻¹(t) = σ_min/(1−t) untruncated (eq. 51–60)."""
 
-    def __init__(self, name, sigma_min, sigma_max, spec=None, v_max: float = 1.0):
+    def __init__(self, name, sigma_min, sigma_max, spec=None, *, v_max: float):
         super().__init__(name, sigma_min, sigma_max, spec)
         self.v_max = float(v_max)
 
@@ -153,35 +172,35 @@ class KL(ClosedForm):
 class Gaussian(ClosedForm):
     """Half-normal prior N(0, σ_N²): r = exp(−σ²/2σ_N²), Φ = erf(σ/(√2 σ_N)) (eq. 47–50)."""
 
-    def __init__(self, name, sigma_min, sigma_max, spec=None, sigma_n: float = 5.0):
+    def __init__(self, name, sigma_min, sigma_max, spec=None, *, sigma_n: float):
         super().__init__(name, sigma_min, sigma_max, spec)
         self.sigma_n = float(sigma_n)
         self._c = math.sqrt(2.0) * self.sigma_n
 
-    def density(self, s): return torch.exp(-0.5 * (_f64(s) / self.sigma_n) ** 2)
-    def _F(self, s): return torch.special.erf(s / self._c)
-    def _F_inv(self, u): return self._c * torch.special.erfinv(u)
-    def _dF(self, s): return 2.0 / math.sqrt(math.pi) / self._c * torch.exp(-((s / self._c) ** 2))
-    def _S(self, s): return torch.special.erfc(s / self._c)
-    def _S_inv(self, q): return -self._c * torch.special.ndtri(q / 2.0) / math.sqrt(2.0)  # erfcinv(q)
+    def density(self, s): return np.exp(-0.5 * (_f64(s) / self.sigma_n) ** 2)
+    def _F(self, s): return special.erf(s / self._c)
+    def _F_inv(self, u): return self._c * special.erfinv(u)
+    def _dF(self, s): return 2.0 / math.sqrt(math.pi) / self._c * np.exp(-((s / self._c) ** 2))
+    def _S(self, s): return special.erfc(s / self._c)
+    def _S_inv(self, q): return self._c * special.erfcinv(q)
 
 
 class LogNormal(ClosedForm):
     """EDM's training distribution: ln σ ~ N(P_mean, P_std²)."""
 
-    def __init__(self, name, sigma_min, sigma_max, spec=None, p_mean: float = -1.2, p_std: float = 1.2):
+    def __init__(self, name, sigma_min, sigma_max, spec=None, *, p_mean: float, p_std: float):
         super().__init__(name, sigma_min, sigma_max, spec)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
-    def _z(self, s): return (torch.log(s) - self.p_mean) / self.p_std
+    def _z(self, s): return (np.log(s) - self.p_mean) / self.p_std
     def density(self, s):
         s = _f64(s)
-        return torch.exp(-0.5 * self._z(s) ** 2) / (s * self.p_std * math.sqrt(2 * math.pi))
-    def _F(self, s): return torch.special.ndtr(self._z(s))
-    def _F_inv(self, u): return torch.exp(self.p_mean + self.p_std * torch.special.ndtri(u))
+        return np.exp(-0.5 * self._z(s) ** 2) / (s * self.p_std * math.sqrt(2 * math.pi))
+    def _F(self, s): return special.ndtr(self._z(s))
+    def _F_inv(self, u): return np.exp(self.p_mean + self.p_std * special.ndtri(u))
     def _dF(self, s): return self.density(s)
-    def _S(self, s): return torch.special.ndtr(-self._z(s))
-    def _S_inv(self, q): return torch.exp(self.p_mean - self.p_std * torch.special.ndtri(q))
+    def _S(self, s): return special.ndtr(-self._z(s))
+    def _S_inv(self, q): return np.exp(self.p_mean - self.p_std * special.ndtri(q))
 
 
 class Tabulated(Rationale):
@@ -193,55 +212,57 @@ class Tabulated(Rationale):
     a safeguarded Newton solve inside the interval found by binary search.
     """
 
-    def __init__(self, name, sigma_min, sigma_max, spec=None, *, density_fn: Callable[[Tensor], Tensor],
+    def __init__(self, name, sigma_min, sigma_max, spec=None, *, density_fn: Callable[[Array], Array],
                  key: str = "density", intervals: int = GRID_INTERVALS):
         super().__init__(name, sigma_min, sigma_max, spec)
         self._density_fn, self.intervals = density_fn, int(intervals)
         lo, hi, n = math.log(self.sigma_min), math.log(self.sigma_max), self.intervals
         self._u0, self._h = lo, (hi - lo) / n
-        u = lo + self._h * torch.arange(n + 1, dtype=F64)
+        u = lo + self._h * np.arange(n + 1, dtype=np.float64)
         u_gl = u[:-1, None] + 0.5 * self._h * (_GL_NODES + 1.0)
         f_nodes = self._checked(lambda: self._f_of_u(u), name, key)
         f_gl = self._checked(lambda: self._f_of_u(u_gl), name, key)
-        mass = 0.5 * self._h * (f_gl * _GL_WEIGHTS).sum(dim=1)  # ∫ over each interval
-        zero = torch.zeros(1, dtype=F64)
-        self._C = torch.cat([zero, torch.cumsum(mass, 0)])  # mass below node k
-        self._D = torch.cat([torch.flip(torch.cumsum(torch.flip(mass, [0]), 0), [0]), zero])  # mass above
+        mass = 0.5 * self._h * (f_gl * _GL_WEIGHTS).sum(axis=1)  # ∫ over each interval
+        self._C = np.concatenate([[0.0], np.cumsum(mass)])  # mass below node k
+        self._D = np.concatenate([np.cumsum(mass[::-1])[::-1], [0.0]])  # mass above node k
         self.Z = float(self._C[-1])
         if not self.Z > 0.0 or not math.isfinite(self.Z):
             raise RationaleError(name, key, f"density has zero or infinite mass on [{sigma_min:g}, {sigma_max:g}]")
         self._mass = mass
         # Hermite slopes per unit of the local coordinate s ∈ [0, 1], limited (Fritsch–Carlson) to stay monotone.
         m0, m1 = self._h * f_nodes[:-1], self._h * f_nodes[1:]
-        norm = torch.sqrt(m0**2 + m1**2)
-        tau = torch.where(norm > 3.0 * mass, 3.0 * mass / norm.clamp_min(1e-300), torch.ones_like(mass))
+        norm = np.sqrt(m0**2 + m1**2)
+        tau = np.where(norm > 3.0 * mass, 3.0 * mass / np.maximum(norm, 1e-300), 1.0)
         self._m0, self._m1 = m0 * tau, m1 * tau
 
-    def _f_of_u(self, u: Tensor) -> Tensor:
-        s = torch.exp(u)
+    def _f_of_u(self, u: Array) -> Array:
+        s = np.exp(u)
         return self._density_fn(s) * s
 
     @staticmethod
-    def _checked(fn: Callable[[], Tensor], name: str, key: str) -> Tensor:
+    def _checked(fn: Callable[[], Array], name: str, key: str) -> Array:
         try:
-            values = fn()
+            with np.errstate(all="ignore"):
+                values = np.asarray(fn(), dtype=np.float64)
         except FormulaError as err:
             raise RationaleError(name, key, str(err)) from None
-        if not torch.isfinite(values).all():
+        if not np.isfinite(values).all():
             raise RationaleError(name, key, "density is not finite everywhere on the domain")
         if (values < 0).any():
             raise RationaleError(name, key, "density is negative somewhere on the domain")
         return values
 
-    def density(self, sigma: Tensor) -> Tensor:
+    @_quiet
+    def density(self, sigma: Array) -> Array:
         return self._density_fn(_f64(sigma))
 
-    def pdf(self, sigma: Tensor) -> Tensor:
+    @_quiet
+    def pdf(self, sigma: Array) -> Array:
         sigma = _f64(sigma)
-        value = self._density_fn(sigma.clamp(self.sigma_min, self.sigma_max)) / self.Z
-        return torch.where(self._inside(sigma), value, torch.zeros_like(value))
+        value = self._density_fn(np.clip(sigma, self.sigma_min, self.sigma_max)) / self.Z
+        return np.where(self._inside(sigma), value, 0.0)
 
-    def _partial(self, k: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    def _partial(self, k: Array, s: Array) -> tuple[Array, Array]:
         """Hermite estimate of the mass from node k to local coordinate s, and its s-derivative."""
         d, m0, m1 = self._mass[k], self._m0[k], self._m1[k]
         s2, s3 = s * s, s * s * s
@@ -249,44 +270,46 @@ class Tabulated(Rationale):
         slope = 6 * (s - s2) * d + (3 * s2 - 4 * s + 1) * m0 + (3 * s2 - 2 * s) * m1
         return value, slope
 
-    def cdf(self, sigma: Tensor) -> Tensor:
-        u = torch.log(_f64(sigma).clamp(self.sigma_min, self.sigma_max))
+    @_quiet
+    def cdf(self, sigma: Array) -> Array:
+        u = np.log(np.clip(_f64(sigma), self.sigma_min, self.sigma_max))
         x = (u - self._u0) / self._h
-        k = x.floor().long().clamp(0, self.intervals - 1)
-        below, _ = self._partial(k, (x - k).clamp(0.0, 1.0))
+        k = np.clip(np.floor(x).astype(np.int64), 0, self.intervals - 1)
+        below, _ = self._partial(k, np.clip(x - k, 0.0, 1.0))
         lower = self._C[k] + below
         upper = self._D[k + 1] + (self._mass[k] - below)
-        return torch.where(lower <= 0.5 * self.Z, lower / self.Z, 1.0 - upper / self.Z).clamp(0.0, 1.0)
+        return np.clip(np.where(lower <= 0.5 * self.Z, lower / self.Z, 1.0 - upper / self.Z), 0.0, 1.0)
 
-    def sigma(self, t: Tensor) -> Tensor:
-        t = _f64(t).clamp(0.0, 1.0)
+    @_quiet
+    def sigma(self, t: Array) -> Array:
+        t = np.clip(_f64(t), 0.0, 1.0)
         flat = t.reshape(-1)
         lower = flat <= 0.5
         target_lo, target_hi = flat * self.Z, (1.0 - flat) * self.Z
         # inf{σ : Φ(σ) ≥ t}: the first interval whose upper mass bound reaches the target.
-        k_lo = torch.searchsorted(self._C, target_lo) - 1
-        k_hi = torch.searchsorted(-self._D, -target_hi) - 1
-        k = torch.where(lower, k_lo, k_hi).clamp(0, self.intervals - 1)
-        r = torch.where(lower, target_lo - self._C[k], self._D[k] - target_hi)
-        r = torch.minimum(r.clamp_min(0.0), self._mass[k])
+        k_lo = np.searchsorted(self._C, target_lo) - 1
+        k_hi = np.searchsorted(-self._D, -target_hi) - 1
+        k = np.clip(np.where(lower, k_lo, k_hi), 0, self.intervals - 1)
+        r = np.where(lower, target_lo - self._C[k], self._D[k] - target_hi)
+        r = np.minimum(np.maximum(r, 0.0), self._mass[k])
         s = self._solve(k, r)
-        sigma = torch.exp(self._u0 + (k + s) * self._h).clamp(self.sigma_min, self.sigma_max)
+        sigma = np.clip(np.exp(self._u0 + (k + s) * self._h), self.sigma_min, self.sigma_max)
         # The schedule spans the whole domain even where the density underflows to 0 near an end.
-        sigma = torch.where(flat == 1.0, self.sigma_max, torch.where(flat == 0.0, self.sigma_min, sigma))
+        sigma = np.where(flat == 1.0, self.sigma_max, np.where(flat == 0.0, self.sigma_min, sigma))
         return sigma.reshape(t.shape)
 
-    def _solve(self, k: Tensor, r: Tensor, iterations: int = 60) -> Tensor:
+    def _solve(self, k: Array, r: Array, iterations: int = 60) -> Array:
         """Solve partial(k, s) = r for s ∈ [0, 1]: Newton, falling back to bisection outside the bracket."""
         mass = self._mass[k]
-        lo, hi = torch.zeros_like(r), torch.ones_like(r)
-        s = torch.where(mass > 0, r / mass.clamp_min(1e-300), torch.zeros_like(r)).clamp(0.0, 1.0)
+        lo, hi = np.zeros_like(r), np.ones_like(r)
+        s = np.clip(np.where(mass > 0, r / np.maximum(mass, 1e-300), 0.0), 0.0, 1.0)
         for _ in range(iterations):
             value, slope = self._partial(k, s)
             err = value - r
-            lo, hi = torch.where(err < 0, s, lo), torch.where(err >= 0, s, hi)
-            newton = s - err / slope.clamp_min(1e-300)
-            step = torch.where((newton > lo) & (newton < hi), newton, 0.5 * (lo + hi))
-            if torch.equal(step, s):
+            lo, hi = np.where(err < 0, s, lo), np.where(err >= 0, s, hi)
+            newton = s - err / np.maximum(slope, 1e-300)
+            step = np.where((newton > lo) & (newton < hi), newton, 0.5 * (lo + hi))
+            if np.array_equal(step, s):
                 break
             s = step
         return s
@@ -299,56 +322,50 @@ class L2(Tabulated):
     Φ(σ) = [σ (1 − e^{−v²/σ²}) + v √π erfc(v/σ)] / (v √π), checked against quadrature in the tests.
     """
 
-    def __init__(self, name, sigma_min, sigma_max, spec=None, v_max: float = 1.0, **kwargs):
+    def __init__(self, name, sigma_min, sigma_max, spec=None, *, v_max: float, **kwargs):
         self.v_max = float(v_max)
         super().__init__(name, sigma_min, sigma_max, spec, density_fn=self._r, **kwargs)
 
-    def _r(self, s: Tensor) -> Tensor:
-        return math.sqrt(2.0) * -torch.expm1(-((self.v_max / s) ** 2))
+    def _r(self, s: Array) -> Array:
+        return math.sqrt(2.0) * -np.expm1(-((self.v_max / s) ** 2))
 
-    def _F(self, s: Tensor) -> Tensor:
+    def _F(self, s: Array) -> Array:
         v = self.v_max
-        return (s * -torch.expm1(-((v / s) ** 2)) + v * math.sqrt(math.pi) * torch.special.erfc(v / s)) / (
+        return (s * -np.expm1(-((v / s) ** 2)) + v * math.sqrt(math.pi) * special.erfc(v / s)) / (
             v * math.sqrt(math.pi))
 
-    def cdf(self, sigma: Tensor) -> Tensor:
-        s = _f64(sigma).clamp(self.sigma_min, self.sigma_max)
+    @_quiet
+    def cdf(self, sigma: Array) -> Array:
+        s = np.clip(_f64(sigma), self.sigma_min, self.sigma_max)
         fa, fb = self._F(_f64(self.sigma_min)), self._F(_f64(self.sigma_max))
-        return ((self._F(s) - fa) / (fb - fa)).clamp(0.0, 1.0)
+        return np.clip((self._F(s) - fa) / (fb - fa), 0.0, 1.0)
 
 
 # --- Kingma & Gao (2023) Table 1 weightings w(λ), λ = log-SNR = −2 ln σ -----------------------------
-def _kg_weighting(name: str, weighting: str, k: float | None) -> Callable[[Tensor], Tensor]:
-    table: dict[str, Callable[[Tensor], Tensor]] = {
-        "elbo": lambda lam: torch.ones_like(lam),
-        "cosine": lambda lam: 1.0 / torch.cosh(lam / 2.0),
-        "edm": lambda lam: torch.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2) / (2.4 * math.sqrt(2 * math.pi))
-        * (torch.exp(-lam) + 0.5**2),
-        "v": lambda lam: torch.exp(-lam / 2.0),
-        "sigmoid": lambda lam: torch.sigmoid(-lam + k),
-    }
-    if weighting not in table:
-        raise RationaleError(name, "weighting", f"unknown weighting {weighting!r}; choose one of {sorted(table)}")
-    if weighting == "sigmoid" and k is None:
-        raise RationaleError(name, "k", "the sigmoid weighting needs a numeric 'k'")
-    return table[weighting]
-
-
-# --- building rationales from config entries -------------------------------------------------------
-_COMMON = {"family", "sigma_min", "sigma_max", "label"}
-FAMILIES: dict[str, set[str]] = {
-    "ve": set(), "l2": {"v_max"}, "gaussian": {"sigma_n"}, "kl": {"v_max"}, "edm": {"rho"},
-    "lognormal": {"p_mean", "p_std"}, "expression": {"density", "params"}, "weighted": {"base", "weight"},
-    "kingma_gao": {"weighting", "k"},
+KG_WEIGHTINGS: dict[str, Callable[[Array, float | None], Array]] = {
+    "elbo": lambda lam, k: np.ones_like(lam),
+    "cosine": lambda lam, k: 1.0 / np.cosh(lam / 2.0),
+    "edm": lambda lam, k: np.exp(-0.5 * ((lam - 2.4) / 2.4) ** 2) / (2.4 * math.sqrt(2 * math.pi))
+    * (np.exp(-lam) + 0.5**2),
+    "v": lambda lam, k: np.exp(-lam / 2.0),
+    "sigmoid": lambda lam, k: special.expit(-lam + k),
 }
-_REQUIRED = {"gaussian": {"sigma_n"}, "expression": {"density"}, "weighted": {"base", "weight"},
-             "kingma_gao": {"weighting"}}
+
+
+# --- building rationales from resolved specs ------------------------------------------------------
+COMMON_KEYS = ("family", "sigma_min", "sigma_max")
+FAMILIES: dict[str, tuple[str, ...]] = {  # family → its parameters (the registry the config checks use)
+    "ve": (), "l2": ("v_max",), "gaussian": ("sigma_n",), "kl": ("v_max",), "edm": ("rho",),
+    "lognormal": ("p_mean", "p_std"), "expression": ("density", "params"), "weighted": ("base", "weight"),
+    "kingma_gao": ("weighting", "k"),
+}
+OPTIONAL = {"params", "k"}
 _POSITIVE = {"v_max", "sigma_n", "rho", "p_std"}
 
 
-def _number(name: str, spec: Mapping[str, Any], key: str, default: float | None = None) -> float | None:
-    value = spec.get(key, default)
-    if value is None:
+def _number(name: str, spec: Mapping[str, Any], key: str) -> float | None:
+    value = spec.get(key)
+    if value is None and key in OPTIONAL:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RationaleError(name, key, f"must be a finite number, got {value!r}")
@@ -357,54 +374,56 @@ def _number(name: str, spec: Mapping[str, Any], key: str, default: float | None 
     return float(value)
 
 
-def build(name: str, spec: Mapping[str, Any], registry: Mapping[str, Mapping[str, Any]] | None = None,
-          _seen: tuple[str, ...] = ()) -> Rationale:
-    """Turn one config entry into a Rationale; `registry` resolves a weighted rationale's base by name."""
+def check_keys(name: str, spec: Mapping[str, Any], extra: tuple[str, ...] = ()) -> str:
+    """The spec's family, after checking it is known and every key belongs to it; returns the family."""
     if not isinstance(spec, Mapping):
         raise RationaleError(name, "family", f"the entry must be a mapping, got {type(spec).__name__}")
     family = spec.get("family")
     if family not in FAMILIES:
         raise RationaleError(name, "family", f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    allowed = COMMON_KEYS + FAMILIES[family] + extra
     for key in spec:
-        if key not in _COMMON | FAMILIES[family]:
-            raise RationaleError(name, key, f"unknown key for family {family!r} "
-                                            f"(allowed: {sorted(_COMMON | FAMILIES[family])})")
-    for key in sorted(_REQUIRED.get(family, set())):
-        if key not in spec:
+        if key not in allowed:
+            raise RationaleError(name, key, f"unknown key for family {family!r} (allowed: {sorted(allowed)})")
+    return family
+
+
+def build(name: str, spec: Mapping[str, Any]) -> Rationale:
+    """Turn one resolved spec (every key given, a weighted base inlined) into a Rationale."""
+    family = check_keys(name, spec)
+    for key in COMMON_KEYS + FAMILIES[family]:
+        if key not in spec and key not in OPTIONAL:
             raise RationaleError(name, key, f"family {family!r} requires this key")
-    base = None
-    if family == "weighted":
-        base = _resolve_base(name, spec["base"], registry, _seen)
-    default_lo, default_hi = (base.sigma_min, base.sigma_max) if base else (DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX)
-    lo, hi = _number(name, spec, "sigma_min", default_lo), _number(name, spec, "sigma_max", default_hi)
+    base = build(f"{name}.base", spec["base"]) if family == "weighted" else None
+    lo, hi = _number(name, spec, "sigma_min"), _number(name, spec, "sigma_max")
     if lo <= 0:
         raise RationaleError(name, "sigma_min", f"must be > 0, got {lo!r}")
     if lo >= hi:
         raise RationaleError(name, "sigma_max", f"must be > sigma_min ({lo!r}), got {hi!r}")
     args = (name, lo, hi, dict(spec))
-    if family == "ve":
-        return VE(*args)
-    if family == "edm":
-        return EDM(*args, rho=_number(name, spec, "rho", 7.0))
-    if family == "kl":
-        return KL(*args, v_max=_number(name, spec, "v_max", 1.0))
-    if family == "gaussian":
-        return Gaussian(*args, sigma_n=_number(name, spec, "sigma_n"))
-    if family == "lognormal":
-        return LogNormal(*args, p_mean=_number(name, spec, "p_mean", -1.2), p_std=_number(name, spec, "p_std", 1.2))
+    num = functools.partial(_number, name, spec)
+    if family in ("ve", "edm", "kl", "gaussian", "lognormal"):
+        cls = {"ve": VE, "edm": EDM, "kl": KL, "gaussian": Gaussian, "lognormal": LogNormal}[family]
+        return cls(*args, **{key: num(key) for key in FAMILIES[family]})
     if family == "l2":
-        return L2(*args, v_max=_number(name, spec, "v_max", 1.0))
+        return L2(*args, v_max=num("v_max"))
     if family == "expression":
         return Tabulated(*args, density_fn=_formula(name, "density", spec["density"], spec.get("params")))
     if family == "weighted":
         weight = _formula(name, "weight", spec["weight"], None)
         return Tabulated(*args, density_fn=lambda s: weight(s) * base.pdf(s), key="weight")
     weighting = spec["weighting"]
-    w = _kg_weighting(name, weighting, _number(name, spec, "k"))
-    return Tabulated(*args, density_fn=lambda s: w(-2.0 * torch.log(s)) / s, key="weighting")
+    if weighting not in KG_WEIGHTINGS:
+        raise RationaleError(name, "weighting", f"unknown weighting {weighting!r}; choose one of "
+                                                f"{sorted(KG_WEIGHTINGS)}")
+    k = num("k")
+    if weighting == "sigmoid" and k is None:
+        raise RationaleError(name, "k", "the sigmoid weighting needs a numeric 'k'")
+    w = KG_WEIGHTINGS[weighting]
+    return Tabulated(*args, density_fn=lambda s: w(-2.0 * np.log(s), k) / s, key="weighting")
 
 
-def _formula(name: str, key: str, text: Any, params: Any) -> Callable[[Tensor], Tensor]:
+def _formula(name: str, key: str, text: Any, params: Any) -> Callable[[Array], Array]:
     if params is not None and not isinstance(params, Mapping):
         raise RationaleError(name, "params", f"must be a mapping of names to numbers, got {params!r}")
     try:
@@ -413,21 +432,38 @@ def _formula(name: str, key: str, text: Any, params: Any) -> Callable[[Tensor], 
         raise RationaleError(name, key, str(err)) from None
 
 
-def _resolve_base(name: str, base: Any, registry: Mapping[str, Any] | None, seen: tuple[str, ...]) -> Rationale:
-    if isinstance(base, str):
-        if registry is None or base not in registry:
-            raise RationaleError(name, "base", f"no rationale named {base!r} is defined")
-        if base in seen + (name,):
-            raise RationaleError(name, "base", f"circular reference through {base!r}")
-        return build(base, registry[base], registry, seen + (name,))
-    if isinstance(base, Mapping):
-        return build(f"{name}.base", base, registry, seen + (name,))
-    raise RationaleError(name, "base", f"must be a rationale name or an inline entry, got {base!r}")
+# --- numerical checks before any job ---------------------------------------------------------------
+def check_numerics(rationale: Rationale, points: int = CHECK_POINTS) -> None:
+    """σ(t) finite and non-decreasing on a dense t grid from σ_min to σ_max; a density with positive mass."""
+    name, lo, hi = rationale.name, rationale.sigma_min, rationale.sigma_max
 
+    def fail(key: str, message: str):
+        raise RationaleError(name, key, message)
 
-def build_all(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Rationale]:
-    """Build every entry of a config's `rationales:` mapping (errors name the entry and key)."""
-    return {name: build(name, spec, specs) for name, spec in specs.items()}
+    if hi >= FLOAT32_SIGMA_MAX:
+        fail("sigma_max", f"{hi:g} is too large: the denoiser squares σ in float32 (σ_max < {FLOAT32_SIGMA_MAX:.3g})")
+    family_key = {"gaussian": "sigma_n", "edm": "rho", "lognormal": "p_mean", "kl": "v_max", "l2": "v_max",
+                  "expression": "density", "weighted": "weight", "kingma_gao": "weighting"}
+    key = family_key.get(rationale.spec.get("family"), "family")
+    tail = np.array([1e-12, 1e-9, 1e-6, 1 - 1e-6, 1 - 1e-9, 1 - 1e-12])
+    t = np.sort(np.concatenate([np.linspace(0.0, 1.0, points), tail]))
+    sigma = rationale.sigma(t)
+    if not np.isfinite(sigma).all():
+        fail(key, f"σ(t) is not finite at t = {t[~np.isfinite(sigma)][0]:.6g} (its mass on "
+                  f"[{lo:g}, {hi:g}] is below float64 resolution?)")
+    if (np.diff(sigma) < 0).any():
+        i = int(np.argmax(np.diff(sigma) < 0))
+        fail(key, f"σ(t) decreases between t = {t[i]:.6g} and {t[i + 1]:.6g}: the density's mass on "
+                  f"[{lo:g}, {hi:g}] is lost to rounding (choose a domain that holds its mass)")
+    if not (math.isclose(sigma[0], lo, rel_tol=1e-9) and math.isclose(sigma[-1], hi, rel_tol=1e-9)):
+        fail(key, f"σ(0) = {sigma[0]:.6g}, σ(1) = {sigma[-1]:.6g}; expected σ_min = {lo:g}, σ_max = {hi:g}")
+    grid = np.exp(np.linspace(math.log(lo), math.log(hi), 4097))
+    pdf = rationale.pdf(grid)
+    if not np.isfinite(pdf).all() or (pdf < 0).any():
+        fail(key, "the normalised density is not finite and non-negative on the domain")
+    mass = float(np.sum(0.5 * (pdf[1:] * grid[1:] + pdf[:-1] * grid[:-1]) * np.diff(np.log(grid))))
+    if not mass > 0.5:
+        fail(key, f"the normalised density integrates to {mass:.3g} on [{lo:g}, {hi:g}], not 1")
 
 
 # --- schedule tables ---------------------------------------------------------------------------------
@@ -458,7 +494,6 @@ class ScheduleTable:
 
 def tabulate(rationale: Rationale, n: int = 1001) -> ScheduleTable:
     """Sample σ(t), φ(σ(t)) and Φ(σ(t)) on n uniform t ∈ [0, 1]."""
-    t = torch.linspace(0.0, 1.0, n, dtype=F64)
+    t = np.linspace(0.0, 1.0, n)
     sigma = rationale.sigma(t)
-    return ScheduleTable(rationale.name, rationale.spec, t.numpy(), sigma.numpy(),
-                         rationale.pdf(sigma).numpy(), rationale.cdf(sigma).numpy())
+    return ScheduleTable(rationale.name, rationale.spec, t, sigma, rationale.pdf(sigma), rationale.cdf(sigma))

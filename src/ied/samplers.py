@@ -4,53 +4,83 @@
 where `denoiser(x, sigma, class_labels)` returns D(x; σ) (score = (D − x)/σ², EDM eq. 3), `latents`
 ~ N(0, I) are scaled by σ(1) = σ_max to start, and `schedule` is a Rationale. Stepping is in float64,
 as in NVlabs/edm; σ values are plain floats so the loop never syncs with the device.
-"""
-from __future__ import annotations
 
+The options' types and ranges are declared in the signatures (`Annotated[float, Range(...)]`,
+`Literal[...]`): `resolve_options` reads them there, so config checks and samplers share one source.
+This module uses tensor methods only and imports no torch, so the Snakefile can read the signatures
+while it parses without loading torch.
+"""
 import inspect
 import math
-from typing import Any, Callable, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, Mapping, Protocol, get_args, get_origin
 
-import torch
+import numpy as np
 
-from ied.rationales import F64, Rationale
+if TYPE_CHECKING:
+    import torch
 
-Tensor = torch.Tensor
-Denoiser = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+    from ied.rationales import Rationale
+
+Tensor = "torch.Tensor"
+Denoiser = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric sampler option (None: unbounded); inf is allowed only where `inf_ok`."""
+
+    ge: float | None = None
+    gt: float | None = None
+    inf_ok: bool = False
+
+    def violation(self, value: float) -> str | None:
+        if math.isnan(value) or (math.isinf(value) and not self.inf_ok):
+            return "must be a finite number"
+        if self.ge is not None and not value >= self.ge:
+            return f"must be >= {self.ge:g}"
+        if self.gt is not None and not value > self.gt:
+            return f"must be > {self.gt:g}"
+        return None
+
+
+class OptionError(ValueError):
+    """A sampler option that is unknown, of the wrong type or out of range; `option` names it."""
+
+    def __init__(self, sampler: str, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.sampler, self.option = sampler, option
 
 
 class NoiseSource(Protocol):
-    def randn_like(self, x: Tensor) -> Tensor: ...
+    def randn_like(self, x: "torch.Tensor") -> "torch.Tensor": ...
 
 
-def _randn_like(generator: torch.Generator | NoiseSource | None, x: Tensor) -> Tensor:
+def _randn_like(generator: Any, x: "torch.Tensor") -> "torch.Tensor":
     if generator is not None and hasattr(generator, "randn_like"):
-        return generator.randn_like(x).to(x.dtype)  # per-image streams (ied.generate.StackedRandomGenerator)
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return generator.randn_like(x).to(x.dtype)  # per-image streams (ied.noise.PerImageNoise)
+    return x.new_empty(x.shape).normal_(generator=generator)
 
 
-def _denoise(denoiser: Denoiser, x: Tensor, sigma: float, class_labels: Tensor | None) -> Tensor:
-    sigma_batch = torch.full((x.shape[0],), sigma, dtype=F64, device=x.device)
-    return denoiser(x, sigma_batch, class_labels).to(F64)
+def _denoise(denoiser: Denoiser, x: "torch.Tensor", sigma: float, class_labels: Any) -> "torch.Tensor":
+    sigma_batch = x.new_full((x.shape[0],), sigma)
+    return denoiser(x, sigma_batch, class_labels).double()
 
 
-def noise_levels(schedule: Rationale, steps: int) -> Tensor:
+def noise_levels(schedule: "Rationale", steps: int) -> np.ndarray:
     """σ_i = σ(t_i), t_i = 1 − i/(steps−1), i < steps, then σ_steps = 0 (EDM Alg. 1 time steps)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    t = torch.linspace(1.0, 0.0, steps, dtype=F64)
-    return torch.cat([schedule.sigma(t), torch.zeros(1, dtype=F64)])
+    return np.concatenate([schedule.sigma(np.linspace(1.0, 0.0, steps)), [0.0]])
 
 
-def euler_maruyama(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
-                   class_labels: Tensor | None = None, generator: Any = None,
-                   discretization: str = "sde") -> Tensor:
+def euler_maruyama(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+                   class_labels: Any = None, generator: Any = None,
+                   discretization: Literal["sde", "difference"] = "sde") -> Tensor:
     """The paper's sampler: Euler–Maruyama on the reverse SDE (eq. 13), uniform t from 1 to 0."""
-    if discretization not in ("sde", "difference"):
-        raise ValueError(f"discretization must be 'sde' or 'difference', got {discretization!r}")
-    t = torch.linspace(1.0, 0.0, steps + 1, dtype=F64)
+    t = np.linspace(1.0, 0.0, steps + 1)
     sigma, g2 = schedule.sigma(t).tolist(), schedule.g2(t).tolist()
-    x = latents.to(F64) * sigma[0]
+    x = latents.double() * sigma[0]
     for i in range(steps):
         # g² Δt (eq. 11), or the exact variance decrement σ_i² − σ_{i+1}² of the discrete chain.
         var = g2[i] / steps if discretization == "sde" else sigma[i] ** 2 - sigma[i + 1] ** 2
@@ -61,22 +91,22 @@ def euler_maruyama(denoiser: Denoiser, latents: Tensor, schedule: Rationale, ste
     return x
 
 
-def euler(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
-          class_labels: Tensor | None = None, generator: Any = None) -> Tensor:
+def euler(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+          class_labels: Any = None, generator: Any = None) -> Tensor:
     """First-order probability-flow ODE solver dx/dσ = (x − D)/σ (EDM Alg. 1 without lines 6–8)."""
     sigma = noise_levels(schedule, steps).tolist()
-    x = latents.to(F64) * sigma[0]
+    x = latents.double() * sigma[0]
     for i in range(steps):
         d = (x - _denoise(denoiser, x, sigma[i], class_labels)) / sigma[i]
         x = x + (sigma[i + 1] - sigma[i]) * d
     return x
 
 
-def heun(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
-         class_labels: Tensor | None = None, generator: Any = None) -> Tensor:
+def heun(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+         class_labels: Any = None, generator: Any = None) -> Tensor:
     """EDM Algorithm 1 (σ(t) = t, s(t) = 1) on the noise levels σ_i of `schedule`."""
     sigma = noise_levels(schedule, steps).tolist()
-    x = latents.to(F64) * sigma[0]  # line 2: x_0 ~ N(0, σ_0² I)
+    x = latents.double() * sigma[0]  # line 2: x_0 ~ N(0, σ_0² I)
     for i in range(steps):
         s, s_next = sigma[i], sigma[i + 1]
         d = (x - _denoise(denoiser, x, s, class_labels)) / s  # line 4: evaluate dx/dσ at σ_i
@@ -88,12 +118,14 @@ def heun(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *
     return x
 
 
-def edm_stochastic(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
-                   class_labels: Tensor | None = None, generator: Any = None, S_churn: float = 0.0,
-                   S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0) -> Tensor:
+def edm_stochastic(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+                   class_labels: Any = None, generator: Any = None,
+                   S_churn: Annotated[float, Range(ge=0)] = 0.0, S_tmin: Annotated[float, Range(ge=0)] = 0.0,
+                   S_tmax: Annotated[float, Range(ge=0, inf_ok=True)] = math.inf,
+                   S_noise: Annotated[float, Range(ge=0)] = 1.0) -> Tensor:
     """EDM Algorithm 2: Heun steps with Langevin-like churn on the noise levels σ_i of `schedule`."""
     sigma = noise_levels(schedule, steps).tolist()
-    x = latents.to(F64) * sigma[0]
+    x = latents.double() * sigma[0]
     for i in range(steps):
         s, s_next = sigma[i], sigma[i + 1]
         # line 4: γ_i = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax], else 0
@@ -110,9 +142,9 @@ def edm_stochastic(denoiser: Denoiser, latents: Tensor, schedule: Rationale, ste
     return x
 
 
-def s2n(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
-        class_labels: Tensor | None = None, generator: Any = None,
-        gamma: float = 0.0, delta: float = 1.0, rho: float = 0.0) -> Tensor:
+def s2n(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+        class_labels: Any = None, generator: Any = None, gamma: Annotated[float, Range(gt=-1)] = 0.0,
+        delta: Annotated[float, Range(ge=0)] = 1.0, rho: Annotated[float, Range()] = 0.0) -> Tensor:
     """S2N Corollary 1, driftless (α = 1, λ = −2 ln σ), on the noise levels σ_i of `schedule`.
 
     With ε̂ = (x − D)/σ_t: x_s = x_t − (1+ρ²)/(1+γ) (σ_t^{1+γ} − σ_s^{1+γ}) σ_t^{−γ} ε̂
@@ -120,12 +152,8 @@ def s2n(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
     ancestral sampling. (The paper's eq. 7 prints the ε̂ term with a + sign; eq. 12 and the Euler
     special case fix it to −.)
     """
-    if gamma <= -1:
-        raise ValueError(f"s2n needs gamma > -1, got {gamma}")
-    if delta < 0:
-        raise ValueError(f"s2n needs delta >= 0, got {delta}")
     sigma = noise_levels(schedule, steps).tolist()
-    x = latents.to(F64) * sigma[0]
+    x = latents.double() * sigma[0]
     for i in range(steps):
         st, ss = sigma[i], sigma[i + 1]
         eps = (x - _denoise(denoiser, x, st, class_labels)) / st
@@ -135,7 +163,7 @@ def s2n(denoiser: Denoiser, latents: Tensor, schedule: Rationale, steps: int, *,
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
+SAMPLERS: dict[str, Callable[..., Any]] = {
     "euler_maruyama": euler_maruyama, "euler": euler, "heun": heun, "edm_stochastic": edm_stochastic, "s2n": s2n,
 }
 _NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler": (1, 0), "s2n": (1, 0), "heun": (2, -1), "edm_stochastic": (2, -1)}
@@ -147,8 +175,40 @@ def nfe(sampler: str, steps: int) -> int:
     return per_step * steps + offset
 
 
-def sampler_options(sampler: str) -> dict[str, Any]:
-    """The keyword options of a sampler with their defaults (for config validation)."""
+def sampler_options(sampler: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of a sampler (name → signature parameter, with its annotation and default)."""
     params = inspect.signature(SAMPLERS[sampler]).parameters
-    return {k: p.default for k, p in params.items()
-            if p.kind is p.KEYWORD_ONLY and k not in ("class_labels", "generator")}
+    return {k: p for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("class_labels", "generator")}
+
+
+def resolve_options(sampler: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option of `sampler`, the given ones checked against their declared type and range, the rest at
+    their defaults. Raises OptionError naming the option."""
+    if sampler not in SAMPLERS:
+        raise OptionError(sampler, "sampler", f"unknown sampler {sampler!r}; choose one of {sorted(SAMPLERS)}")
+    declared = sampler_options(sampler)
+    if not isinstance(options, Mapping):
+        raise OptionError(sampler, "options", f"must be a mapping of option names to values, got {options!r}")
+    for name in options:
+        if name not in declared:
+            raise OptionError(sampler, name, f"not an option of {sampler} (allowed: {sorted(declared)})")
+    return {name: _checked(sampler, name, param.annotation, options.get(name, param.default))
+            for name, param in declared.items()}
+
+
+def _checked(sampler: str, name: str, annotation: Any, value: Any) -> Any:
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        if value not in choices:
+            raise OptionError(sampler, name, f"must be one of {list(choices)}, got {value!r}")
+        return value
+    kind, *meta = get_args(annotation) if get_origin(annotation) is Annotated else (annotation,)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise OptionError(sampler, name, f"must be a number, got {value!r}")
+        for bound in meta:
+            problem = bound.violation(float(value))
+            if problem:
+                raise OptionError(sampler, name, f"{problem}, got {value!r}")
+        return float(value)
+    raise TypeError(f"option {name!r} of {sampler} has an undeclared type {annotation!r}")

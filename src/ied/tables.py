@@ -14,12 +14,19 @@ from ied.io import atomic_path, write_text
 CELL_KEYS = ["sampler_name", "train_rationale", "sample_rationale"]
 
 
+def with_labels(metrics: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
+    """Display labels joined by rationale name (labels are not part of any job, only of the tables)."""
+    return metrics.assign(train_label=metrics["train_rationale"].map(lambda n: labels.get(n, n)),
+                          sample_label=metrics["sample_rationale"].map(lambda n: labels.get(n, n)))
+
+
 def per_checkpoint(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seed sets per (sampler, train, sample, checkpoint)."""
+    """Mean and std over seed sets per (sampler, train, sample, checkpoint); degenerate if any set is."""
     def summarize(g: pd.DataFrame) -> pd.Series:
         one = len(g) == 1
         return pd.Series({
             "train_label": g["train_label"].iloc[0], "sample_label": g["sample_label"].iloc[0],
+            "degenerate": "; ".join(sorted({d for d in g["degenerate"] if d})),
             "fid_mean": g["fid"].mean(), "fid_std": g["fid"].std(ddof=1) if not one else math.nan,
             "isc_mean": g["isc_mean"].mean(),
             # one evaluation: torch-fidelity's std over the 10 IS splits, as the paper reports
@@ -28,14 +35,17 @@ def per_checkpoint(metrics: pd.DataFrame) -> pd.DataFrame:
     return metrics.groupby(CELL_KEYS + ["checkpoint_step"]).apply(summarize, include_groups=False).reset_index()
 
 
-def best_checkpoints(metrics: pd.DataFrame, config: Mapping[str, Any]) -> pd.DataFrame:
-    """Each (sampler, train, sample) cell at its best-FID checkpoint, main grid only (no ablation)."""
-    frame = metrics[metrics["train_rationale"].isin(config["train"]["rationales"])
-                    & metrics["sample_rationale"].isin(config["sample"]["rationales"])]
+def best_checkpoints(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+    """Each (sampler, train, sample) cell at its best-FID checkpoint, main grid only (no ablation).
+
+    Degenerate evaluations are never the best; a cell with nothing else keeps one, flagged."""
+    frame = with_labels(metrics[metrics["train_rationale"].isin(grid["train"])
+                                & metrics["sample_rationale"].isin(grid["sample"])], grid["labels"])
     summary = per_checkpoint(frame)
-    best = summary.loc[summary.groupby(CELL_KEYS)["fid_mean"].idxmin()].reset_index(drop=True)
-    order = {name: i for i, name in enumerate(config["sample"]["rationales"])}
-    order_t = {name: i for i, name in enumerate(config["train"]["rationales"])}
+    ranked = summary.assign(_rank=summary["fid_mean"].where(summary["degenerate"] == "", math.inf))
+    best = summary.loc[ranked.groupby(CELL_KEYS)["_rank"].idxmin()].reset_index(drop=True)
+    order = {name: i for i, name in enumerate(grid["sample"])}
+    order_t = {name: i for i, name in enumerate(grid["train"])}
     return best.sort_values(["sampler_name", "train_rationale", "sample_rationale"],
                             key=lambda c: c.map(order_t) if c.name == "train_rationale" else
                             (c.map(order) if c.name == "sample_rationale" else c)).reset_index(drop=True)
@@ -43,6 +53,8 @@ def best_checkpoints(metrics: pd.DataFrame, config: Mapping[str, Any]) -> pd.Dat
 
 def star(means: pd.Series, stds: pd.Series, lower_is_better: bool) -> pd.Series:
     """The paper's '*': within one std of the table's best score (intervals overlap), best excluded."""
+    if means.isna().all():
+        return pd.Series(False, index=means.index)
     i_best = means.idxmin() if lower_is_better else means.idxmax()
     lo_b, hi_b = means[i_best] - np.nan_to_num(stds[i_best]), means[i_best] + np.nan_to_num(stds[i_best])
     lo, hi = means - stds, means + stds
@@ -56,15 +68,17 @@ def _fmt(mean: float, std: float, starred: bool, bold: bool = False) -> str:
 
 
 def render(best: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
-    """Per sampler, a training × sampling grid of 'mean ± std' strings with stars."""
+    """Per sampler, a training × sampling grid of 'mean ± std' strings with stars; degenerate cells unranked."""
     tables = {}
     for sampler, frame in best.groupby("sampler_name", sort=False):
         frame = frame.reset_index(drop=True)
         lower = metric == "fid"
-        stars = star(frame[f"{metric}_mean"], frame[f"{metric}_std"], lower)
-        i_best = frame[f"{metric}_mean"].idxmin() if lower else frame[f"{metric}_mean"].idxmax()
-        frame["cell"] = [_fmt(m, s, st, i == i_best) for i, (m, s, st) in
-                         enumerate(zip(frame[f"{metric}_mean"], frame[f"{metric}_std"], stars))]
+        usable = frame["degenerate"] == ""
+        means = frame[f"{metric}_mean"].where(usable)
+        stars = star(means, frame[f"{metric}_std"], lower)
+        i_best = (means.idxmin() if lower else means.idxmax()) if usable.any() else None
+        frame["cell"] = [_fmt(m, s, st, i == i_best) if ok else "degenerate" for i, (m, s, st, ok) in
+                         enumerate(zip(frame[f"{metric}_mean"], frame[f"{metric}_std"], stars, usable))]
         grid = frame.pivot(index="train_label", columns="sample_label", values="cell")
         grid = grid.loc[list(dict.fromkeys(frame["train_label"])), list(dict.fromkeys(frame["sample_label"]))]
         grid.index.name, grid.columns.name = "Training \\ Sampling", None
@@ -86,15 +100,15 @@ def to_latex(grid: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines)
 
 
-def write_tables(metrics_path: str | Path, config: Mapping[str, Any], outdir: str | Path) -> None:
+def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str | Path) -> None:
     """fid_is (Tables 1/2: best FID and IS at that checkpoint) and fid_std (Tables 3/4)."""
     metrics = pd.read_parquet(metrics_path)
-    best = best_checkpoints(metrics, config)
+    best = best_checkpoints(metrics, grid)
     outdir = Path(outdir)
     specs = {"fid_is": (["fid", "isc"], "Best FID over training and IS at that checkpoint"),
              "fid_std": (["fid"], "FID mean $\\pm$ std over seed sets at each cell's best checkpoint")}
     for name, (metric_list, caption) in specs.items():
-        columns = CELL_KEYS + ["train_label", "sample_label", "checkpoint_step", "seed_sets"] + [
+        columns = CELL_KEYS + ["train_label", "sample_label", "checkpoint_step", "seed_sets", "degenerate"] + [
             f"{m}_{s}" for m in metric_list for s in ("mean", "std")]
         with atomic_path(outdir / f"{name}.parquet") as tmp:
             best[columns].to_parquet(tmp, index=False)
@@ -105,7 +119,8 @@ def write_tables(metrics_path: str | Path, config: Mapping[str, Any], outdir: st
                 md += [f"### {title} — sampler `{sampler}`", "", grid.to_markdown(), ""]
                 tex.append(to_latex(grid, f"{caption}: {title.split()[0]}, sampler {sampler}."))
         note = ("`*`: within one standard deviation of the table's best score (bold); std over seed sets, "
-                "or over IS splits when there is one evaluation.")
+                "or over IS splits when there is one evaluation. `degenerate`: constant or all-alike samples, "
+                "never ranked.")
         write_text(outdir / f"{name}.md", "\n".join(md + [note, ""]))
         write_text(outdir / f"{name}.tex", "\n".join(tex))
 

@@ -1,106 +1,118 @@
-# Config validation and the experiment's cross-product, built once in ied.pipeline.
+# Config validation, job specs and paths: ied.config checks, ied.specs resolves, ied.layout names.
+#
+# A job's identity is what determines its output: its params (resolved, label-free specs), its input files
+# and its code. Run-time settings that do not change any output (log interval, device, precision, compile,
+# batch and shard sizes, data_root) reach the jobs as Snakemake *resources*, which no rerun trigger watches.
+import json
 import os
+import shlex
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from ied.config import load, merge, validate
-from ied.pipeline import (
-    ConfigError,
-    all_rationales,
-    cells,
-    checkpoint_steps,
-    dumps,
-    extractor,
-    reference_split,
-    train_config,
-)
+from ied import layout, specs
+from ied.config import ConfigError, check_resources, extractor, merge, parse_overrides, read_yaml, resource, validate
+from ied.data import DATASETS
 
-# config/config.yaml (the embedded default) applies only when no --configfile is given: a paper config
-# replaces it rather than being merged into it. --config key=value overrides either.
+DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
+
+
+def _validated_config():
+    """config/config.yaml applies only when no --configfile is given: a paper config replaces it rather than
+    being merged into it. --config key=value (nested: key='{sub: value}') overrides either; the values are
+    read again as typed YAML (Snakemake reads nested ones as strings)."""
+    merged = {}
+    for path in list(workflow.overwrite_configfiles) or [DEFAULT_CONFIG]:
+        merged = merge(merged, read_yaml(path))  # strict YAML: a key given twice is an error
+    merged = merge(merged, parse_overrides(workflow.config_settings.config_args or []))
+    # Opening the data files and hashing the Inception weights happens once, not in every cluster job.
+    return validate(merged, deep=workflow.is_main_process)
+
+
 try:
-    if not workflow.overwrite_configfiles:
-        _config = merge(load([Path(workflow.basedir) / "config" / "config.yaml"], check=False), config)
-    else:
-        _config = config
-    _config = validate(_config)
+    _config = _validated_config()
 except ConfigError as err:
     sys.exit(f"Config error: {err}")
-if _config.get("paper_results") and not Path(_config["paper_results"]).exists():
+if _config["paper_results"] and not Path(_config["paper_results"]).exists():
     _config["paper_results"] = str(Path(workflow.basedir) / _config["paper_results"])
 config.clear()
 config.update(_config)
 
 # Every job (locally, or re-entered by the SLURM executor) runs `python -m ied` from this checkout's src/.
 # (Snakemake formats the prefix like a shell command, hence the doubled braces.)
-SRC = Path(workflow.basedir) / "src"
-shell.prefix(f'set -euo pipefail; export PYTHONPATH="{SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; ')
-EXP = f"results/{config['experiment']}"
-LOGS = f"{EXP}/logs"
-RATIONALES = all_rationales(config)
-CELLS = cells(config)
+SRC = shlex.quote(str(Path(workflow.basedir) / "src"))
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+EXP = layout.experiment_root(config)
+RATIONALES = specs.all_rationales(config)
+CELLS = layout.cells(config)
 EVERY = config["train"]["checkpoint_every"]
 EXTRACTOR = extractor(config)
-REFERENCE = reference_split(config)
+REFERENCE = DATASETS[config["dataset"]["name"]].reference_split
 ENV = "../../envs/ied.yaml"
-CELL = "{train}/{step}/{sample}/{sampler}/seed{seed}"
-LOG_CELL = "{train}-{step}-{sample}-{sampler}-seed{seed}"
+CELL_JOB = layout.CELL_JOB  # one file name per cell for logs and benchmarks
+
 
 wildcard_constraints:
     step=r"\d+",
     seed=r"\d+",
-    split=r"train|test|val",
-    train=r"[A-Za-z][A-Za-z0-9_.-]*",
-    sample=r"[A-Za-z][A-Za-z0-9_.-]*",
-    sampler=r"[A-Za-z][A-Za-z0-9_.-]*",
+    split="|".join(DATASETS[config["dataset"]["name"]].splits),
+    train=layout.NAME_PATTERN,
+    sample=layout.NAME_PATTERN,
+    sampler=layout.NAME_PATTERN,
+    rationale=layout.NAME_PATTERN,
 
 
-def res(rule_name, key, default):
-    """Per-rule cluster resources from config['resources'] (the slurm profile reads them)."""
-    return config.get("resources", {}).get(rule_name, {}).get(key, default)
+def out(pattern, **fields):
+    """A path under results/<experiment>/ (ied.layout pattern, wildcards left for Snakemake unless given)."""
+    return f"{EXP}/{pattern.format(**fields)}" if fields else f"{EXP}/{pattern}"
 
 
-def cell_path(kind, ext):
-    return [f"{EXP}/{kind}/{c.train}/{c.step}/{c.sample}/{c.sampler}/seed{c.seed_set}.{ext}" for c in CELLS]
+def log(rule_name, job, ext="log"):
+    return out(layout.JSON_LOG if ext == "jsonl" else layout.LOG, rule=rule_name, job=job)
 
 
-METRIC_ROWS = cell_path("metrics/rows", "parquet")
-TABLES = [
-    f"{EXP}/tables/{name}.{ext}"
-    for name in ["fid_is", "fid_std"]
-    for ext in ["parquet", "md", "tex"]
-]
-FIGURES = [
-    f"{EXP}/figures/{name}.{ext}"
-    for name in [
-        "fig1_rationales",
-        "fig2_marginals",
-        "fig3_fid_over_training",
-        "fig4_is_over_training",
-        "fig5_sigma_n_ablation",
-        "fig8_sample_grids",
-        "paper_comparison",
-    ]
-    for ext in ["png", "pdf"]
-]
-REPORT = f"{EXP}/report.md"
+def bench(rule_name, job):
+    return out(layout.BENCHMARK, rule=rule_name, job=job)
+
+
+def res(rule_name):
+    """The rule's cluster resources (config `resources.<rule>`, schema defaults filled in)."""
+    return resource(config, rule_name)
+
+
+def cell_paths(pattern):
+    return [out(layout.cell_path(pattern, c)) for c in CELLS]
+
+
+def dumps(obj):
+    """Compact, canonical JSON for command lines (quoted with :q in the shell commands)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def previous_checkpoint(w):
     start = int(w.step) - EVERY
-    return [f"{EXP}/checkpoints/{w.train}/ckpt-{start}.pt"] if start > 0 else []
-
-
-def sampler_entry(w):
-    return config["sample"]["samplers"][w.sampler]
+    return [out(layout.CHECKPOINT, train=w.train, step=start)] if start > 0 else []
 
 
 def extractor_weights(w):
-    if EXTRACTOR == "ied-digits-cnn":
-        return f"{EXP}/evaluator/digits-cnn.pt"
+    if EXTRACTOR == DATASETS["digits"].extractor:
+        return out(layout.EVALUATOR)
     return config["evaluate"]["feature_extractor_weights_path"]
 
 
-def parent(path):
-    """Folder of an output (a lint-friendly way to pass output folders)."""
-    return os.path.dirname(path)
+def table_slice():
+    """What the tables read of the config: the grid's names and order, and the labels."""
+    return {"train": config["train"]["rationales"], "sample": config["sample"]["rationales"],
+            "samplers": list(config["sample"]["samplers"]), "labels": specs.labels(config)}
+
+
+def figure_slice():
+    """What the figures read: the table slice, the ablation's σ_N per rationale, the paper's published tables."""
+    ablation = {name: spec["sigma_n"] for name, spec in specs.ablation_rationales(config).items()}
+    paper = config["paper_results"]
+    published = read_yaml(paper) if paper and Path(paper).is_file() else {}
+    return {**table_slice(), "dataset": config["dataset"]["name"], "schedules": list(specs.configured_rationales(config)),
+            "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
+                         "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
+                         "checkpoint": layout.ablation_step(config) if ablation else None},
+            "paper": published}

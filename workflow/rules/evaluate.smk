@@ -1,53 +1,47 @@
 rule evaluate:
     """FID, IS and KID of one samples file (torch-fidelity) → one Parquet row."""
     input:
-        samples=f"{EXP}/samples/{CELL}.npz",
-        reference=f"{EXP}/data/{REFERENCE}.npz",
+        samples=out(layout.SAMPLES),
+        reference=out(layout.DATA, split=REFERENCE),
         weights=extractor_weights,
     output:
-        f"{EXP}/metrics/rows/{CELL}.parquet",
+        out(layout.METRIC_ROW),
     params:
-        meta=lambda w: dumps(
-            {
-                "experiment": config["experiment"],
-                "dataset": config["dataset"]["name"],
-                "train_rationale": w.train,
-                "sample_rationale": w.sample,
-                "sampler_name": w.sampler,
-                "train_label": RATIONALES[w.train].get("label", w.train),
-                "sample_label": RATIONALES[w.sample].get("label", w.sample),
-            }
-        ),
+        cell=lambda w: dumps({"train_rationale": w.train, "sample_rationale": w.sample, "sampler_name": w.sampler}),
         extractor=EXTRACTOR,
-        cache=f"{EXP}/evaluator/fidelity-cache",
+        sha256=config["evaluate"]["feature_extractor_sha256"] if EXTRACTOR != DATASETS["digits"].extractor else "",
     benchmark:
-        f"{EXP}/benchmarks/evaluate/{LOG_CELL}.tsv",
+        bench("evaluate", CELL_JOB)
     log:
-        f"{LOGS}/evaluate/{LOG_CELL}.log",
-    threads: res("evaluate", "cpus", 1)
+        log("evaluate", CELL_JOB),
+    threads: res("evaluate")["cpus"]
     resources:
-        gpu=res("evaluate", "gpus", 0),
-        gpu_model=res("evaluate", "gpu_model", None),
-        mem_mb=res("evaluate", "mem_mb", 4000),
-        runtime=res("evaluate", "runtime", 30),
-        cpus_per_task=res("evaluate", "cpus", 1),
+        gpu=res("evaluate")["gpus"],
+        gpu_model=res("evaluate")["gpu_model"],
+        mem_mb=res("evaluate")["mem_mb"],
+        runtime=res("evaluate")["runtime"],
+        cpus_per_task=res("evaluate")["cpus"],
+        batch_size=config["evaluate"]["batch_size"],
+        cache=out(layout.FIDELITY_CACHE),
     conda:
         ENV
     shell:
-        "python -m ied evaluate --samples {input.samples} --reference {input.reference} --extractor {params.extractor}"
-        " --weights {input.weights} --meta {params.meta:q} --cache-root {params.cache} --out {output} > {log} 2>&1"
+        "python -m ied evaluate --samples {input.samples:q} --reference {input.reference:q} --extractor {params.extractor}"
+        " --weights {input.weights:q} --sha256={params.sha256:q} --cell {params.cell:q} --cache-root {resources.cache:q}"
+        " --batch-size {resources.batch_size} --out {output:q} > {log:q} 2>&1"
 
 
 rule aggregate:
+    """Every metrics row in one table."""
     input:
-        METRIC_ROWS,
+        cell_paths(layout.METRIC_ROW),
     output:
-        f"{EXP}/metrics.parquet",
+        out(layout.METRICS),
     benchmark:
-        f"{EXP}/benchmarks/aggregate/aggregate.tsv",
+        bench("aggregate", "aggregate")
     log:
-        f"{LOGS}/aggregate/aggregate.log",
+        log("aggregate", "aggregate"),
     conda:
         ENV
     shell:
-        "python -m ied aggregate --out {output} {input} > {log} 2>&1"
+        "python -m ied aggregate --out {output:q} {input:q} > {log:q} 2>&1"

@@ -1,60 +1,57 @@
 rule tables:
     """Tables 1–4: best FID with IS per training × sampling rationale; FID mean ± std over seed sets."""
     input:
-        f"{EXP}/metrics.parquet",
+        out(layout.METRICS),
     output:
-        [report(t, category="Tables") if t.endswith(".md") else t for t in TABLES],
+        [report(out(t), category="Tables") if t.endswith(".md") else out(t) for t in layout.tables()],
     params:
-        config=lambda w: dumps(config),
-        outdir=lambda w, output: parent(output[0]),
+        grid=lambda w: dumps(table_slice()),
+        outdir=lambda w, output: os.path.dirname(output[0]),
     benchmark:
-        f"{EXP}/benchmarks/tables/tables.tsv",
+        bench("tables", "tables")
     log:
-        f"{LOGS}/tables/tables.log",
+        log("tables", "tables"),
     conda:
         ENV
     shell:
-        "python -m ied tables --metrics {input} --config {params.config:q} --outdir {params.outdir} > {log} 2>&1"
+        "python -m ied tables --metrics {input:q} --grid {params.grid:q} --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule figures:
     """Figures 1–9 and the comparison with the paper's published numbers."""
     input:
-        metrics=f"{EXP}/metrics.parquet",
-        schedules=[f"{EXP}/schedules/{name}.parquet" for name in RATIONALES],
-        grids=cell_path("grids", "png"),
-        paper=[config["paper_results"]] if config.get("paper_results") else [],
+        metrics=out(layout.METRICS),
+        schedules=[out(layout.SCHEDULE, rationale=name) for name in RATIONALES],
+        grids=cell_paths(layout.GRID),
     output:
-        [report(f, category="Figures") if f.endswith(".png") else f for f in FIGURES],
+        [report(out(f), category="Figures") if f.endswith(".png") else out(f) for f in layout.figures()],
     params:
-        config=lambda w: dumps(config),
-        outdir=lambda w, output: parent(output[0]),
-        # grids/<train>/<step>/<sample>/<sampler>/seed<k>.png → grids/ (their common path is too deep with one
-        # training rationale)
-        grids=lambda w, input: Path(input.grids[0]).parents[4],
-        paper=lambda w, input: f"--paper {input.paper}" if input.paper else "",
+        grid=lambda w: dumps(figure_slice()),
+        root=lambda w, input: os.path.dirname(input.metrics),  # metrics.parquet lies in the experiment folder
+        outdir=lambda w, output: os.path.dirname(output[0]),
     benchmark:
-        f"{EXP}/benchmarks/figures/figures.tsv",
+        bench("figures", "figures")
     log:
-        f"{LOGS}/figures/figures.log",
+        log("figures", "figures"),
     conda:
         ENV
     shell:
-        "python -m ied figures --metrics {input.metrics} --config {params.config:q} --schedules {input.schedules}"
-        " --grids {params.grids} --outdir {params.outdir} {params.paper} > {log} 2>&1"
+        "python -m ied figures --metrics {input.metrics:q} --grid {params.grid:q} --schedules {input.schedules:q}"
+        " --root {params.root:q} --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule report:
+    """Tables and figures in one Markdown page."""
     input:
-        tables=TABLES,
-        figures=FIGURES,
+        tables=[out(t) for t in layout.tables()],
+        figures=[out(f) for f in layout.figures()],
     output:
-        REPORT,
+        out(layout.REPORT),
     benchmark:
-        f"{EXP}/benchmarks/report/report.tsv",
+        bench("report", "report")
     log:
-        f"{LOGS}/report/report.log",
+        log("report", "report"),
     conda:
         ENV
     shell:
-        "python -m ied report --tables {input.tables} --figures {input.figures} --out {output} > {log} 2>&1"
+        "python -m ied report --tables {input.tables:q} --figures {input.figures:q} --out {output:q} > {log:q} 2>&1"

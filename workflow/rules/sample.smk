@@ -1,33 +1,37 @@
 rule generate:
     """Sample one checkpoint with one schedule, sampler and seed set; shards make a killed job resumable."""
     input:
-        f"{EXP}/checkpoints/{{train}}/ckpt-{{step}}.pt",
+        out(layout.CHECKPOINT),
     output:
-        samples=f"{EXP}/samples/{CELL}.npz",
-        grid=f"{EXP}/grids/{CELL}.png",
+        samples=out(layout.SAMPLES),
+        grid=out(layout.GRID),
     params:
-        rationale=lambda w: dumps(RATIONALES[w.sample]),
-        sampler=lambda w: sampler_entry(w)["sampler"],
-        steps=lambda w: sampler_entry(w)["steps"],
-        options=lambda w: dumps(sampler_entry(w).get("options", {})),
+        spec=lambda w: dumps(specs.sampling_spec(config, w.sample, w.sampler)),
         n=config["sample"]["n_samples"],
-        batch=config["sample"]["batch_size"],
-        shard=config["sample"]["shard_size"],
+        # the checkpoint must hold this step of this training spec (a copied file is refused)
+        config_hash=lambda w: specs.identity_hash(specs.training_spec(config, w.train)),
     benchmark:
-        f"{EXP}/benchmarks/generate/{LOG_CELL}.tsv",
+        bench("generate", CELL_JOB)
     log:
-        jsonl=f"{LOGS}/generate/{LOG_CELL}.jsonl",
-        stderr=f"{LOGS}/generate/{LOG_CELL}.log",
-    threads: res("generate", "cpus", 1)
+        jsonl=log("generate", CELL_JOB, "jsonl"),
+        stderr=log("generate", CELL_JOB),
+    threads: res("generate")["cpus"]
     resources:
-        gpu=res("generate", "gpus", 0),
-        gpu_model=res("generate", "gpu_model", None),
-        mem_mb=res("generate", "mem_mb", 4000),
-        runtime=res("generate", "runtime", 60),
-        cpus_per_task=res("generate", "cpus", 1),
+        gpu=res("generate")["gpus"],
+        gpu_model=res("generate")["gpu_model"],
+        mem_mb=res("generate")["mem_mb"],
+        runtime=res("generate")["runtime"],
+        cpus_per_task=res("generate")["cpus"],
+        batch_size=config["sample"]["batch_size"],
+        shard_size=config["sample"]["shard_size"],
+        device=config["sample"]["device"],
+        precision=config["sample"]["precision"],
+        compile=int(config["sample"]["compile"]),
     conda:
         ENV
     shell:
-        "python -m ied generate --checkpoint {input} --rationale {params.rationale:q} --sampler {params.sampler}"
-        " --steps {params.steps} --options {params.options:q} --n-samples {params.n} --seed-set {wildcards.seed}"
-        " --batch-size {params.batch} --shard-size {params.shard} --out {output.samples} --grid {output.grid} --log {log.jsonl} 2> {log.stderr}"
+        "python -m ied generate --checkpoint {input:q} --spec {params.spec:q} --n-samples {params.n}"
+        " --seed-set {wildcards.seed} --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
+        " --batch-size {resources.batch_size} --shard-size {resources.shard_size} --device {resources.device}"
+        " --precision {resources.precision} --compile {resources.compile}"
+        " --out {output.samples:q} --grid {output.grid:q} --log {log.jsonl:q} 2> {log.stderr:q}"

@@ -1,14 +1,14 @@
 rule tabulate_schedule:
     """σ(t), φ and Φ of one rationale on a t grid (Algorithm 1 where no closed form exists)."""
     output:
-        f"{EXP}/schedules/{{rationale}}.parquet",
+        out(layout.SCHEDULE),
     params:
-        rationales=lambda w: dumps(RATIONALES),
+        spec=lambda w: dumps(RATIONALES[w.rationale]),
     benchmark:
-        f"{EXP}/benchmarks/tabulate_schedule/{{rationale}}.tsv",
+        bench("tabulate_schedule", "{rationale}")
     log:
-        f"{LOGS}/tabulate_schedule/{{rationale}}.log",
+        log("tabulate_schedule", "{rationale}"),
     conda:
         ENV
     shell:
-        "python -m ied tabulate --rationales {params.rationales:q} --name {wildcards.rationale} --out {output} > {log} 2>&1"
+        "python -m ied tabulate --spec {params.spec:q} --name {wildcards.rationale} --out {output:q} > {log:q} 2>&1"

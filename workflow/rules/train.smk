@@ -1,28 +1,34 @@
 rule train_segment:
     """Train one segment (checkpoint_every steps), resuming from the previous segment's checkpoint."""
     input:
-        data=f"{EXP}/data/train.npz",
+        data=out(layout.DATA, split="train"),
         resume=previous_checkpoint,
     output:
-        f"{EXP}/checkpoints/{{train}}/ckpt-{{step}}.pt",
+        out(layout.CHECKPOINT),
     params:
-        config=lambda w: dumps(train_config(config, w.train)),
+        spec=lambda w: dumps(specs.training_spec(config, w.train)),
         start=lambda w: int(w.step) - EVERY,
-        resume=lambda w, input: f"--resume {input.resume}" if input.resume else "",
+        resume=lambda w, input: f"--resume {shlex.quote(input.resume[0])}" if input.resume else "",
     benchmark:
-        f"{EXP}/benchmarks/train_segment/{{train}}-{{step}}.tsv",
+        bench("train_segment", "{train}-{step}")
     log:
-        jsonl=f"{LOGS}/train_segment/{{train}}-{{step}}.jsonl",
-        stderr=f"{LOGS}/train_segment/{{train}}-{{step}}.log",
-    threads: res("train", "cpus", 1)
+        jsonl=log("train_segment", "{train}-{step}", "jsonl"),
+        stderr=log("train_segment", "{train}-{step}"),
+    threads: res("train_segment")["cpus"]
     resources:
-        gpu=res("train", "gpus", 0),
-        gpu_model=res("train", "gpu_model", None),
-        mem_mb=res("train", "mem_mb", 4000),
-        runtime=res("train", "runtime", 60),
-        cpus_per_task=res("train", "cpus", 1),
+        gpu=res("train_segment")["gpus"],
+        gpu_model=res("train_segment")["gpu_model"],
+        mem_mb=res("train_segment")["mem_mb"],
+        runtime=res("train_segment")["runtime"],
+        cpus_per_task=res("train_segment")["cpus"],
+        log_every=config["train"]["log_every"],
+        device=config["train"]["device"],
+        precision=config["train"]["precision"],
+        compile=int(config["train"]["compile"]),
     conda:
         ENV
     shell:
-        "python -m ied train --config {params.config:q} --data {input.data} --start {params.start} --end {wildcards.step}"
-        " {params.resume} --out {output} --log {log.jsonl} 2> {log.stderr}"
+        "python -m ied train --spec {params.spec:q} --data {input.data:q} --start {params.start} --end {wildcards.step}"
+        " {params.resume} --out {output:q} --log {log.jsonl:q} --log-every {resources.log_every}"
+        " --device {resources.device} --precision {resources.precision} --compile {resources.compile}"
+        " 2> {log.stderr:q}"

@@ -1,0 +1,138 @@
+"""The one translation point from config entries to job specs (as NVlabs/edm's options → kwargs).
+
+Nothing else reads `rationales:` entries: validation, tabulation, training and generation all receive
+what this module resolves — self-contained, label-free specs with every reference (a weighted
+rationale's `base: <name>`) inlined. A job's identity is exactly such a spec, so a label, a log interval
+or a batch size never changes it. Torch-free: the Snakefile imports it while it parses.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from typing import Any, Mapping
+
+from ied.rationales import Rationale, RationaleError, build, check_keys
+from ied.samplers import resolve_options
+
+NUMERIC_KEYS = {"sigma_min", "sigma_max", "v_max", "sigma_n", "rho", "p_mean", "p_std", "k"}
+
+
+def identity_hash(obj: Any) -> str:
+    """Short SHA-256 of a spec's canonical JSON: the identity checkpoints and sample shards carry."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _canonical(name: str, entry: Mapping[str, Any]) -> dict:
+    """The entry without its label, numbers as floats (so 80 and 80.0 are one identity)."""
+    spec = {}
+    for key, value in entry.items():
+        if key == "label":
+            continue
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in NUMERIC_KEYS and numeric and math.isfinite(value):
+            value = float(value)
+        elif key == "params" and isinstance(value, Mapping):
+            value = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                     for k, v in value.items()}
+        spec[key] = copy.deepcopy(value)
+    return spec
+
+
+def resolve_rationale(name: str, entry: Mapping[str, Any], registry: Mapping[str, Mapping[str, Any]],
+                      _seen: tuple[str, ...] = ()) -> dict:
+    """A config entry (defaults filled by the schema) as a self-contained, label-free spec."""
+    family = check_keys(name, entry, extra=("label",))
+    spec = _canonical(name, entry)
+    if family != "weighted":
+        return spec
+    base = entry.get("base")
+    if isinstance(base, str):
+        if base not in registry:
+            raise RationaleError(name, "base", f"no rationale named {base!r} is defined")
+        if base in _seen + (name,):
+            raise RationaleError(name, "base", f"circular reference through {base!r}")
+        spec["base"] = resolve_rationale(base, registry[base], registry, _seen + (name,))
+    elif isinstance(base, Mapping):
+        spec["base"] = resolve_rationale(f"{name}.base", base, registry, _seen + (name,))
+    else:
+        raise RationaleError(name, "base", f"must be a rationale name or an inline entry, got {base!r}")
+    # A weighted rationale lives on its base's domain unless it names its own.
+    spec.setdefault("sigma_min", spec["base"]["sigma_min"])
+    spec.setdefault("sigma_max", spec["base"]["sigma_max"])
+    return spec
+
+
+def configured_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
+    """Every entry of `rationales:`, resolved."""
+    registry = config["rationales"]
+    return {name: resolve_rationale(name, entry, registry) for name, entry in registry.items()}
+
+
+def ablation_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
+    """Fig. 5's N(0, σ_N²) rationales: the ablation's base rationale with σ_N changed, cut at the same multiple.
+
+    A σ_N whose rationale equals a configured one (the main grid's N(0, 5²)) takes that rationale's name,
+    so its cell is the main grid's cell: generated once, the same number in the table and the figure.
+    """
+    ablation = config.get("ablation") or {}
+    if not ablation.get("sigma_n"):
+        return {}
+    configured = configured_rationales(config)
+    base = configured[ablation["rationale"]]
+    cut = base["sigma_max"] / base["sigma_n"]
+    out = {}
+    for sigma_n in ablation["sigma_n"]:
+        spec = {**base, "sigma_n": float(sigma_n), "sigma_max": cut * float(sigma_n)}
+        same = [name for name, other in configured.items() if other == spec]
+        name = same[0] if same else f"{ablation['rationale']}-sn{sigma_n:g}".replace("+", "")
+        out[name] = spec
+    return out
+
+
+def all_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
+    """Configured rationales plus the ablation's, resolved."""
+    return {**configured_rationales(config), **ablation_rationales(config)}
+
+
+def labels(config: Mapping[str, Any]) -> dict[str, str]:
+    """Display names for tables and figures: `label`, else the name; N(0,σ_N²) for the ablation."""
+    out = {name: entry.get("label", name) for name, entry in config["rationales"].items()}
+    for name, spec in ablation_rationales(config).items():
+        out.setdefault(name, f"N(0,{spec['sigma_n']:g}²)")
+    return out
+
+
+def rationale(spec: Mapping[str, Any], name: str = "r") -> Rationale:
+    """A Rationale from a config-style entry (defaults from the schema filled in) — for scripts and tests."""
+    from ied.config import fill_defaults
+
+    return build(name, resolve_rationale(name, fill_defaults("rationale", spec), {}))
+
+
+def network(entry: Mapping[str, Any]) -> dict:
+    """A `train.network` entry with the schema's defaults (the paper's U-Net) filled in."""
+    from ied.config import fill_defaults
+
+    return fill_defaults("network", entry)
+
+
+def training_spec(config: Mapping[str, Any], name: str) -> dict:
+    """Everything that determines a training rationale's weights, and nothing else (no label, log interval,
+    device or thread count): the checkpoints' config hash is its identity_hash."""
+    train = config["train"]
+    return {"dataset": config["dataset"]["name"], "rationale": all_rationales(config)[name],
+            "network": copy.deepcopy(train["network"]), "batch_size": int(train["batch_size"]),
+            "lr": float(train["lr"]), "ema": float(train["ema"]),
+            "grad_clip": None if train["grad_clip"] is None else float(train["grad_clip"]),
+            "seed": int(train["seed"]), "weighting": train["weighting"]}
+
+
+def sampling_spec(config: Mapping[str, Any], rationale_name: str, sampler_name: str) -> dict:
+    """Everything that determines a generated image besides the checkpoint and its index: schedule, sampler,
+    steps and every option (defaults included, so `{}` and the defaults spelled out are one identity)."""
+    entry = config["sample"]["samplers"][sampler_name]
+    return {"rationale": all_rationales(config)[rationale_name], "sampler": entry["sampler"],
+            "steps": int(entry["steps"]), "options": resolve_options(entry["sampler"], entry.get("options", {}))}
+

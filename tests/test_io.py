@@ -1,0 +1,70 @@
+"""ied.io: the atomic-write contract, the user's umask, stale temp files, a full disk named as such."""
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ied.io import atomic_path, write_text
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_target_keeps_old_content_while_writing_and_when_the_block_raises(tmp_path):
+    target = tmp_path / "out.txt"
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text("partial")
+        assert not target.exists()  # absent while the block runs
+    assert target.read_text() == "partial" and temp_files(tmp_path) == []
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            Path(tmp).write_text("half-written")
+            assert target.read_text() == "partial"  # old content while the block runs
+            raise RuntimeError("killed")
+    assert target.read_text() == "partial" and temp_files(tmp_path) == []  # old content, temp gone
+
+
+def test_outputs_get_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "shared.txt", "x")
+        assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        os.umask(0o077)
+        write_text(tmp_path / "private.txt", "x")
+        assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_temp_files_of_a_killed_write_are_removed_by_the_next(tmp_path):
+    stale = tmp_path / ".ckpt-300.pt.abc123.tmp"  # what a SIGKILLed torch.save leaves behind
+    stale.write_bytes(b"0" * 1000)
+    other = tmp_path / ".other.pt.def456.tmp"
+    other.write_bytes(b"1")
+    write_text(tmp_path / "ckpt-300.pt", "new")
+    assert not stale.exists() and other.exists()  # only the same target's leftovers
+
+
+def test_a_full_disk_is_named(tmp_path, monkeypatch):
+    import ied.io
+    target = tmp_path / "ckpt-5.pt"
+    # A writer that fails without saying why (torch.save reports "file write failed"), on a disk that is full.
+    monkeypatch.setattr(ied.io.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError) as info:
+        with atomic_path(target) as tmp:
+            Path(tmp).write_text("x")
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+    assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
+    assert "No space left on device" in str(info.value) and temp_files(tmp_path) == []
+
+
+def test_cli_names_a_full_disk(tmp_path, monkeypatch, capsys):
+    from ied import cli
+    monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "aggregate": lambda a: (_ for _ in ()).throw(
+        OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.parquet")))})
+    assert cli.main(["aggregate", "--out", str(tmp_path / "m.parquet"), "x"]) == 1
+    err = capsys.readouterr().err
+    assert "no space left on device writing" in err and "metrics.parquet" in err and len(err.splitlines()) == 1

@@ -1,0 +1,74 @@
+"""ied.specs: config entries → self-contained, label-free job specs; a job's identity is its spec."""
+import copy
+import json
+
+import yaml
+
+from ied import specs
+from ied.cli import main
+from ied.config import validate
+
+from conftest import DEFAULT
+
+
+def default():
+    return yaml.safe_load(DEFAULT.read_text())
+
+
+def test_identity_ignores_labels_and_run_time_settings():
+    config = validate(default())
+    edited = default()
+    edited["rationales"]["l2"]["label"] = "another label"
+    edited["train"].update(log_every=7, device="cpu", precision="fp32", compile=True)
+    edited["sample"].update(batch_size=3, shard_size=2)
+    edited = validate(edited)
+    for name in config["train"]["rationales"]:
+        assert specs.training_spec(config, name) == specs.training_spec(edited, name)
+    for sample in config["sample"]["rationales"]:
+        assert specs.sampling_spec(config, sample, "em") == specs.sampling_spec(edited, sample, "em")
+    assert specs.labels(edited)["l2"] == "another label"
+    assert "label" not in json.dumps(specs.all_rationales(edited))
+
+
+def test_identity_follows_what_determines_the_output():
+    config = validate(default())
+    for key, value in [("lr", 0.002), ("ema", 0.9), ("seed", 1), ("batch_size", 32), ("weighting", "sigma")]:
+        edited = copy.deepcopy(config)
+        edited["train"][key] = value
+        assert specs.training_spec(validate(edited), "ve") != specs.training_spec(config, "ve"), key
+    edited = copy.deepcopy(config)
+    edited["rationales"]["ve"]["sigma_max"] = 81
+    assert specs.training_spec(validate(edited), "ve") != specs.training_spec(config, "ve")
+    # numbers are canonical: 80 and 80.0 are one identity
+    edited["rationales"]["ve"]["sigma_max"] = 80
+    assert specs.identity_hash(specs.training_spec(validate(edited), "ve")) == \
+        specs.identity_hash(specs.training_spec(config, "ve"))
+    edited["sample"]["samplers"]["heun"]["options"] = {}
+    assert specs.sampling_spec(validate(edited), "ve", "heun") == specs.sampling_spec(config, "ve", "heun")
+
+
+def test_ablation_shares_the_main_grids_rationale():
+    config = validate(default())
+    ablation = specs.ablation_rationales(config)
+    assert ablation["gauss5"] == specs.configured_rationales(config)["gauss5"]  # σ_N = 5 is the grid's cell
+    assert ablation["gauss5-sn10"] == {**specs.configured_rationales(config)["gauss5"], "sigma_n": 10.0,
+                                       "sigma_max": 30.0}
+
+
+def test_weighted_rationale_with_a_named_base_trains_and_samples_through_the_job_path(digits, tmp_path):
+    raw = default()
+    raw["rationales"]["w"] = {"family": "weighted", "base": "l2", "weight": "sigma**2 / (sigma**2 + 0.25)",
+                              "label": "weighted L2"}
+    raw["train"].update(rationales=["w"], batch_size=16)
+    raw["sample"]["rationales"] = ["w"]
+    raw["ablation"]["sigma_n"] = []
+    config = validate(raw)
+    spec = specs.training_spec(config, "w")
+    assert spec["rationale"]["base"]["family"] == "l2"  # the reference is inlined: the job needs no registry
+    ckpt = tmp_path / "ckpt-2.pt"
+    assert main(["train", "--spec", json.dumps(spec), "--data", str(digits / "train.npz"), "--start", "0",
+                 "--end", "2", "--out", str(ckpt)]) == 0
+    sampling = json.dumps(specs.sampling_spec(config, "w", "heun"))
+    assert main(["generate", "--checkpoint", str(ckpt), "--spec", sampling, "--n-samples", "4", "--expect-step", "2",
+                 "--expect-config-hash", specs.identity_hash(spec), "--out", str(tmp_path / "s.npz")]) == 0
+    assert (tmp_path / "s.npz").exists()
