@@ -75,9 +75,10 @@ def small_pipeline_config(tmp_path: Path, experiment: str = "small") -> Path:
     config = merge(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), {
         "experiment": experiment,
         "train": {"rationales": ["l2"], "total_steps": 60, "checkpoint_every": 30, "batch_size": 32, "log_every": 5},
-        "sample": {"rationales": ["l2"], "checkpoints": [30, 60], "n_samples": 40, "batch_size": 10,
-                   "shard_size": 10},
-        "ablation": {"sigma_n": []}})
+        "sample": {"single": {"rationales": ["l2"], "n_samples": 40},
+                   "repeated": {"rationales": ["l2"], "n_samples": 40, "sets": 1},
+                   "batch_size": 10, "shard_size": 10},
+        "nfe_sweep": {"steps": []}, "ablation": {"sigma_n": []}})
     config["sample"]["samplers"] = {"em": {"sampler": "euler_maruyama", "steps": 40}}
     path = tmp_path / f"{experiment}.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
@@ -126,3 +127,23 @@ def job_pids(workdir: Path, subcommand: str) -> list[int]:
         except (OSError, ValueError):
             continue
     return pids
+
+
+@pytest.fixture(scope="session")
+def inception(tmp_path_factory) -> Path:
+    """torch-fidelity's Inception-v3 with random weights (He-initialised convolutions, so features are O(1))."""
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: None), \
+            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
+        torch.manual_seed(0)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(net.state_dict(), path)
+    return path

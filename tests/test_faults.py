@@ -82,7 +82,7 @@ def test_killed_jobs_resume_bit_identically(tmp_path, small_reference):
     state = torch.load(ckpt, weights_only=True)
     next(iter(state["ema"].values())).view(-1)[0] += 1.0
     torch.save(state, ckpt)
-    samples = exp(faulty) / "samples" / "l2" / "30" / "l2" / "em" / "seed0.npz"
+    samples = exp(faulty) / "samples" / "l2" / "30" / "l2" / "em" / "n40-seed0.npz"
     run(faulty, configfile, str(samples.relative_to(faulty)))  # make sure it is there to be damaged
     samples.write_bytes(samples.read_bytes()[:1000])
     result = subprocess.run(command(faulty, configfile) + ["--keep-going"], cwd=faulty, env=VENV_ENV,
@@ -91,7 +91,7 @@ def test_killed_jobs_resume_bit_identically(tmp_path, small_reference):
     logs = "".join(p.read_text() for p in (exp(faulty) / "logs").glob("*/*.log"))
     assert f"{ckpt.relative_to(faulty)}: checksum mismatch" in logs
     assert f"{samples.relative_to(faulty)}: unreadable or truncated" in logs
-    assert ckpt.with_name("ckpt-60.pt.corrupt").exists() and samples.with_name("seed0.npz.corrupt").exists()
+    assert ckpt.with_name("ckpt-60.pt.corrupt").exists() and samples.with_name("n40-seed0.npz.corrupt").exists()
 
     run(faulty, configfile)
     assert_same_results(small_reference, exp(faulty))

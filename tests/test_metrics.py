@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,6 @@ from ied.train import train
 
 from conftest import L2, sampling_spec, tiny_spec
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -64,22 +62,16 @@ def test_inception_weights_come_from_a_checked_local_file(tmp_path):
         extractor_kwargs("inception-v3-compat", tmp_path / "fake.pth", "6726825d")
 
 
-def _shared_inception():
-    candidates = sorted(SHARED_DATA.glob("**/weights-inception-2015-12-05-6726825d.pth"))
-    return candidates[0] if candidates else None
-
-
-@pytest.mark.skipif(_shared_inception() is None, reason="no Inception weights under ../shared/data")
-def test_configured_path_matches_torch_fidelity_default(tmp_path, monkeypatch):
+def test_configured_path_matches_torch_fidelity_default(inception, monkeypatch):
     """Our local-path route gives the same features as torch-fidelity's own (downloading) default."""
     import torch
     import torch_fidelity.feature_extractor_inceptionv3 as fe
-    weights = _shared_inception()
-    kwargs = extractor_kwargs("inception-v3-compat", weights, "6726825d")
+    from ied.io import sha256_file
+    kwargs = extractor_kwargs("inception-v3-compat", inception, sha256_file(inception)[:8])
     ours = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], **{
         "feature_extractor_weights_path": kwargs["feature_extractor_weights_path"]})
-    # torch-fidelity's default fetches the same file by URL; serve it from the shared copy instead
-    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: torch.load(weights, weights_only=False))
+    # torch-fidelity's default fetches its file by URL; serve the same weights file instead
+    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: torch.load(inception, weights_only=False))
     default = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(ours(x)[0], default(x)[0])

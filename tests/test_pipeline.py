@@ -19,10 +19,13 @@ def job_counts(*args, cwd):
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m.group(1) != "total"}
 
 
-def test_default_config_cross_product():
+def test_default_config_cells_follow_the_papers_protocol():
     config = load([DEFAULT])
-    # train × checkpoints × sample × samplers, plus the ablation's σ_N of 1, 3, 10 (σ_N = 5 is gauss5's cell)
-    assert len(cells(config)) == 3 * 2 * 4 * 2 + 3
+    single = 3 * 3 * 3  # train × checkpoints × VE/L2/N(0,5²), em: one set each
+    repeated = 3 * 2 * 4 * 2 - 3 * 2 * 3  # train × checkpoints ≤ 600 × 4 rationales × 2 sets, less set 0 of single
+    ablation = 3  # σ_N of 1, 3, 10 (σ_N = 5 is gauss5's cell)
+    sweep = 2 * 2 * 3 - 1  # l2/edm7 × em/heun × 3 step counts, less em at 50 steps for l2 (a single-set cell)
+    assert len(cells(config)) == single + repeated + ablation + sweep
     assert config["sample"]["samplers"]["em"]["options"] == {}  # schema defaults are filled in
 
 
@@ -40,9 +43,9 @@ def test_a_new_rationale_is_a_config_entry(tmp_path):
     extra.write_text(yaml.safe_dump({
         "rationales": {"bump": {"family": "expression", "density": "exp(-(log(sigma) - m)**2)", "params": {"m": 0.0},
                                 "sigma_min": 0.002, "sigma_max": 80, "label": "bump"}},
-        "sample": {"rationales": ["ve", "l2", "gauss5", "edm7", "bump"]}}))
+        "sample": {"single": {"rationales": ["ve", "l2", "gauss5", "bump"]}}}))
     after = job_counts("--configfile", DEFAULT, extra, cwd=tmp_path)
-    per_sampling_rationale = 3 * 2 * 2  # train rationales × checkpoints × samplers
+    per_sampling_rationale = 3 * 3  # train rationales × checkpoints, one set, em
     assert after["generate"] == before["generate"] + per_sampling_rationale
     assert after["evaluate"] == before["evaluate"] + per_sampling_rationale
     assert after["tabulate_schedule"] == before["tabulate_schedule"] + 1
@@ -50,7 +53,8 @@ def test_a_new_rationale_is_a_config_entry(tmp_path):
                                      "train": {"rationales": ["ve", "l2", "gauss5", "bump"]}}))
     trained = job_counts("--configfile", DEFAULT, extra, cwd=tmp_path)
     assert trained["train_segment"] == before["train_segment"] + 3
-    assert trained["generate"] == after["generate"] + 2 * 5 * 2
+    # its single sets (3 checkpoints × 4 rationales) and repeated sets not already single (2 × 4 × 2 − 2 × 3)
+    assert trained["generate"] == after["generate"] + 3 * 4 + (2 * 4 * 2 - 2 * 3)
 
 
 # --- what a config edit reruns, dry-run against the one finished pipeline (e2e_run) ------------------------
@@ -63,14 +67,16 @@ EDITS = {
     "log interval, device, precision": ({"train": {"log_every": 3, "device": "cpu", "precision": "fp32"}}, {}),
     "batch and shard size": ({"sample": {"batch_size": 7, "shard_size": 5}, "evaluate": {"batch_size": 16}}, {}),
     "paper results path": ({"paper_results": str(REPO / "config" / "paper_results.yaml")}, {}),
-    # 2 train × 2 checkpoints × 2 samplers × 2 seed sets with edm7 (defined, so already tabulated)
-    "add a sampling rationale": ({"sample": {"rationales": ["l2", "gauss5", "edm7"]}},
-                                 {"generate": 16, "evaluate": 16, **AGGREGATION}),
-    # its two segments, and 2 checkpoints × 2 sampling rationales × 2 samplers × 2 seed sets
+    # 2 train × 2 checkpoints × 2 samplers, one set, with ve (defined, so already tabulated)
+    "add a sampling rationale": ({"sample": {"single": {"rationales": ["l2", "gauss5", "ve"]}}},
+                                 {"generate": 8, "evaluate": 8, **AGGREGATION}),
+    # its two segments; single: 2 checkpoints × 2 rationales × 2 samplers; repeated: 3 rationales × 2 sets,
+    # less the 2 single sets of step 20 with em
     "add a training rationale": ({"train": {"rationales": ["ve", "l2", "gauss5"]}},
-                                 {"train_segment": 2, "generate": 16, "evaluate": 16, **AGGREGATION}),
+                                 {"train_segment": 2, "generate": 12, "evaluate": 12, **AGGREGATION}),
+    # heun's single sets (2 train × 2 checkpoints × 2 rationales); its sweep points (2, 8 steps) stay as they are
     "sampler steps": ({"sample": {"samplers": {"heun": {"steps": 5}}}},
-                      {"generate": 16, "evaluate": 16, **AGGREGATION}),
+                      {"generate": 8, "evaluate": 8, **AGGREGATION}),
 }
 
 
@@ -89,7 +95,9 @@ def test_nested_config_overrides_are_typed(e2e_run):
     assert job_counts(*E2E, "--config", "train={log_every: 3, lr: 0.002}", cwd=e2e_run)["train_segment"] == 4
 
 
-@pytest.mark.parametrize("name, generate", [("paper-cifar10", 3 * 20 * 5 * 5 + 5), ("paper-imagenet32", 3 * 20 * 5 * 4)])
+# CIFAR-10: single 3×3×20, repeated 3×5×8×5 less their shared set 0 (3×3×8), 5 ablation σ_N (σ_N = 5: a grid cell);
+# ImageNet-32: single 3×3×20 of 50K, repeated 3×5×20×4 of 25K
+@pytest.mark.parametrize("name, generate", [("paper-cifar10", 180 + 600 - 72 + 5), ("paper-imagenet32", 180 + 1200)])
 def test_paper_dags_build_with_gpu_training(tmp_path, name, generate):
     from test_data import write_fake_cifar, write_fake_imagenet32
     data = tmp_path / "data"
@@ -127,22 +135,34 @@ def test_slurm_profile_dry_run_from_the_repository_root():
 def test_end_to_end_reduced_default(e2e_run):
     exp = e2e_run / "results" / "e2e"
     metrics = pd.read_parquet(exp / "metrics.parquet")
-    assert len(metrics) == 2 * 2 * 2 * 2 * 2 + 1  # + the ablation's σ_N = 1 (σ_N = 5 is the gauss5 cell)
-    for column in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std"):
+    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's em-2, heun-2, heun-8
+    assert len(metrics) == 16 + 8 + 1 + 3
+    for column in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall"):
         assert metrics[column].map(math.isfinite).all(), column
-    for name in ("fid_is", "fid_std"):
-        for ext in ("parquet", "md", "tex"):
-            assert (exp / "tables" / f"{name}.{ext}").stat().st_size > 0
-    fid_std = pd.read_parquet(exp / "tables" / "fid_std.parquet")
-    assert fid_std["fid_std"].notna().all() and len(fid_std) == 2 * 2 * 2
+    assert (metrics["degenerate"] == "").all() and set(metrics["reference_split"]) == {"test"}
+    assert sorted(p.name for p in (exp / "tables").iterdir()) == sorted(
+        f"{name}.{ext}" for name in ("table1", "table3", "fid_nfe") for ext in ("parquet", "md", "tex"))
+    table3 = pd.read_parquet(exp / "tables" / "table3.parquet")
+    assert table3["fid_std"].notna().all() and len(table3) == 2 * 3 and (table3["sets"] == 2).all()
+    assert (table3["checkpoint_step"] == 20).all()  # the repeated range ends at 20
+    table1 = pd.read_parquet(exp / "tables" / "table1.parquet")
+    assert len(table1) == 2 * 2 * 2 and set(table1["checkpoint_step"]) <= {20, 40}
+    best = metrics[(metrics["n_samples"] == 40) & (metrics["seed_set"] == 0)].groupby(
+        ["sampler_name", "train_rationale", "sample_rationale"])["fid"].min()
+    assert (table1.set_index(["sampler_name", "train_rationale", "sample_rationale"])["fid"] == best.loc[
+        table1.set_index(["sampler_name", "train_rationale", "sample_rationale"]).index]).all()
     figures = sorted(p.name for p in (exp / "figures").iterdir())
-    assert len(figures) == 14 and all((exp / "figures" / f).stat().st_size > 1000 for f in figures)
-    assert (exp / "report.md").read_text().count("![") == 7
+    stems = ["fig1_rationales", "fig2_marginals", "fig3_fid_is_over_training", "fig5_sigma_n_ablation",
+             "fig6_fid_over_sets", "fig8_samples", "paper_comparison", "loss_by_sigma", "fid_nfe"]
+    assert figures == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
+    assert all((exp / "figures" / f).stat().st_size > 1000 for f in figures)
+    assert (exp / "report.md").read_text().count("![") == len(stems)
     logs = list((exp / "logs").rglob("*.log"))
     assert {p.parent.name for p in logs} >= {"prepare_data", "train_segment", "generate", "evaluate", "figures"}
     # the HTML report holds every figure and the Markdown tables
     snakemake("--report", e2e_run / "report.html", *E2E, cwd=e2e_run)
     html = (e2e_run / "report.html").read_text()
-    assert all(f in html for f in figures if f.endswith(".png")) and "fid_is.md" in html
+    assert all(f in html for f in figures if f.endswith(".png")) and "table1.md" in html
+    assert "the best FID recorded during training" in html  # the captions of workflow/report/
     # a second invocation has nothing left to do
     assert "Nothing to be done" in snakemake("--cores", "2", *E2E, cwd=e2e_run).stderr

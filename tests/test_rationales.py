@@ -194,3 +194,53 @@ def test_tabulate_writes_parquet_with_spec(tmp_path):
     assert json.loads(read.schema.metadata[b"ied.spec"]) == {"family": "l2", "v_max": 1.0, "sigma_min": 0.002,
                                                             "sigma_max": 80.0}
     assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+# --- errata of the paper, checked numerically (src/ied/README.md) -------------------------------------------
+def test_eq43_is_sigma_sqrt_2pi_times_the_squared_l2_distance_of_eq42():
+    v = 1.0
+    r43 = lambda s: math.sqrt(2) * (1 - math.exp(-v**2 / s**2))  # noqa: E731
+    for s in (0.1, 0.7, 2.0, 9.0):
+        n = lambda x, mu: math.exp(-0.5 * ((x - mu) / s) ** 2) / (s * math.sqrt(2 * math.pi))  # noqa: E731
+        eq42 = integrate.quad(lambda x: (n(x, v) - n(x, -v)) ** 2, -np.inf, np.inf, epsabs=0, epsrel=1e-12)[0]
+        assert r43(s) == pytest.approx(s * math.sqrt(2 * math.pi) * eq42, rel=1e-9)
+    # the code follows eq. 43 (the paper's experiments), not eq. 42
+    l2 = make({"family": "l2", "v_max": v}, (0.002, 80.0))
+    assert l2.density(np.array([0.7]))[0] == pytest.approx(r43(0.7), rel=1e-14)
+
+
+def test_eq62_63_have_flipped_signs_and_the_code_is_increasing():
+    lo, hi, rho = 0.002, 80.0, 7.0
+    eq62 = lambda s: (s ** (1 / rho) - hi ** (1 / rho)) / (lo ** (1 / rho) - hi ** (1 / rho))  # noqa: E731
+    eq63 = lambda s: s ** (1 / rho - 1) / (rho * (lo ** (1 / rho) - hi ** (1 / rho)))  # noqa: E731
+    assert eq62(lo) == pytest.approx(1.0) and eq62(hi) == pytest.approx(0.0)  # a decreasing "CDF"
+    assert eq63(1.0) < 0  # a negative "PDF"
+    edm = make({"family": "edm", "rho": rho}, (lo, hi))
+    assert edm.cdf(np.array([lo, hi])).tolist() == pytest.approx([0.0, 1.0])
+    assert edm.pdf(np.array([1.0]))[0] == pytest.approx(-eq63(1.0), rel=1e-12)  # |eq. 63| is the density
+    assert edm.cdf(np.array([1.0]))[0] == pytest.approx(1 - eq62(1.0), rel=1e-12)  # 1 − eq. 62 is the CDF
+
+
+def test_eq41_weighting_belongs_outside_the_norm():
+    """E_{φ_r}[λ(σ) f(σ)] = (Z_{rλ}/Z_r) E_{φ_{rλ}}[f(σ)] for any f: the weighted rationale (Sec. 3.4) absorbs a
+    weight on the loss, λ‖s − ε‖²; eq. 41's ‖λ s − ε‖² is not of that form (with s = 0 it ignores λ)."""
+    base = {"family": "l2", "v_max": 1.0, "sigma_min": 0.01, "sigma_max": 50.0}
+    weight = "sigma**2 / (sigma**2 + 0.25)"
+    r, rw = rationale(base), rationale({"family": "weighted", "base": base, "weight": weight})
+    lam = lambda s: s**2 / (s**2 + 0.25)  # noqa: E731
+    f = lambda s: np.log1p(s) / (1 + s)  # any per-σ loss  # noqa: E731
+    u = np.linspace(math.log(0.01), math.log(50.0), 200001)
+    s = np.exp(u)
+    lhs = integrate.simpson(r.pdf(s) * lam(s) * f(s) * s, x=u)
+    ratio = integrate.simpson(r.pdf(s) * lam(s) * s, x=u)  # Z_{rλ}/Z_r
+    assert lhs == pytest.approx(ratio * integrate.simpson(rw.pdf(s) * f(s) * s, x=u), rel=1e-8)
+
+
+def test_algorithm1_returns_the_noise_level_not_the_density_value():
+    """Algorithm 1 returns V_k (a density value); the generalized inverse is the grid's σ_k."""
+    r = make({"family": "expression", "density": "exp(-(log(sigma) - 1)**2)"}, (0.01, 100.0))
+    t = np.linspace(0.01, 0.99, 50)
+    sigma = r.sigma(t)
+    assert np.all((sigma >= 0.01) & (sigma <= 100.0))
+    np.testing.assert_allclose(r.cdf(sigma), t, atol=1e-9)  # σ_k: Φ(σ_k) = t
+    assert not np.allclose(r.density(sigma), sigma)  # V_k = r(σ_k) is something else

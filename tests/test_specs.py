@@ -24,7 +24,7 @@ def test_identity_ignores_labels_and_run_time_settings():
     edited = validate(edited)
     for name in config["train"]["rationales"]:
         assert specs.training_spec(config, name) == specs.training_spec(edited, name)
-    for sample in config["sample"]["rationales"]:
+    for sample in config["sample"]["repeated"]["rationales"]:
         assert specs.sampling_spec(config, sample, "em") == specs.sampling_spec(edited, sample, "em")
     assert specs.labels(edited)["l2"] == "another label"
     assert "label" not in json.dumps(specs.all_rationales(edited))
@@ -60,8 +60,8 @@ def test_weighted_rationale_with_a_named_base_trains_and_samples_through_the_job
     raw["rationales"]["w"] = {"family": "weighted", "base": "l2", "weight": "sigma**2 / (sigma**2 + 0.25)",
                               "label": "weighted L2"}
     raw["train"].update(rationales=["w"], batch_size=16)
-    raw["sample"]["rationales"] = ["w"]
-    raw["ablation"]["sigma_n"] = []
+    raw["sample"]["single"]["rationales"] = raw["sample"]["repeated"]["rationales"] = ["w"]
+    raw["ablation"]["sigma_n"], raw["nfe_sweep"]["steps"] = [], []
     config = validate(raw)
     spec = specs.training_spec(config, "w")
     assert spec["rationale"]["base"]["family"] == "l2"  # the reference is inlined: the job needs no registry

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="checkpoint written at --start (omit when --start is 0)")
     p.add_argument("--out", required=True)
     p.add_argument("--log")
+    p.add_argument("--loss-table", help="Parquet: the segment's ε-loss per log-σ bin")
     p.add_argument("--log-every", type=int, default=100)
     _runtime(p)
     p.add_argument("--allow-config-change", action="store_true")
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", type=_json, default={}, help="the cell's names, stored in the row (JSON)")
     p.add_argument("--cache-root")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     p = sub.add_parser("aggregate", help="concatenate metric rows")
     p.add_argument("--out", required=True)
@@ -98,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
     p.add_argument("--grid", type=_json, required=True, help="names, labels, ablation, paper tables (JSON)")
     p.add_argument("--schedules", nargs="+", required=True)
+    p.add_argument("--losses", nargs="+", required=True, help="training segments' loss tables (ied.layout.LOSS)")
     p.add_argument("--root", required=True, help="the experiment folder (sample grids are found there)")
     p.add_argument("--outdir", required=True)
 
@@ -174,7 +177,7 @@ def _tabulate(a):
 def _train(a):
     from ied.train import train
     train(a.spec, a.start, a.end, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out, log_path=a.log,
-          log_every=a.log_every, device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
+          loss_table=a.loss_table, log_every=a.log_every, device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
 
 
 def _train_evaluator(a):
@@ -196,7 +199,7 @@ def _generate(a):
 def _evaluate(a):
     from ied.metrics import evaluate
     row = evaluate(a.samples, a.reference, a.extractor, a.weights, a.out, cell=a.cell, sha256=a.sha256 or None,
-                   cache_root=a.cache_root, batch_size=a.batch_size)
+                   cache_root=a.cache_root, batch_size=a.batch_size, device=a.device)
     print(json.dumps({k: row[k] for k in ("fid", "isc_mean", "kid_mean", "degenerate")}), file=sys.stderr)
 
 
@@ -216,7 +219,7 @@ def _tables(a):
 
 def _figures(a):
     from ied.figures import write_figures
-    write_figures(a.metrics, a.grid, a.schedules, a.root, a.outdir)
+    write_figures(a.metrics, a.grid, a.schedules, a.losses, a.root, a.outdir)
 
 
 def _report(a):

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from ied import specs
+from ied import layout, specs
 from ied.data import DATASETS, EXTRACTORS, DataError, check_upstream
 from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.expressions import FormulaError, compile_formula
@@ -126,8 +126,9 @@ def schema() -> dict:
     props = doc["properties"]
     props["dataset"]["properties"]["name"]["enum"] = sorted(DATASETS)
     props["evaluate"]["properties"]["extractor"]["enum"] = ["auto", *EXTRACTORS]
-    for section in ("train", "sample"):
+    for section in ("train", "sample", "evaluate"):
         props[section]["properties"]["device"]["pattern"] = DEVICE_PATTERN
+    for section in ("train", "sample"):
         props[section]["properties"]["precision"]["enum"] = list(PRECISIONS)
     return doc
 
@@ -195,25 +196,58 @@ def _check_rationales(config: dict) -> None:
             fail(f"rationales.{err.rationale.split('.')[0]}.{err.key}", str(err))
 
 
+def _check_names(key: str, names: list, allowed: Mapping | list, what: str) -> None:
+    if len(set(names)) != len(names):
+        fail(key, f"lists a name twice: {names}")
+    for name in names:
+        if name not in allowed:
+            fail(key, f"{name!r} is not {what}")
+
+
+def _check_step(key: str, step: Any, config: dict) -> None:
+    train = config["train"]
+    if step != "last" and (step % train["checkpoint_every"] or step > train["total_steps"]):
+        fail(key, f"step {step} is not a checkpoint (multiples of {train['checkpoint_every']} up to "
+                  f"{train['total_steps']})")
+
+
 def _check_lists(config: dict) -> None:
-    for section in ("train", "sample"):
-        names = config[section]["rationales"]
-        if len(set(names)) != len(names):
-            fail(f"{section}.rationales", f"lists a rationale twice: {names}")
-        for name in names:
-            if name not in config["rationales"]:
-                fail(f"{section}.rationales", f"{name!r} is not defined under rationales")
     train = config["train"]
     if train["total_steps"] % train["checkpoint_every"]:
         fail("train.total_steps", f"must be a multiple of checkpoint_every ({train['checkpoint_every']})")
-    wanted = config["sample"]["checkpoints"]
-    steps = range(train["checkpoint_every"], train["total_steps"] + 1, train["checkpoint_every"])
-    for step in [] if wanted == "all" else wanted:
-        if step not in steps:
-            fail("sample.checkpoints", f"step {step} is not a checkpoint (multiples of "
-                                       f"{train['checkpoint_every']} up to {train['total_steps']})")
-    if config["sample"]["n_samples"] < MIN_SAMPLES:
-        fail("sample.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
+    _check_names("train.rationales", train["rationales"], config["rationales"], "defined under rationales")
+    for purpose in ("single", "repeated"):
+        protocol = config["sample"][purpose]
+        _check_names(f"sample.{purpose}.rationales", protocol["rationales"], config["rationales"],
+                     "defined under rationales")
+        _check_names(f"sample.{purpose}.samplers", protocol.get("samplers", []), config["sample"]["samplers"],
+                     "under sample.samplers")
+        for step in [] if protocol["checkpoints"] == "all" else protocol["checkpoints"]:
+            _check_step(f"sample.{purpose}.checkpoints", step, config)
+        if not layout.protocol_steps(config, purpose):
+            fail(f"sample.{purpose}.up_to", f"no checkpoint at or below step {protocol['up_to']}")
+        if protocol["n_samples"] < MIN_SAMPLES:
+            fail(f"sample.{purpose}.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
+    if config["sample"]["single"]["sets"] != 1:
+        fail("sample.single.sets", "the single-set protocol has one set per checkpoint (use sample.repeated)")
+    _check_sweep(config)
+
+
+def _check_sweep(config: dict) -> None:
+    sweep = config["nfe_sweep"]
+    if not sweep["steps"]:
+        return
+    for key in ("rationales", "samplers", "n_samples"):
+        if key not in sweep:
+            fail(f"nfe_sweep.{key}", "required when nfe_sweep.steps is given")
+    _check_names("nfe_sweep.rationales", sweep["rationales"], config["rationales"], "defined under rationales")
+    _check_names("nfe_sweep.samplers", sweep["samplers"], config["sample"]["samplers"], "under sample.samplers")
+    _check_names("nfe_sweep.train_rationales", sweep.get("train_rationales", []), config["train"]["rationales"],
+                 "a training rationale")
+    _check_names("nfe_sweep.steps", sweep["steps"], list(range(1, max(sweep["steps"]) + 1)), "a step count")
+    _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config)
+    if sweep["n_samples"] < MIN_SAMPLES:
+        fail("nfe_sweep.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
 
 
 def _check_samplers(config: dict) -> None:
@@ -256,10 +290,7 @@ def _check_ablation(config: dict) -> None:
             fail(f"ablation.{key}", f"{ablation.get(key)!r} is not one of {sorted(allowed)}")
     if config["rationales"][ablation["rationale"]]["family"] != "gaussian":
         fail("ablation.rationale", f"{ablation['rationale']!r} must be a gaussian rationale (σ_N is varied)")
-    step = ablation["checkpoint"]
-    train = config["train"]
-    if step != "last" and (step % train["checkpoint_every"] or step > train["total_steps"]):
-        fail("ablation.checkpoint", f"step {step} is not a checkpoint")
+    _check_step("ablation.checkpoint", ablation["checkpoint"], config)
     configured = specs.configured_rationales(config)
     for name, spec in specs.ablation_rationales(config).items():
         if name in configured and configured[name] != spec:

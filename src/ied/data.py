@@ -32,12 +32,13 @@ class Dataset:
     num_classes: int
     extractor: str
     embedded: bool
+    paper_style: str  # whose tables and figure numbers a run writes (ied.layout.PAPER_NUMBERS)
 
 
 DATASETS = {
-    "digits": Dataset(("train", "test"), "test", 10, DIGITS_CNN, embedded=True),
-    "cifar10": Dataset(("train", "test"), "test", 10, INCEPTION, embedded=False),
-    "imagenet32": Dataset(("train", "val"), "val", 1000, INCEPTION, embedded=False),
+    "digits": Dataset(("train", "test"), "test", 10, DIGITS_CNN, embedded=True, paper_style="cifar10"),
+    "cifar10": Dataset(("train", "test"), "test", 10, INCEPTION, embedded=False, paper_style="cifar10"),
+    "imagenet32": Dataset(("train", "val"), "val", 1000, INCEPTION, embedded=False, paper_style="imagenet32"),
 }
 EXTRACTORS = (INCEPTION, DIGITS_CNN)
 

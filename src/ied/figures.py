@@ -1,9 +1,14 @@
-"""Figures 1–9 of the paper (seaborn, PNG and PDF) and a comparison with the published tables."""
+"""The paper's figures by number (seaborn, PNG and PDF), the comparison with the published tables, and the
+plots schedule researchers look at next: FID against NFE and the training loss per noise level.
+
+`config` is the figures' slice of the config (workflow/rules/common.smk: names, labels, protocols, the
+ablation, the sweep, the paper's tables and the artefact names of ied.layout).
+"""
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import matplotlib
 
@@ -15,18 +20,20 @@ import seaborn as sns  # noqa: E402
 
 from ied import layout  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
-from ied.tables import best_checkpoints, per_checkpoint, with_labels  # noqa: E402
+from ied.tables import nfe_table, per_checkpoint, protocol_rows, repeated_table, single_table  # noqa: E402
+
+Grid = Mapping[str, Any]
 
 
 def _save(fig, outdir: Path, name: str) -> None:
-    for ext in ("png", "pdf"):
+    for ext in layout.FIGURE_FORMATS:
         with atomic_path(outdir / f"{name}.{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
     plt.close(fig)
 
 
-def _label(grid: Mapping[str, Any], name: str) -> str:
-    return grid["labels"].get(name, name)
+def _label(config: Grid, name: str) -> str:
+    return config["labels"].get(name, name)
 
 
 def _empty(outdir: Path, name: str, message: str) -> None:
@@ -36,86 +43,144 @@ def _empty(outdir: Path, name: str, message: str) -> None:
     _save(fig, outdir, name)
 
 
-def fig_rationales(schedules: dict[str, pd.DataFrame], config, outdir: Path) -> None:
-    """Fig. 1: pdf, cdf and schedule σ(t) of every rationale."""
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name, table in schedules.items():
-        label = _label(config, name)
+def _palette(names: Sequence[str]) -> dict[str, Any]:
+    return dict(zip(names, sns.color_palette("tab10", max(len(names), 1))))
+
+
+def _fid_axis(ax, values: pd.Series) -> None:
+    """A log FID axis when the values span more than a factor of 10."""
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) and values.max() > 10 * values.min():
+        ax.set_yscale("log")
+
+
+def _legend(fig, axes, config: Grid, names: Sequence[str], title: str) -> None:
+    """One legend for the figure, in the config's order."""
+    handles = {h.get_label(): h for ax in np.ravel(axes) for h in ax.get_lines()}
+    ordered = [handles[_label(config, n)] for n in names if _label(config, n) in handles]
+    if ordered:
+        fig.legend(ordered, [h.get_label() for h in ordered], title=title, loc="outside right center", fontsize=8)
+
+
+# --- Figs. 1 and 2: the rationales themselves -----------------------------------------------------------
+def fig_rationales(schedules: dict[str, pd.DataFrame], config: Grid, outdir: Path, name: str) -> None:
+    """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    for key, table in schedules.items():
+        label = _label(config, key)
         axes[0].plot(table["sigma"], table["pdf"] * table["sigma"], label=label)
         axes[1].plot(table["sigma"], table["cdf"], label=label)
         axes[2].plot(table["t"], table["sigma"], label=label)
-    axes[0].set(xscale="log", xlabel="σ", ylabel="σ·φ(σ)  (density per unit log σ)", title="rationale (PDF)")
-    axes[1].set(xscale="log", xlabel="σ", ylabel="Φ(σ)", title="CDF")
-    axes[2].set(yscale="log", xlabel="t", ylabel="σ(t) = Φ⁻¹(t)", title="variance schedule")
-    axes[2].legend(fontsize=8)
-    _save(fig, outdir, "fig1_rationales")
-
-
-def fig_marginals(schedules: dict[str, pd.DataFrame], config, outdir: Path, x_max: float = 10.0) -> None:
-    """Fig. 2: density of p_0t(x(t) | 0) = N(x; 0, σ(t)²) over t and x, one panel per rationale."""
-    names = list(schedules)
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), sharey=True, squeeze=False)
-    x = np.linspace(-x_max, x_max, 301)
-    for ax, name in zip(axes[0], names):
-        table = schedules[name]
-        sigma = np.interp(np.linspace(1e-3, 1, 300), table["t"], table["sigma"])
-        density = np.exp(-0.5 * (x[:, None] / sigma[None]) ** 2) / (sigma[None] * math.sqrt(2 * math.pi))
-        ax.imshow(density, aspect="auto", origin="lower", extent=(0, 1, -x_max, x_max), cmap="Oranges",
-                  norm=matplotlib.colors.PowerNorm(0.3, vmin=0, vmax=min(density.max(), 2.0)))
-        ax.set(title=_label(config, name), xlabel="t")
-    axes[0][0].set_ylabel("x(t)")
-    _save(fig, outdir, "fig2_marginals")
-
-
-def fig_over_training(metrics: pd.DataFrame, config, outdir: Path, metric: str, name: str) -> None:
-    """Figs. 3/4/6/7: a metric against training step, a panel per training rationale, std bands."""
-    main = metrics[metrics["sample_rationale"].isin(config["sample"]) & metrics["train_rationale"].isin(config["train"])]
-    summary = per_checkpoint(with_labels(main, config["labels"]))
-    samplers, trains = config["samplers"], config["train"]
-    fig, axes = plt.subplots(len(samplers), len(trains), figsize=(4 * len(trains), 3.2 * len(samplers)),
-                             sharey=True, squeeze=False)
-    palette = dict(zip(config["sample"], sns.color_palette("tab10")))
-    for r, sampler in enumerate(samplers):
-        for c, train in enumerate(trains):
-            ax = axes[r][c]
-            cell = summary[(summary["sampler_name"] == sampler) & (summary["train_rationale"] == train)]
-            for sample, line in cell.groupby("sample_rationale"):
-                line = line.sort_values("checkpoint_step")
-                mean, std = line[f"{metric}_mean"], line[f"{metric}_std"].fillna(0)
-                ax.plot(line["checkpoint_step"], mean, marker="o", color=palette[sample],
-                        label=_label(config, sample))
-                ax.fill_between(line["checkpoint_step"], mean - std, mean + std, color=palette[sample], alpha=0.2)
-            ax.set(title=f"trained: {_label(config, train)} ({sampler})", xlabel="training step",
-                   ylabel={"fid": "FID ↓", "isc": "IS ↑"}[metric])
-    axes[0][-1].legend(title="sampling", fontsize=8)
+    axes[0].set(xscale="log", xlabel="σ", ylabel="σ·φ(σ)  (density per unit log σ)", title="(a) rationale, PDF")
+    axes[1].set(xscale="log", xlabel="σ", ylabel="Φ(σ)", title="(b) CDF")
+    axes[2].set(yscale="log", xlabel="t", ylabel="σ(t) = Φ⁻¹(t)", title="(c) variance schedule")
+    _legend(fig, axes, config, list(schedules), "rationale")
     _save(fig, outdir, name)
 
 
-def fig_ablation(metrics: pd.DataFrame, config, outdir: Path) -> None:
-    """Fig. 5: one model sampled with N(0, σ_N²) rationales for a list of σ_N."""
+def fig_marginals(schedules: dict[str, pd.DataFrame], config: Grid, outdir: Path, name: str,
+                  x_max: float = 10.0) -> None:
+    """Fig. 2: the density of p₀ₜ(x(t) | 0) = N(x; 0, σ(t)²) over t and x, a panel per rationale, one colorbar."""
+    names = list(schedules)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 3.2), sharey=True, squeeze=False,
+                             layout="constrained")
+    x = np.linspace(-x_max, x_max, 301)
+    norm = matplotlib.colors.PowerNorm(0.3, vmin=0, vmax=2.0)
+    for ax, key in zip(axes[0], names):
+        table = schedules[key]
+        sigma = np.interp(np.linspace(1e-3, 1, 300), table["t"], table["sigma"])
+        density = np.exp(-0.5 * (x[:, None] / sigma[None]) ** 2) / (sigma[None] * math.sqrt(2 * math.pi))
+        image = ax.imshow(density, aspect="auto", origin="lower", extent=(0, 1, -x_max, x_max), cmap="Oranges",
+                          norm=norm)
+        ax.set(title=_label(config, key), xlabel="t")
+        ax.grid(False)
+    axes[0][0].set_ylabel("x(t)")
+    fig.colorbar(image, ax=axes[0].tolist(), label="p₀ₜ(x(t) | 0)")
+    _save(fig, outdir, name)
+
+
+# --- Figs. 3/4 and 6/7: scores over training ---------------------------------------------------------------
+def _over_training(summary: pd.DataFrame, config: Grid, panels: list[tuple[str, str, str]], outdir: Path,
+                   name: str, title: str) -> None:
+    """Rows of panels (metric, sampler, row title) × a column per training rationale; std bands; shared y per row."""
+    trains, samples = config["train"], config["single"]["rationales"] + [
+        s for s in config["repeated"]["rationales"] if s not in config["single"]["rationales"]]
+    palette = _palette(samples)
+    fig, axes = plt.subplots(len(panels), len(trains), figsize=(3.6 * len(trains) + 1.6, 3.0 * len(panels)),
+                             sharey="row", sharex=True, squeeze=False, layout="constrained")
+    for r, (metric, sampler, row_title) in enumerate(panels):
+        for c, train in enumerate(trains):
+            ax = axes[r][c]
+            cell = summary[(summary["sampler_name"] == sampler) & (summary["train_rationale"] == train)]
+            for sample in samples:
+                line = cell[cell["sample_rationale"] == sample].sort_values("checkpoint_step")
+                if line.empty:
+                    continue
+                mean, std = line[f"{metric}_mean"], line[f"{metric}_std"].fillna(0)
+                ax.plot(line["checkpoint_step"], mean, marker="o", ms=3, color=palette[sample],
+                        label=_label(config, sample))
+                ax.fill_between(line["checkpoint_step"], mean - std, mean + std, color=palette[sample], alpha=0.2)
+            ax.set_title(f"trained with {_label(config, train)}", fontsize=9)
+            ax.set_xlabel("training step" if r == len(panels) - 1 else "")
+        axes[r][0].set_ylabel(row_title)
+        if metric == "fid":
+            _fid_axis(axes[r][0], summary[summary["sampler_name"] == sampler]["fid_mean"])
+    _legend(fig, axes, config, samples, "sampling")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, outdir, name)
+
+
+def fig_over_training(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+    """Figs. 3/4: (a) FID and (b) IS over training from the single sets; IS bands: std over its 10 splits."""
+    single = config["single"]
+    summary = per_checkpoint(protocol_rows(metrics, single, config["train"]))
+    panels = [(metric, sampler, f"({chr(97 + i)}) {'FID ↓' if metric == 'fid' else 'IS ↑'} — {sampler}")
+              for i, (metric, sampler) in enumerate((m, s) for m in ("fid", "isc") for s in single["samplers"])]
+    _over_training(summary, config, panels, outdir, name,
+                   f"Scores over training, one set of {single['n_samples']} samples per checkpoint")
+
+
+def fig_over_sets(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+    """Figs. 6/7: FID mean ± std over the repeated sets, over the repeated range of checkpoints."""
+    repeated = config["repeated"]
+    summary = per_checkpoint(protocol_rows(metrics, repeated, config["train"]))
+    panels = [("fid", sampler, f"FID ↓ — {sampler}") for sampler in repeated["samplers"]]
+    _over_training(summary, config, panels, outdir, name,
+                   f"FID ± std over {repeated['sets']} sets of {repeated['n_samples']} samples, "
+                   f"up to step {max(repeated['steps'])}")
+
+
+# --- Fig. 5: the σ_N ablation -----------------------------------------------------------------------------
+def fig_ablation(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+    """Fig. 5: one model sampled with N(0, σ_N²) for each σ_N (the grid's N(0, 5²) cell is its σ_N = 5 point)."""
     ablation = config["ablation"]
-    names = ablation["sigma_n"]
-    rows = metrics[metrics["sample_rationale"].isin(names) & (metrics["train_rationale"] == ablation["train_rationale"])
-                   & (metrics["sampler_name"] == ablation["sampler"]) & (metrics["seed_set"] == 0)]
+    sigma_n = ablation["sigma_n"]
+    rows = metrics[metrics["sample_rationale"].isin(sigma_n) & (metrics["train_rationale"] == ablation["train_rationale"])
+                   & (metrics["sampler_name"] == ablation["sampler"]) & (metrics["seed_set"] == 0)
+                   & (metrics["checkpoint_step"] == ablation["checkpoint"])
+                   & (metrics["n_samples"] == config["single"]["n_samples"])]
     if rows.empty:
-        return _empty(outdir, "fig5_sigma_n_ablation", "no σ_N ablation configured (config key 'ablation')")
-    rows = rows[rows["checkpoint_step"] == ablation["checkpoint"]]
-    rows = rows.assign(sigma_n=rows["sample_rationale"].map(names)).sort_values("sigma_n")
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(data=rows, x="sigma_n", y="fid", marker="o", ax=ax, errorbar="sd")
-    ax.set(xlabel="σ_N of the N(0, σ_N²) sampling rationale", ylabel="FID ↓",
-           title=f"trained: {_label(config, ablation['train_rationale'])}, sampler {ablation['sampler']}")
-    _save(fig, outdir, "fig5_sigma_n_ablation")
+        return _empty(outdir, name, "no σ_N ablation configured (config key 'ablation')")
+    rows = rows.assign(sigma_n=rows["sample_rationale"].map(sigma_n)).sort_values("sigma_n")
+    fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
+    ax.plot(rows["sigma_n"], rows["fid"], marker="o")
+    ax.set(xscale="log", xlabel="σ_N of the N(0, σ_N²) sampling rationale", ylabel="FID ↓",
+           title=f"trained with {_label(config, ablation['train_rationale'])}, step {ablation['checkpoint']}, "
+                 f"{ablation['sampler']}")
+    _fid_axis(ax, rows["fid"])
+    _save(fig, outdir, name)
 
 
-def fig_grids(metrics: pd.DataFrame, config, root: Path, outdir: Path) -> None:
-    """Figs. 8/9: 10×10 sample grids at each cell's best checkpoint (first sampler, seed set 0)."""
-    best = best_checkpoints(metrics, config)
-    sampler = config["samplers"][0]
+# --- Figs. 8/9: samples -------------------------------------------------------------------------------------
+def fig_samples(metrics: pd.DataFrame, config: Grid, root: Path, outdir: Path, name: str) -> None:
+    """Figs. 8/9: the 10×10 grid of each cell's single set at its Table 1/2 checkpoint (first sampler)."""
+    best = single_table(metrics, config)
+    sampler = config["single"]["samplers"][0]
     best = best[best["sampler_name"] == sampler]
-    trains, samples = config["train"], config["sample"]
-    fig, axes = plt.subplots(len(trains), len(samples), figsize=(2.6 * len(samples), 2.6 * len(trains)),
-                             squeeze=False)
+    trains, samples = config["train"], config["single"]["rationales"]
+    n = config["single"]["n_samples"]
+    fig, axes = plt.subplots(len(trains), len(samples), figsize=(2.6 * len(samples), 2.8 * len(trains)),
+                             squeeze=False, layout="constrained")
     for r, train in enumerate(trains):
         for c, sample in enumerate(samples):
             ax = axes[r][c]
@@ -124,51 +189,129 @@ def fig_grids(metrics: pd.DataFrame, config, root: Path, outdir: Path) -> None:
             if row.empty:
                 continue
             step = int(row["checkpoint_step"].iloc[0])
-            image = plt.imread(root / layout.cell_path(layout.GRID, layout.Cell(train, step, sample, sampler, 0)))
+            image = plt.imread(root / layout.cell_path(layout.GRID, layout.Cell(train, step, sample, sampler, n, 0)))
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-            ax.set_title(f"{_label(config, train)} → {_label(config, sample)}\nstep {step}", fontsize=8)
-    fig.suptitle(f"Samples (rows: training rationale, columns: sampling rationale; sampler {sampler})")
-    _save(fig, outdir, "fig8_sample_grids")
+            ax.grid(False)
+            ax.set_title(f"{_label(config, train)} → {_label(config, sample)}, step {step}", fontsize=8)
+    fig.suptitle(f"Samples the Table's FIDs were computed on (rows: training, columns: sampling; {sampler})",
+                 fontsize=10)
+    _save(fig, outdir, name)
 
 
-def fig_paper_comparison(metrics: pd.DataFrame, config, outdir: Path) -> None:
-    """Our FID grid next to the paper's, each row divided by its minimum so the patterns compare."""
-    paper = config["paper"]
-    if not paper:
-        return _empty(outdir, "paper_comparison", "no paper results file configured (config key 'paper_results')")
-    dataset = config["dataset"]
-    key = dataset if dataset in paper else "cifar10"
-    table_name, table = next(iter(paper[key]["fid"].items()))
-    ref = pd.DataFrame({train: {s: v[0] for s, v in row.items()} for train, row in table["rows"].items()}).T
-    best = best_checkpoints(metrics, config)
-    best = best[best["sampler_name"] == config["samplers"][0]]
-    ours = best.pivot(index="train_label", columns="sample_label", values="fid_mean")
-    rows = [r for r in ref.index if r in ours.index]
-    cols = [c for c in ref.columns if c in ours.columns]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for ax, frame, title in ((axes[0], ref, f"paper, {key} ({table['source']})"),
-                             (axes[1], ours, f"ours, {dataset}")):
-        frame = frame.loc[rows or frame.index, cols or frame.columns].astype(float)
-        sns.heatmap(frame.div(frame.min(axis=1), axis=0), annot=frame.round(2), fmt="", cmap="rocket_r",
-                    ax=ax, cbar_kws={"label": "FID / row minimum"})
+# --- the comparison with the paper's tables -----------------------------------------------------------------
+def _in_order(grid: pd.DataFrame, rows: Sequence[str], cols: Sequence[str]) -> pd.DataFrame:
+    """Rows and columns in the config's order (labels), anything else after them."""
+    def order(present, wanted):
+        return [x for x in wanted if x in present] + [x for x in present if x not in wanted]
+    return grid.loc[order(list(grid.index), rows), order(list(grid.columns), cols)]
+
+
+def _paper_grid(published: Mapping[str, Any] | None) -> pd.DataFrame | None:
+    if not published or "fid" not in published:
+        return None
+    rows = published["fid"]
+    return pd.DataFrame([[v[0] for v in row.values()] for row in rows.values()], index=list(rows),
+                        columns=list(next(iter(rows.values()))))
+
+
+def fig_paper_comparison(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+    """Our Table 1/2 and 3/4 FIDs next to the paper's same tables; colour = FID / that table's best, one scale."""
+    ours = {"single": single_table(metrics, config), "repeated": repeated_table(metrics, config)}
+    tables, paper = config["artefacts"]["tables"], config["paper"].get(config["paper_style"], {})
+    panels = []
+    for role, value in (("single", "fid"), ("repeated", "fid_mean")):
+        table = ours[role]
+        table = table[table["sampler_name"] == config[role]["samplers"][0]]
+        rows = [_label(config, n) for n in config["train"]]
+        cols = [_label(config, n) for n in config[role]["rationales"]]
+        grid = _in_order(table.pivot(index="train_label", columns="sample_label", values=value).astype(float),
+                         rows, cols)
+        published = _paper_grid(paper.get(tables[role]))
+        number = tables[role].removeprefix("table")
+        panels += [(f"ours, Table {number} ({config['dataset']})", grid),
+                   (f"paper, Table {number} ({config['paper_style']})",
+                    None if published is None else _in_order(published, rows, cols))]
+    ratios = [g / np.nanmin(g.values) for _, g in panels if g is not None and g.size]
+    vmax = max([float(np.nanmax(r.values)) for r in ratios] + [1.01])
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8), layout="constrained")
+    for ax, (title, grid) in zip(axes.ravel(), panels):
+        if grid is None or not grid.size:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{title}:\nnot in the paper's text we have", ha="center", va="center")
+            continue
+        sns.heatmap(grid / np.nanmin(grid.values), annot=grid.round(2), fmt="", cmap="rocket_r", vmin=1.0,
+                    vmax=vmax, ax=ax, cbar_kws={"label": "FID / the table's best"})
         ax.set(title=title, xlabel="sampling rationale", ylabel="training rationale")
-    note = "" if key == dataset else f"  (no published {dataset} numbers: patterns, not values, compare)"
-    fig.suptitle("FID: ours vs the paper" + note, fontsize=10)
-    _save(fig, outdir, "paper_comparison")
+    note = "" if config["dataset"] == config["paper_style"] else \
+        f" — {config['dataset']} against the paper's {config['paper_style']}: patterns, not values, compare"
+    fig.suptitle("FID, like with like (ours vs the paper)" + note, fontsize=10)
+    _save(fig, outdir, name)
 
 
-def write_figures(metrics_path: str | Path, config: Mapping[str, Any], schedule_paths: Sequence[str],
+# --- beyond the paper: FID against NFE, training loss per noise level ----------------------------------------
+def fig_fid_nfe(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+    """FID against denoiser evaluations per image, per sampling rationale and sampler, at one checkpoint."""
+    table = nfe_table(metrics, config)
+    trains = list(dict.fromkeys(table["train_rationale"])) or config["sweep"]["train"]
+    samples = config["sweep"]["rationales"]
+    palette = _palette(samples)
+    styles = dict(zip(config["sweep"]["samplers"], ["-", "--", ":", "-."]))
+    fig, axes = plt.subplots(1, len(trains), figsize=(4.5 * len(trains) + 2, 3.6), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax, train in zip(axes[0], trains):
+        for (sampler, sample), line in table[table["train_rationale"] == train].groupby(
+                ["base_sampler", "sample_rationale"], sort=False):
+            ax.plot(line["nfe"], line["fid"], styles.get(sampler, "-"), marker="o", ms=3, color=palette[sample],
+                    label=f"{_label(config, sample)}, {sampler}")
+        ax.set(xscale="log", xlabel="NFE per image", title=f"trained with {_label(config, train)}, "
+                                                            f"step {config['sweep']['checkpoint']}")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("FID ↓")
+    _fid_axis(axes[0][0], table["fid"])
+    _save(fig, outdir, name)
+
+
+def fig_loss_by_sigma(losses: Mapping[str, pd.DataFrame], config: Grid, outdir: Path, name: str) -> None:
+    """Training ε-loss against σ (log-σ bins) per training rationale, a line per log interval (darker: later)."""
+    trains = config["train"]
+    fig, axes = plt.subplots(1, len(trains), figsize=(4.2 * len(trains) + 1.5, 3.6), squeeze=False, sharey=True,
+                             layout="constrained")
+    last = max((int(t["step"].max()) for t in losses.values() if len(t)), default=1)
+    cmap = plt.get_cmap("viridis")
+    for ax, train in zip(axes[0], trains):
+        table = losses.get(train, pd.DataFrame(columns=["step", "sigma_lo", "sigma_hi", "loss", "count"]))
+        for step, line in table.groupby("step"):
+            centre = np.sqrt(line["sigma_lo"].clip(lower=1e-4) * line["sigma_hi"].clip(upper=1e4))
+            ax.plot(centre, line["loss"], color=cmap(step / last), lw=1)
+        ax.set(xscale="log", yscale="log", xlabel="σ", title=f"trained with {_label(config, train)}")
+    axes[0][0].set_ylabel("ε-loss ‖ε̂ − ε‖² (mean per pixel)")
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, last), cmap=cmap),
+                 ax=axes[0].tolist(), label="training step")
+    _save(fig, outdir, name)
+
+
+def write_figures(metrics_path: str | Path, config: Grid, schedule_paths: Sequence[str], loss_paths: Sequence[str],
                   root: str | Path, outdir: str | Path) -> None:
-    """Write every figure as PNG and PDF into `outdir`; `config` is the figures' slice (rules/report.smk)."""
+    """Every figure of ied.layout.artefacts(config) as PNG and PDF into `outdir`."""
     sns.set_theme(style="whitegrid", context="paper")
-    outdir = Path(outdir)
+    outdir, names = Path(outdir), config["artefacts"]["figures"]
     metrics = pd.read_parquet(metrics_path)
     schedules = {Path(p).stem: pd.read_parquet(p) for p in schedule_paths}
-    main = {n: t for n, t in schedules.items() if n in config["schedules"]}
-    fig_rationales(main, config, outdir)
-    fig_marginals(main, config, outdir)
-    fig_over_training(metrics, config, outdir, "fid", "fig3_fid_over_training")
-    fig_over_training(metrics, config, outdir, "isc", "fig4_is_over_training")
-    fig_ablation(metrics, config, outdir)
-    fig_grids(metrics, config, Path(root), outdir)
-    fig_paper_comparison(metrics, config, outdir)
+    schedules = {n: schedules[n] for n in config["schedules"] if n in schedules}
+    losses: dict[str, list] = {}
+    for path in loss_paths:  # losses/<train>/loss-<step>.parquet
+        losses.setdefault(Path(path).parent.name, []).append(pd.read_parquet(path))
+    losses = {k: pd.concat(v, ignore_index=True) for k, v in losses.items()}
+    draw: dict[str, Callable[[str], None]] = {
+        "rationales": lambda n: fig_rationales(schedules, config, outdir, n),
+        "marginals": lambda n: fig_marginals(schedules, config, outdir, n),
+        "over_training": lambda n: fig_over_training(metrics, config, outdir, n),
+        "ablation": lambda n: fig_ablation(metrics, config, outdir, n),
+        "over_sets": lambda n: fig_over_sets(metrics, config, outdir, n),
+        "samples": lambda n: fig_samples(metrics, config, Path(root), outdir, n),
+        "comparison": lambda n: fig_paper_comparison(metrics, config, outdir, n),
+        "nfe": lambda n: fig_fid_nfe(metrics, config, outdir, n),
+        "loss_by_sigma": lambda n: fig_loss_by_sigma(losses, config, outdir, n),
+    }
+    for role, name in names.items():
+        draw[role](name)

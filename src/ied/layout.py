@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ied import specs
+from ied.data import DATASETS
 
 RESULTS = "results"
 DATA = "data/{split}.npz"
 SCHEDULE = "schedules/{rationale}.parquet"
 CHECKPOINT = "checkpoints/{train}/ckpt-{step}.pt"
-CELL = "{train}/{step}/{sample}/{sampler}/seed{seed}"
-CELL_JOB = "{train}-{step}-{sample}-{sampler}-seed{seed}"  # a cell's log and benchmark file name
+LOSS = "losses/{train}/loss-{step}.parquet"  # a training segment's ε-loss per log-σ bin
+CELL = "{train}/{step}/{sample}/{sampler}/n{n}-seed{seed}"
+CELL_JOB = "{train}-{step}-{sample}-{sampler}-n{n}-seed{seed}"  # a cell's log and benchmark file name
 SAMPLES = f"samples/{CELL}.npz"
 GRID = f"grids/{CELL}.png"
 METRIC_ROW = f"metrics/rows/{CELL}.parquet"
@@ -29,25 +31,34 @@ JSON_LOG = "logs/{rule}/{job}.jsonl"
 BENCHMARK = "benchmarks/{rule}/{job}.tsv"
 TABLE_FORMATS = ("parquet", "md", "tex")
 FIGURE_FORMATS = ("png", "pdf")
-TABLES = ("fid_is", "fid_std")
-FIGURES = ("fig1_rationales", "fig2_marginals", "fig3_fid_over_training", "fig4_is_over_training",
-           "fig5_sigma_n_ablation", "fig8_sample_grids", "paper_comparison")
-NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]*"  # rationale and sampler names: one path component each
+# Tables and figures by the paper's numbers: a CIFAR-10-style run (the embedded digits default too) writes
+# Tables 1, 3 and Figs. 3, 5, 6, 8; an ImageNet-32 run Tables 2, 4 and Figs. 4, 7, 9 (and 5 with an ablation).
+PAPER_NUMBERS = {
+    "cifar10": {"single": "table1", "repeated": "table3", "over_training": "fig3_fid_is_over_training",
+                "ablation": "fig5_sigma_n_ablation", "over_sets": "fig6_fid_over_sets", "samples": "fig8_samples"},
+    "imagenet32": {"single": "table2", "repeated": "table4", "over_training": "fig4_fid_is_over_training",
+                   "ablation": "fig5_sigma_n_ablation", "over_sets": "fig7_fid_over_sets", "samples": "fig9_samples"},
+}
+COMMON_FIGURES = {"rationales": "fig1_rationales", "marginals": "fig2_marginals", "comparison": "paper_comparison",
+                  "loss_by_sigma": "loss_by_sigma"}
+NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]*"  # rationale names: one path component each
+SAMPLER_PATTERN = r"[A-Za-z][A-Za-z0-9_.]*(-[0-9]+)?"  # a sampler, or an NFE-sweep point <sampler>-<steps>
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One generate+evaluate job: a checkpoint sampled with one schedule and sampler for one seed set."""
+    """One generate+evaluate job: a checkpoint sampled with one schedule and sampler, one set of n images."""
 
     train: str
     step: int
     sample: str
     sampler: str
+    n: int
     seed_set: int
 
     def wildcards(self) -> dict[str, Any]:
         return {"train": self.train, "step": self.step, "sample": self.sample, "sampler": self.sampler,
-                "seed": self.seed_set}
+                "n": self.n, "seed": self.seed_set}
 
 
 def experiment_root(config: Mapping[str, Any]) -> str:
@@ -65,31 +76,77 @@ def checkpoint_steps(config: Mapping[str, Any]) -> list[int]:
     return list(range(train["checkpoint_every"], train["total_steps"] + 1, train["checkpoint_every"]))
 
 
-def evaluated_steps(config: Mapping[str, Any]) -> list[int]:
-    """The checkpoints that are sampled and scored."""
-    wanted = config["sample"]["checkpoints"]
-    return checkpoint_steps(config) if wanted == "all" else sorted(wanted)
+def protocol_steps(config: Mapping[str, Any], purpose: str) -> list[int]:
+    """The checkpoints a sample-set protocol (`single` or `repeated`) evaluates."""
+    protocol = config["sample"][purpose]
+    wanted = checkpoint_steps(config) if protocol["checkpoints"] == "all" else sorted(protocol["checkpoints"])
+    return [s for s in wanted if protocol["up_to"] is None or s <= protocol["up_to"]]
 
 
-def ablation_step(config: Mapping[str, Any]) -> int:
-    step = config["ablation"]["checkpoint"]
+def _step(config: Mapping[str, Any], step: int | str) -> int:
     return checkpoint_steps(config)[-1] if step == "last" else int(step)
 
 
-def cells(config: Mapping[str, Any]) -> list[Cell]:
-    """Training rationale × evaluated checkpoint × sampling rationale × sampler × seed set, plus the ablation."""
-    sample = config["sample"]
-    out = [Cell(t, step, s, sampler, k) for t in config["train"]["rationales"] for step in evaluated_steps(config)
-           for s in sample["rationales"] for sampler in sample["samplers"] for k in range(sample["seed_sets"])]
+def ablation_step(config: Mapping[str, Any]) -> int:
+    return _step(config, config["ablation"]["checkpoint"])
+
+
+def sweep_step(config: Mapping[str, Any]) -> int:
+    return _step(config, config["nfe_sweep"]["checkpoint"])
+
+
+def protocol_cells(config: Mapping[str, Any], purpose: str) -> list[Cell]:
+    """Training rationale × checkpoint × sampling rationale × sampler × set of one protocol."""
+    protocol = config["sample"][purpose]
+    return [Cell(t, step, s, sampler, protocol["n_samples"], k) for t in config["train"]["rationales"]
+            for step in protocol_steps(config, purpose) for s in protocol["rationales"]
+            for sampler in protocol_samplers(config, purpose) for k in range(protocol["sets"])]
+
+
+def protocol_samplers(config: Mapping[str, Any], purpose: str) -> list[str]:
+    """The samplers of a protocol: its `samplers` list, or every configured sampler."""
+    return config["sample"][purpose].get("samplers") or list(config["sample"]["samplers"])
+
+
+def ablation_cells(config: Mapping[str, Any]) -> list[Cell]:
+    """Fig. 5: one model, one sampler, N(0, σ_N²) for each σ_N; as many images as the single sets."""
     ablation = config["ablation"]
-    out += [Cell(ablation["train_rationale"], ablation_step(config), name, ablation["sampler"], 0)
-            for name in specs.ablation_rationales(config)]
+    return [Cell(ablation["train_rationale"], ablation_step(config), name, ablation["sampler"],
+                 config["sample"]["single"]["n_samples"], 0) for name in specs.ablation_rationales(config)]
+
+
+def sweep_cells(config: Mapping[str, Any]) -> list[Cell]:
+    """FID against NFE: each listed sampler at each step count, one set per cell, at one checkpoint."""
+    sweep = config["nfe_sweep"]
+    if not sweep["steps"]:
+        return []
+    trains = sweep.get("train_rationales") or config["train"]["rationales"]
+    return [Cell(t, sweep_step(config), s, specs.sweep_sampler(config, sampler, steps), sweep["n_samples"], 0)
+            for t in trains for s in sweep["rationales"] for sampler in sweep["samplers"] for steps in sweep["steps"]]
+
+
+def cells(config: Mapping[str, Any]) -> list[Cell]:
+    """Every (cell, checkpoint, set) any table or figure needs, each once."""
+    out = protocol_cells(config, "single") + protocol_cells(config, "repeated") + ablation_cells(config) \
+        + sweep_cells(config)
     return list(dict.fromkeys(out))
 
 
-def tables() -> list[str]:
-    return [f"tables/{name}.{ext}" for name in TABLES for ext in TABLE_FORMATS]
+def artefacts(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Table and figure file stems by role, named by the paper's numbers for this run's dataset."""
+    numbers = PAPER_NUMBERS[DATASETS[config["dataset"]["name"]].paper_style]
+    tables = {"single": numbers["single"], "repeated": numbers["repeated"]}
+    figures = {**COMMON_FIGURES, **{k: v for k, v in numbers.items() if k not in tables}}
+    if numbers["single"] == "table2" and not config["ablation"]["sigma_n"]:
+        del figures["ablation"]  # the paper's σ_N ablation is a CIFAR-10 study
+    if config["nfe_sweep"]["steps"]:
+        tables["nfe"] = figures["nfe"] = "fid_nfe"
+    return {"tables": tables, "figures": figures}
 
 
-def figures() -> list[str]:
-    return [f"figures/{name}.{ext}" for name in FIGURES for ext in FIGURE_FORMATS]
+def tables(config: Mapping[str, Any]) -> list[str]:
+    return [f"tables/{name}.{ext}" for name in artefacts(config)["tables"].values() for ext in TABLE_FORMATS]
+
+
+def figures(config: Mapping[str, Any]) -> list[str]:
+    return [f"figures/{name}.{ext}" for name in artefacts(config)["figures"].values() for ext in FIGURE_FORMATS]

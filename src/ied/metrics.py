@@ -96,7 +96,7 @@ def _register_digits_extractor() -> None:
 
         @staticmethod
         def get_default_feature_layer_for_metric(metric):
-            return {"isc": "logits", "fid": "features", "kid": "features"}[metric]
+            return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
 
         @staticmethod
         def can_be_compiled():
@@ -131,7 +131,8 @@ def extractor_kwargs(extractor: str, weights_path: str | Path, sha256: str | Non
     if extractor == DIGITS_EXTRACTOR:
         _register_digits_extractor()
         return {"feature_extractor": extractor, "feature_extractor_weights_path": str(path),
-                "feature_layer_isc": "logits", "feature_layer_fid": "features", "feature_layer_kid": "features"}
+                "feature_layer_isc": "logits", "feature_layer_fid": "features", "feature_layer_kid": "features",
+                "feature_layer_prc": "features"}
     raise MetricsError(f"unknown feature extractor {extractor!r}")
 
 
@@ -149,14 +150,18 @@ def degenerate(images: np.ndarray) -> str | None:
 
 def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weights_path: str | Path, *,
               sha256: str | None = None, cache_root: str | Path | None = None,
-              reference_cache_name: str | None = None, isc: bool = True, batch_size: int = 256) -> dict[str, float]:
-    """torch-fidelity's FID, IS (10 splits) and KID of `generated` against `reference` (uint8 N×C×H×W)."""
+              reference_cache_name: str | None = None, isc: bool = True, batch_size: int = 256,
+              device: str = "auto") -> dict[str, float]:
+    """torch-fidelity's FID, IS (10 splits), KID, and precision and recall (k = 3, Kynkäänniemi et al.) of
+    `generated` against `reference` (uint8 N×C×H×W), all on the one extractor's features."""
     import torch_fidelity
+
+    from ied.device import choose
 
     subset = min(1000, len(generated) // 2, len(reference) // 2)  # subsets must differ for a KID std
     result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, isc=isc, kid=True,
-        isc_splits=10, kid_subset_size=subset, cuda=torch.cuda.is_available(), batch_size=batch_size,
+        input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, isc=isc, kid=True, prc=True,
+        isc_splits=10, kid_subset_size=subset, cuda=choose(device).type == "cuda", batch_size=batch_size,
         save_cpu_ram=True, verbose=False, cache=reference_cache_name is not None,
         cache_root=str(cache_root) if cache_root else None, input2_cache_name=reference_cache_name,
         **extractor_kwargs(extractor, weights_path, sha256))
@@ -164,7 +169,8 @@ def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weig
             "isc_mean": float(result.get("inception_score_mean", math.nan)),
             "isc_std": float(result.get("inception_score_std", math.nan)),
             "kid_mean": float(result["kernel_inception_distance_mean"]),
-            "kid_std": float(result["kernel_inception_distance_std"])}
+            "kid_std": float(result["kernel_inception_distance_std"]),
+            "precision": float(result["precision"]), "recall": float(result["recall"])}
 
 
 def reference_cache_name(reference: str | Path, extractor: str, weights_path: str | Path) -> str:
@@ -175,7 +181,7 @@ def reference_cache_name(reference: str | Path, extractor: str, weights_path: st
 
 def evaluate(samples: str | Path, reference: str | Path, extractor: str, weights_path: str | Path, out: str | Path,
              *, cell: Mapping[str, Any] | None = None, sha256: str | None = None,
-             cache_root: str | Path | None = None, batch_size: int = 256) -> dict[str, Any]:
+             cache_root: str | Path | None = None, batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
     """Score one samples file against the reference split and write the result row as Parquet.
 
     A degenerate set (constant or all-alike images) is scored but flagged, so the tables never rank it."""
@@ -187,7 +193,7 @@ def evaluate(samples: str | Path, reference: str | Path, extractor: str, weights
     info = generation_info(samples)
     cache_name = reference_cache_name(reference, extractor, weights_path) if cache_root else None
     scores = calculate(gen.images, ref.images, extractor, weights_path, sha256=sha256, cache_root=cache_root,
-                       reference_cache_name=cache_name, batch_size=batch_size)
+                       reference_cache_name=cache_name, batch_size=batch_size, device=device)
     problem = degenerate(gen.images)
     if problem is None and not all(math.isfinite(scores[k]) for k in ("fid", "kid_mean")):
         problem = "non-finite score"

@@ -129,10 +129,26 @@ def training_spec(config: Mapping[str, Any], name: str) -> dict:
             "seed": int(train["seed"]), "weighting": train["weighting"]}
 
 
+def sweep_sampler(config: Mapping[str, Any], sampler: str, steps: int) -> str:
+    """The sampler name of an NFE-sweep point: `<sampler>-<steps>`, or the sampler itself at its own steps."""
+    return sampler if config["sample"]["samplers"][sampler]["steps"] == steps else f"{sampler}-{steps}"
+
+
+def sampler_entry(config: Mapping[str, Any], name: str) -> dict:
+    """A configured sampler, or an NFE-sweep point `<sampler>-<steps>` (that sampler with other steps)."""
+    samplers = config["sample"]["samplers"]
+    if name in samplers:
+        return samplers[name]
+    base, _, steps = name.rpartition("-")
+    if base in samplers and steps.isdigit():
+        return {**samplers[base], "steps": int(steps)}
+    raise KeyError(f"no sampler named {name!r}")
+
+
 def sampling_spec(config: Mapping[str, Any], rationale_name: str, sampler_name: str) -> dict:
     """Everything that determines a generated image besides the checkpoint and its index: schedule, sampler,
     steps and every option (defaults included, so `{}` and the defaults spelled out are one identity)."""
-    entry = config["sample"]["samplers"][sampler_name]
+    entry = sampler_entry(config, sampler_name)
     return {"rationale": all_rationales(config)[rationale_name], "sampler": entry["sampler"],
             "steps": int(entry["steps"]), "options": resolve_options(entry["sampler"], entry.get("options", {}))}
 

@@ -1,128 +1,251 @@
-"""Tables 1–4 of the paper from the aggregated metrics: Parquet data plus Markdown and LaTeX."""
+"""Tables 1–4 of the paper, each from the sample sets the paper used, and FID against NFE.
+
+Table 1/2 (`single`): per (sampler, training, sampling) cell the best FID over the single-set checkpoints,
+with the Inception Score (mean ± std over its splits), precision and recall at that checkpoint. `*` marks a
+score within the standard deviations of the table's best, the deviations taken from the repeated
+evaluations (the paper's caption). Table 3/4 (`repeated`): FID mean ± std over the k sets at each cell's
+best checkpoint within the repeated range; `*` marks a mean ± std overlapping the best's. A degenerate
+sample set (constant or all-alike images) is shown but never ranked.
+"""
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ied.io import atomic_path, write_text
 
 CELL_KEYS = ["sampler_name", "train_rationale", "sample_rationale"]
+TITLES = {"fid": "FID ↓", "isc": "IS ↑", "precision": "Precision ↑", "recall": "Recall ↑"}
 
 
-def with_labels(metrics: pd.DataFrame, labels: Mapping[str, str]) -> pd.DataFrame:
-    """Display labels joined by rationale name (labels are not part of any job, only of the tables)."""
-    return metrics.assign(train_label=metrics["train_rationale"].map(lambda n: labels.get(n, n)),
-                          sample_label=metrics["sample_rationale"].map(lambda n: labels.get(n, n)))
+# --- selecting and summarising the metric rows of a protocol -----------------------------------------------
+def protocol_rows(metrics: pd.DataFrame, protocol: Mapping[str, Any], train: Sequence[str]) -> pd.DataFrame:
+    """The rows a protocol (single or repeated sets) is made of: its size, sets, checkpoints, names."""
+    keep = ((metrics["n_samples"] == protocol["n_samples"]) & (metrics["seed_set"] < protocol["sets"])
+            & metrics["checkpoint_step"].isin(protocol["steps"]) & metrics["train_rationale"].isin(train)
+            & metrics["sample_rationale"].isin(protocol["rationales"])
+            & metrics["sampler_name"].isin(protocol["samplers"]))
+    return metrics[keep]
 
 
-def per_checkpoint(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seed sets per (sampler, train, sample, checkpoint); degenerate if any set is."""
+def per_checkpoint(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over sets per (sampler, train, sample, checkpoint); degenerate if any set is.
+
+    With one set, `isc_std` is torch-fidelity's std over the 10 IS splits (the paper's IS ± std)."""
     def summarize(g: pd.DataFrame) -> pd.Series:
         one = len(g) == 1
         return pd.Series({
-            "train_label": g["train_label"].iloc[0], "sample_label": g["sample_label"].iloc[0],
-            "degenerate": "; ".join(sorted({d for d in g["degenerate"] if d})),
-            "fid_mean": g["fid"].mean(), "fid_std": g["fid"].std(ddof=1) if not one else math.nan,
-            "isc_mean": g["isc_mean"].mean(),
-            # one evaluation: torch-fidelity's std over the 10 IS splits, as the paper reports
-            "isc_std": g["isc_std"].iloc[0] if one else g["isc_mean"].std(ddof=1),
-            "kid_mean": g["kid_mean"].mean(), "seed_sets": len(g)})
-    return metrics.groupby(CELL_KEYS + ["checkpoint_step"]).apply(summarize, include_groups=False).reset_index()
+            "sets": len(g), "degenerate": "; ".join(sorted({d for d in g["degenerate"] if d})),
+            "fid_mean": g["fid"].mean(), "fid_std": math.nan if one else g["fid"].std(ddof=1),
+            "isc_mean": g["isc_mean"].mean(), "isc_std": g["isc_std"].iloc[0] if one else g["isc_mean"].std(ddof=1),
+            "kid_mean": g["kid_mean"].mean(), "precision": g["precision"].mean(), "recall": g["recall"].mean()})
+    if rows.empty:
+        return pd.DataFrame(columns=CELL_KEYS + ["checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
+                                                 "isc_mean", "isc_std", "kid_mean", "precision", "recall"])
+    return rows.groupby(CELL_KEYS + ["checkpoint_step"]).apply(summarize, include_groups=False).reset_index()
 
 
-def best_checkpoints(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
-    """Each (sampler, train, sample) cell at its best-FID checkpoint, main grid only (no ablation).
-
-    Degenerate evaluations are never the best; a cell with nothing else keeps one, flagged."""
-    frame = with_labels(metrics[metrics["train_rationale"].isin(grid["train"])
-                                & metrics["sample_rationale"].isin(grid["sample"])], grid["labels"])
-    summary = per_checkpoint(frame)
-    ranked = summary.assign(_rank=summary["fid_mean"].where(summary["degenerate"] == "", math.inf))
-    best = summary.loc[ranked.groupby(CELL_KEYS)["_rank"].idxmin()].reset_index(drop=True)
-    order = {name: i for i, name in enumerate(grid["sample"])}
-    order_t = {name: i for i, name in enumerate(grid["train"])}
-    return best.sort_values(["sampler_name", "train_rationale", "sample_rationale"],
-                            key=lambda c: c.map(order_t) if c.name == "train_rationale" else
-                            (c.map(order) if c.name == "sample_rationale" else c)).reset_index(drop=True)
+def best_checkpoints(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each cell at its lowest-FID checkpoint; a degenerate checkpoint is chosen only if nothing else is left."""
+    if summary.empty:
+        return summary
+    rank = summary["fid_mean"].where(summary["degenerate"] == "", math.inf).fillna(math.inf)
+    return summary.loc[rank.groupby([summary[k] for k in CELL_KEYS]).idxmin()].reset_index(drop=True)
 
 
-def star(means: pd.Series, stds: pd.Series, lower_is_better: bool) -> pd.Series:
-    """The paper's '*': within one std of the table's best score (intervals overlap), best excluded."""
-    if means.isna().all():
-        return pd.Series(False, index=means.index)
-    i_best = means.idxmin() if lower_is_better else means.idxmax()
-    lo_b, hi_b = means[i_best] - np.nan_to_num(stds[i_best]), means[i_best] + np.nan_to_num(stds[i_best])
-    lo, hi = means - stds, means + stds
-    overlap = (lo <= hi_b) & (hi >= lo_b) & stds.notna() & (stds > 0)
-    return overlap & (means.index != i_best)
+def _ordered(frame: pd.DataFrame, grid: Mapping[str, Any], rationales: Sequence[str]) -> pd.DataFrame:
+    """Rows in the config's order (samplers, training, sampling), with display labels joined by name."""
+    labels = grid["labels"]
+    order = {"sampler_name": grid["samplers"], "train_rationale": grid["train"], "sample_rationale": rationales}
+    frame = frame.assign(train_label=frame["train_rationale"].map(lambda n: labels.get(n, n)),
+                         sample_label=frame["sample_rationale"].map(lambda n: labels.get(n, n)))
+    return frame.sort_values(CELL_KEYS, key=lambda c: c.map({n: i for i, n in enumerate(order[c.name])}),
+                             kind="stable").reset_index(drop=True)
 
 
-def _fmt(mean: float, std: float, starred: bool, bold: bool = False) -> str:
-    text = f"{mean:.2f}" + ("*" if starred else "") + (f" ± {std:.2f}" if not math.isnan(std) else "")
-    return f"**{text}**" if bold else text
+def single_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+    """Table 1/2: best single-set FID per cell, IS, precision and recall there; repeated-set stds for `*`."""
+    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, grid["single"], grid["train"])))
+    repeated = best_checkpoints(per_checkpoint(protocol_rows(metrics, grid["repeated"], grid["train"])))
+    spread = repeated[CELL_KEYS + ["fid_std", "isc_std"]].rename(
+        columns={"fid_std": "fid_std_repeated", "isc_std": "isc_std_repeated"})
+    best = best.merge(spread, on=CELL_KEYS, how="left").rename(columns={"fid_mean": "fid"})
+    columns = CELL_KEYS + ["checkpoint_step", "fid", "isc_mean", "isc_std", "precision", "recall", "kid_mean",
+                           "fid_std_repeated", "isc_std_repeated", "degenerate"]
+    return _ordered(best[columns], grid, grid["single"]["rationales"])
 
 
-def render(best: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
-    """Per sampler, a training × sampling grid of 'mean ± std' strings with stars; degenerate cells unranked."""
-    tables = {}
-    for sampler, frame in best.groupby("sampler_name", sort=False):
+def repeated_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+    """Table 3/4: FID mean ± std over the repeated sets at each cell's best checkpoint in the repeated range."""
+    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, grid["repeated"], grid["train"])))
+    columns = CELL_KEYS + ["checkpoint_step", "sets", "fid_mean", "fid_std", "isc_mean", "isc_std", "precision",
+                           "recall", "degenerate"]
+    return _ordered(best[columns], grid, grid["repeated"]["rationales"])
+
+
+def nfe_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+    """FID against the number of denoiser evaluations per image: one row per sweep point."""
+    sweep = grid["sweep"]
+    points = sweep["points"]
+    rows = metrics[(metrics["checkpoint_step"] == sweep["checkpoint"]) & (metrics["n_samples"] == sweep["n_samples"])
+                   & (metrics["seed_set"] == 0) & metrics["sampler_name"].isin(points)
+                   & metrics["train_rationale"].isin(sweep["train"]) & metrics["sample_rationale"].isin(sweep["rationales"])]
+    rows = rows.assign(base_sampler=rows["sampler_name"].map(lambda n: points[n]["sampler"]))
+    columns = ["train_rationale", "sample_rationale", "base_sampler", "sampler_name", "steps", "nfe", "fid",
+               "isc_mean", "precision", "recall", "degenerate"]
+    labels = grid["labels"]
+    rows = rows[columns].assign(train_label=rows["train_rationale"].map(lambda n: labels.get(n, n)),
+                                sample_label=rows["sample_rationale"].map(lambda n: labels.get(n, n)))
+    return rows.sort_values(["train_rationale", "base_sampler", "sample_rationale", "nfe"]).reset_index(drop=True)
+
+
+# --- the paper's '*' and bold ------------------------------------------------------------------------------
+def starred(values: pd.Series, stds: pd.Series, lower_is_better: bool, usable: pd.Series) -> tuple[pd.Series, Any]:
+    """The best usable cell's index and the '*' marks: value ± std overlaps best ± std (best excluded).
+
+    A cell without a standard deviation is never starred."""
+    candidates = values.where(usable)
+    if candidates.isna().all():
+        return pd.Series(False, index=values.index), None
+    best = candidates.idxmin() if lower_is_better else candidates.idxmax()
+    best_std = 0.0 if pd.isna(stds[best]) else stds[best]
+    overlap = (values - values[best]).abs() <= stds + best_std
+    return overlap & stds.notna() & usable & (values.index != best), best
+
+
+@dataclass
+class Entry:
+    """One table cell: a value, its ± std (or NaN), the paper's '*' and bold marks."""
+
+    value: float
+    std: float = math.nan
+    star: bool = False
+    bold: bool = False
+    degenerate: bool = False
+
+    def markdown(self) -> str:
+        if self.degenerate:
+            return "degenerate"
+        text = f"**{self.value:.2f}**" if self.bold else f"{self.value:.2f}"
+        return text + ("*" if self.star else "") + ("" if math.isnan(self.std) else f" ± {self.std:.2f}")
+
+    def latex(self) -> str:
+        if self.degenerate:
+            return r"\textit{degenerate}"
+        text = rf"\textbf{{{self.value:.2f}}}" if self.bold else f"{self.value:.2f}"
+        return text + ("$^*$" if self.star else "") + ("" if math.isnan(self.std) else rf" $\pm$ {self.std:.2f}")
+
+
+def grids(table: pd.DataFrame, value: str, std: str | None, star_std: str | None, lower: bool
+          ) -> dict[str, pd.DataFrame]:
+    """Per sampler, a training × sampling grid of Entries; bold best and '*' within that sampler's grid."""
+    out = {}
+    for sampler, frame in table.groupby("sampler_name", sort=False):
         frame = frame.reset_index(drop=True)
-        lower = metric == "fid"
         usable = frame["degenerate"] == ""
-        means = frame[f"{metric}_mean"].where(usable)
-        stars = star(means, frame[f"{metric}_std"], lower)
-        i_best = (means.idxmin() if lower else means.idxmax()) if usable.any() else None
-        frame["cell"] = [_fmt(m, s, st, i == i_best) if ok else "degenerate" for i, (m, s, st, ok) in
-                         enumerate(zip(frame[f"{metric}_mean"], frame[f"{metric}_std"], stars, usable))]
-        grid = frame.pivot(index="train_label", columns="sample_label", values="cell")
-        grid = grid.loc[list(dict.fromkeys(frame["train_label"])), list(dict.fromkeys(frame["sample_label"]))]
-        grid.index.name, grid.columns.name = "Training \\ Sampling", None
-        tables[str(sampler)] = grid
-    return tables
+        stds = frame[std] if std else pd.Series(math.nan, index=frame.index)
+        stars, best = starred(frame[value], frame[star_std] if star_std else stds, lower, usable)
+        frame["entry"] = [Entry(v, s, bool(st), i == best, not ok) for i, (v, s, st, ok) in
+                          enumerate(zip(frame[value], stds, stars, usable))]
+        grid = frame.pivot(index="train_label", columns="sample_label", values="entry")
+        out[str(sampler)] = grid.loc[list(dict.fromkeys(frame["train_label"])), list(dict.fromkeys(frame["sample_label"]))]
+    return out
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+LATEX = {"±": r"$\pm$", "ρ": r"$\rho$", "σ": r"$\sigma$", "²": r"$^2$", "³": r"$^3$", "↓": r"$\downarrow$",
+         "↑": r"$\uparrow$", "→": r"$\to$", "\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&",
+         "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Plain text (labels such as 'EDM (ρ=7)' or 'N(0,5²)') as LaTeX; other non-ASCII characters are refused."""
+    out = "".join(LATEX.get(ch, ch) for ch in str(text))
+    if not out.isascii():
+        raise ValueError(f"no LaTeX form for {sorted({c for c in out if not c.isascii()})} in {text!r}")
+    return out
+
+
+def to_markdown(grid: pd.DataFrame) -> str:
+    frame = grid.map(lambda e: e.markdown())
+    frame.index.name = "Training \\ Sampling"
+    return frame.to_markdown()
 
 
 def to_latex(grid: pd.DataFrame, caption: str) -> str:
-    """A booktabs tabular (bold best, as in the paper)."""
-    def tex(cell: str) -> str:
-        cell = cell.replace("±", r"$\pm$").replace("*", r"$^*$").replace("²", "$^2$")
-        return rf"\textbf{{{cell[2:-2]}}}" if cell.startswith("**") else cell
+    """A booktabs tabular (bold best, '*' as the paper prints it)."""
     cols = "l" + "c" * len(grid.columns)
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\begin{{tabular}}{{{cols}}}",
-             r"\toprule", "Training $\\backslash$ Sampling & " + " & ".join(tex(c) for c in grid.columns) + r" \\",
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(caption)}}}",
+             rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             r"Training $\backslash$ Sampling & " + " & ".join(latex_escape(c) for c in grid.columns) + r" \\",
              r"\midrule"]
-    lines += [tex(str(idx)) + " & " + " & ".join(tex(v) for v in row) + r" \\" for idx, row in grid.iterrows()]
+    lines += [latex_escape(idx) + " & " + " & ".join(e.latex() for e in row) + r" \\" for idx, row in grid.iterrows()]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
 
 
+def _write(outdir: Path, name: str, frame: pd.DataFrame, sections: list[tuple[str, dict[str, pd.DataFrame]]],
+           caption: str, note: str) -> None:
+    with atomic_path(outdir / f"{name}.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    md, tex = [f"## {caption}", ""], []
+    for title, per_sampler in sections:
+        for sampler, grid in per_sampler.items():
+            md += [f"### {title} — sampler `{sampler}`", "", to_markdown(grid), ""]
+            tex.append(to_latex(grid, f"{caption} {title}, sampler {sampler}."))
+    write_text(outdir / f"{name}.md", "\n".join(md + [note, ""]))
+    write_text(outdir / f"{name}.tex", "\n".join(tex))
+
+
 def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str | Path) -> None:
-    """fid_is (Tables 1/2: best FID and IS at that checkpoint) and fid_std (Tables 3/4)."""
-    metrics = pd.read_parquet(metrics_path)
-    best = best_checkpoints(metrics, grid)
-    outdir = Path(outdir)
-    specs = {"fid_is": (["fid", "isc"], "Best FID over training and IS at that checkpoint"),
-             "fid_std": (["fid"], "FID mean $\\pm$ std over seed sets at each cell's best checkpoint")}
-    for name, (metric_list, caption) in specs.items():
-        columns = CELL_KEYS + ["train_label", "sample_label", "checkpoint_step", "seed_sets", "degenerate"] + [
-            f"{m}_{s}" for m in metric_list for s in ("mean", "std")]
-        with atomic_path(outdir / f"{name}.parquet") as tmp:
-            best[columns].to_parquet(tmp, index=False)
-        md, tex = [], []
-        for metric in metric_list:
-            title = {"fid": "FID ↓", "isc": "IS ↑"}[metric]
-            for sampler, grid in render(best, metric).items():
-                md += [f"### {title} — sampler `{sampler}`", "", grid.to_markdown(), ""]
-                tex.append(to_latex(grid, f"{caption}: {title.split()[0]}, sampler {sampler}."))
-        note = ("`*`: within one standard deviation of the table's best score (bold); std over seed sets, "
-                "or over IS splits when there is one evaluation. `degenerate`: constant or all-alike samples, "
-                "never ranked.")
-        write_text(outdir / f"{name}.md", "\n".join(md + [note, ""]))
-        write_text(outdir / f"{name}.tex", "\n".join(tex))
+    """The run's tables by the paper's numbers (ied.layout.artefacts): single, repeated and, if swept, FID vs NFE."""
+    metrics, outdir, names = pd.read_parquet(metrics_path), Path(outdir), grid["artefacts"]["tables"]
+    single = single_table(metrics, grid)
+    n, k, m = grid["single"]["n_samples"], grid["repeated"]["sets"], grid["repeated"]["n_samples"]
+    _write(outdir, names["single"], single,
+           [(TITLES["fid"], grids(single, "fid", None, "fid_std_repeated", True)),
+            (TITLES["isc"], grids(single, "isc_mean", "isc_std", "isc_std_repeated", False)),
+            (TITLES["precision"], grids(single, "precision", None, None, False)),
+            (TITLES["recall"], grids(single, "recall", None, None, False))],
+           f"Best FID recorded during training ({n} samples, one set per checkpoint), and IS, precision and "
+           f"recall at that checkpoint.",
+           f"IS: mean ± std over 10 splits. `*`: within the standard deviations (over the {k} repeated sets of "
+           f"{m}) of the best score (bold). `degenerate`: constant or all-alike samples, never ranked.")
+    repeated = repeated_table(metrics, grid)
+    _write(outdir, names["repeated"], repeated,
+           [(TITLES["fid"], grids(repeated, "fid_mean", "fid_std", "fid_std", True))],
+           f"FID mean ± std over {k} sets of {m} samples at each cell's best checkpoint "
+           f"(up to step {max(grid['repeated']['steps'])}).",
+           "`*`: mean ± std overlaps the best's (bold). `degenerate`: constant or all-alike samples, never ranked.")
+    if "nfe" in names:
+        _write_nfe(outdir / names["nfe"], nfe_table(metrics, grid))
+
+
+def _write_nfe(stem: Path, table: pd.DataFrame) -> None:
+    with atomic_path(stem.with_suffix(".parquet")) as tmp:
+        table.to_parquet(tmp, index=False)
+    md, tex = ["## FID against the number of denoiser evaluations (NFE) per image", ""], []
+    for train, frame in table.groupby("train_label", sort=False):
+        frame = frame.assign(row=frame["base_sampler"] + " / " + frame["sample_label"],
+                             entry=[f"{f:.2f} ({n})" for f, n in zip(frame["fid"], frame["nfe"])])
+        wide = frame.pivot(index="row", columns="steps", values="entry").fillna("")
+        wide = wide.loc[list(dict.fromkeys(frame["row"])), sorted(wide.columns)]
+        wide.columns = [f"{c} steps" for c in wide.columns]
+        wide.index.name = "sampler / sampling"
+        md += [f"### trained with {train}: FID (NFE)", "", wide.to_markdown(), ""]
+        body = [" & ".join([latex_escape(r)] + list(row)) + r" \\" for r, row in wide.iterrows()]
+        tex += [r"\begin{table}[t]", r"\centering",
+                rf"\caption{{FID (NFE per image) against steps, trained with {latex_escape(train)}.}}",
+                rf"\begin{{tabular}}{{l{'c' * len(wide.columns)}}}", r"\toprule",
+                "Sampler / sampling & " + " & ".join(wide.columns) + r" \\", r"\midrule", *body,
+                r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    write_text(stem.with_suffix(".md"), "\n".join(md))
+    write_text(stem.with_suffix(".tex"), "\n".join(tex))
 
 
 def write_report(tables: Sequence[str], figures: Sequence[str], out: str | Path) -> None:
@@ -137,3 +260,4 @@ def write_report(tables: Sequence[str], figures: Sequence[str], out: str | Path)
         if path.endswith(".png"):
             lines += [f"![{Path(path).stem}]({os.path.relpath(path, out.parent)})", ""]
     write_text(out, "\n".join(lines))
+

@@ -20,7 +20,8 @@ from ied.networks import build_denoiser, parameter_count
 from ied.rationales import build
 from ied.specs import identity_hash
 
-SIGMA_BUCKETS = (0.0, 0.02, 0.2, 2.0, 20.0, math.inf)
+# ε-loss is logged per log-σ bin: 6 bins per decade over [1e-3, 1e3], plus one below and one above.
+SIGMA_EDGES = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 37), [math.inf]])
 
 
 class TrainingError(RuntimeError):
@@ -54,11 +55,12 @@ class _Stats:
     """Loss sums kept on the device between log lines, so a step never waits for the GPU."""
 
     def __init__(self, device: torch.device):
-        self.edges = torch.tensor(SIGMA_BUCKETS[1:-1], dtype=torch.float64, device=device)
+        self.edges = torch.tensor(SIGMA_EDGES[1:-1], dtype=torch.float64, device=device)
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.by_sigma = torch.zeros(2, len(SIGMA_BUCKETS) - 1, dtype=torch.float64, device=device)
+        self.by_sigma = torch.zeros(2, len(SIGMA_EDGES) - 1, dtype=torch.float64, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         self.steps = 0
+        self.rows: list[dict] = []  # the segment's loss per σ bin and log interval (ied.layout.LOSS)
 
     def add(self, step: int, per_example: torch.Tensor, sigma: torch.Tensor, grad_norm: torch.Tensor) -> None:
         loss = per_example.detach().double()
@@ -77,15 +79,25 @@ class _Stats:
             raise TrainingError(f"non-finite loss or gradient at step {step + 1}; no checkpoint written "
                                 f"(check train.weighting, train.lr and the training rationale's domain)")
 
-    def line(self) -> dict:
+    def line(self, step: int) -> dict:
+        """The log line of the interval ending at `step`; its per-σ losses also go to `rows`."""
         sums, counts = self.by_sigma.cpu().numpy()
+        bins = [(lo, hi, s / n, int(n)) for lo, hi, s, n in zip(SIGMA_EDGES[:-1], SIGMA_EDGES[1:], sums, counts) if n]
+        self.rows += [{"step": step, "sigma_lo": lo, "sigma_hi": hi, "loss": mean, "count": n}
+                      for lo, hi, mean, n in bins]
         out = {"loss": float(self.loss) / max(self.steps, 1),
-               "loss_by_sigma": {f"[{lo:g},{hi:g})": (s / n if n else None) for lo, hi, s, n in
-                                 zip(SIGMA_BUCKETS[:-1], SIGMA_BUCKETS[1:], sums, counts)}}
+               "loss_by_sigma": {f"[{lo:.3g},{hi:.3g})": mean for lo, hi, mean, _ in bins}}
         self.loss.zero_()
         self.by_sigma.zero_()
         self.steps = 0
         return out
+
+    def write(self, path: str | Path) -> None:
+        import pandas as pd
+
+        from ied.io import atomic_path
+        with atomic_path(path) as tmp:
+            pd.DataFrame(self.rows, columns=["step", "sigma_lo", "sigma_hi", "loss", "count"]).to_parquet(tmp)
 
 
 def _restore(state: dict, denoiser, ema, optimizer, noise_gen, device: torch.device) -> int:
@@ -101,11 +113,12 @@ def _restore(state: dict, denoiser, ema, optimizer, noise_gen, device: torch.dev
 
 def train(spec: Mapping[str, Any], start_step: int, end_step: int, *, data_path: str | Path,
           checkpoint_in: str | Path | None, checkpoint_out: str | Path, log_path: str | Path | None = None,
-          log_every: int = 100, device: str = "auto", precision: str = "auto",
+          loss_table: str | Path | None = None, log_every: int = 100, device: str = "auto", precision: str = "auto",
           allow_config_change: bool = False) -> dict:
     """Train the resolved training spec from the checkpoint at `start_step` (fresh if 0) to `end_step`.
 
-    Only `spec` (ied.specs.training_spec) determines the weights; logging and device are run-time choices."""
+    Only `spec` (ied.specs.training_spec) determines the weights; logging and device are run-time choices.
+    `loss_table`: a Parquet file of the segment's ε-loss per log-σ bin and log interval."""
     if not 0 <= start_step < end_step:
         raise ValueError(f"need 0 <= start_step < end_step, got {start_step}, {end_step}")
     dev = devices.choose(device)
@@ -157,7 +170,7 @@ def train(spec: Mapping[str, Any], start_step: int, end_step: int, *, data_path:
         if (step + 1) % log_every == 0 or step + 1 == end_step:
             stats.check()
             steps, elapsed = stats.steps, time.perf_counter() - tick
-            _log({"step": step + 1, **stats.line(), "lr": optimizer.param_groups[0]["lr"],
+            _log({"step": step + 1, **stats.line(step + 1), "lr": optimizer.param_groups[0]["lr"],
                   "images_per_s": steps * batch / elapsed}, log_file)
             tick = time.perf_counter()
         if progress is not None:
@@ -170,6 +183,8 @@ def train(spec: Mapping[str, Any], start_step: int, end_step: int, *, data_path:
              "num_classes": data.num_classes, "resolution": resolution, "channels": channels}
     if dev.type == "cuda":
         state["rng_cuda"] = torch.cuda.get_rng_state(dev)
+    if loss_table:
+        stats.write(loss_table)
     checkpoints.save(checkpoint_out, state)
     _log({"event": "checkpoint", "step": end_step, "path": str(checkpoint_out)}, log_file)
     if progress is not None:

@@ -55,10 +55,11 @@ CELL_JOB = layout.CELL_JOB  # one file name per cell for logs and benchmarks
 wildcard_constraints:
     step=r"\d+",
     seed=r"\d+",
+    n=r"\d+",
     split="|".join(DATASETS[config["dataset"]["name"]].splits),
     train=layout.NAME_PATTERN,
     sample=layout.NAME_PATTERN,
-    sampler=layout.NAME_PATTERN,
+    sampler=layout.SAMPLER_PATTERN,
     rationale=layout.NAME_PATTERN,
 
 
@@ -84,6 +85,11 @@ def cell_paths(pattern):
     return [out(layout.cell_path(pattern, c)) for c in CELLS]
 
 
+def caption(path):
+    """The report caption of a table or figure: workflow/report/<stem>.rst (relative to rules/)."""
+    return f"../report/{Path(path).stem}.rst"
+
+
 def dumps(obj):
     """Compact, canonical JSON for command lines (quoted with :q in the shell commands)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
@@ -100,19 +106,44 @@ def extractor_weights(w):
     return config["evaluate"]["feature_extractor_weights_path"]
 
 
+def protocol_slice(purpose):
+    """What tables and figures need of a sample-set protocol: names, size, sets and checkpoints."""
+    protocol = config["sample"][purpose]
+    return {"rationales": protocol["rationales"], "samplers": layout.protocol_samplers(config, purpose),
+            "n_samples": protocol["n_samples"], "sets": protocol["sets"],
+            "steps": layout.protocol_steps(config, purpose)}
+
+
+def sweep_slice():
+    sweep = config["nfe_sweep"]
+    if not sweep["steps"]:
+        return {}
+    points = {specs.sweep_sampler(config, s, k): {"sampler": s, "steps": k} for s in sweep["samplers"]
+              for k in sweep["steps"]}
+    return {"train": sweep.get("train_rationales") or config["train"]["rationales"],
+            "rationales": sweep["rationales"], "samplers": sweep["samplers"], "points": points,
+            "checkpoint": layout.sweep_step(config), "n_samples": sweep["n_samples"]}
+
+
 def table_slice():
-    """What the tables read of the config: the grid's names and order, and the labels."""
-    return {"train": config["train"]["rationales"], "sample": config["sample"]["rationales"],
-            "samplers": list(config["sample"]["samplers"]), "labels": specs.labels(config)}
+    """What the tables read of the config: names and their order, labels, protocols, the artefact names."""
+    return {"train": config["train"]["rationales"], "samplers": list(config["sample"]["samplers"]),
+            "labels": specs.labels(config), "single": protocol_slice("single"), "repeated": protocol_slice("repeated"),
+            "sweep": sweep_slice(), "artefacts": layout.artefacts(config)}
 
 
 def figure_slice():
-    """What the figures read: the table slice, the ablation's σ_N per rationale, the paper's published tables."""
+    """What the figures read: the table slice, the ablation, the paper's published tables, the dataset."""
     ablation = {name: spec["sigma_n"] for name, spec in specs.ablation_rationales(config).items()}
     paper = config["paper_results"]
-    published = read_yaml(paper) if paper and Path(paper).is_file() else {}
-    return {**table_slice(), "dataset": config["dataset"]["name"], "schedules": list(specs.configured_rationales(config)),
+    dataset = config["dataset"]["name"]
+    return {**table_slice(), "dataset": dataset, "paper_style": DATASETS[dataset].paper_style,
+            "schedules": list(specs.configured_rationales(config)),
             "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
                          "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
                          "checkpoint": layout.ablation_step(config) if ablation else None},
-            "paper": published}
+            "paper": read_yaml(paper) if paper and Path(paper).is_file() else {}}
+
+
+def loss_tables():
+    return [out(layout.LOSS, train=t, step=s) for t in config["train"]["rationales"] for s in layout.checkpoint_steps(config)]

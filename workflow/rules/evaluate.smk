@@ -22,13 +22,14 @@ rule evaluate:
         runtime=res("evaluate")["runtime"],
         cpus_per_task=res("evaluate")["cpus"],
         batch_size=config["evaluate"]["batch_size"],
+        device=config["evaluate"]["device"],
         cache=out(layout.FIDELITY_CACHE),
     conda:
         ENV
     shell:
         "python -m ied evaluate --samples {input.samples:q} --reference {input.reference:q} --extractor {params.extractor}"
         " --weights {input.weights:q} --sha256={params.sha256:q} --cell {params.cell:q} --cache-root {resources.cache:q}"
-        " --batch-size {resources.batch_size} --out {output:q} > {log:q} 2>&1"
+        " --batch-size {resources.batch_size} --device {resources.device} --out {output:q} > {log:q} 2>&1"
 
 
 rule aggregate:

@@ -3,7 +3,8 @@ rule tables:
     input:
         out(layout.METRICS),
     output:
-        [report(out(t), category="Tables") if t.endswith(".md") else out(t) for t in layout.tables()],
+        [report(out(t), category="Tables", caption=caption(t)) if t.endswith(".md") else out(t)
+         for t in layout.tables(config)],
     params:
         grid=lambda w: dumps(table_slice()),
         outdir=lambda w, output: os.path.dirname(output[0]),
@@ -23,8 +24,10 @@ rule figures:
         metrics=out(layout.METRICS),
         schedules=[out(layout.SCHEDULE, rationale=name) for name in RATIONALES],
         grids=cell_paths(layout.GRID),
+        losses=loss_tables(),
     output:
-        [report(out(f), category="Figures") if f.endswith(".png") else out(f) for f in layout.figures()],
+        [report(out(f), category="Figures", caption=caption(f)) if f.endswith(".png") else out(f)
+         for f in layout.figures(config)],
     params:
         grid=lambda w: dumps(figure_slice()),
         root=lambda w, input: os.path.dirname(input.metrics),  # metrics.parquet lies in the experiment folder
@@ -37,14 +40,14 @@ rule figures:
         ENV
     shell:
         "python -m ied figures --metrics {input.metrics:q} --grid {params.grid:q} --schedules {input.schedules:q}"
-        " --root {params.root:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+        " --losses {input.losses:q} --root {params.root:q} --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule report:
     """Tables and figures in one Markdown page."""
     input:
-        tables=[out(t) for t in layout.tables()],
-        figures=[out(f) for f in layout.figures()],
+        tables=[out(t) for t in layout.tables(config)],
+        figures=[out(f) for f in layout.figures(config)],
     output:
         out(layout.REPORT),
     benchmark:

@@ -7,7 +7,6 @@ rule generate:
         grid=out(layout.GRID),
     params:
         spec=lambda w: dumps(specs.sampling_spec(config, w.sample, w.sampler)),
-        n=config["sample"]["n_samples"],
         # the checkpoint must hold this step of this training spec (a copied file is refused)
         config_hash=lambda w: specs.identity_hash(specs.training_spec(config, w.train)),
     benchmark:
@@ -30,7 +29,7 @@ rule generate:
     conda:
         ENV
     shell:
-        "python -m ied generate --checkpoint {input:q} --spec {params.spec:q} --n-samples {params.n}"
+        "python -m ied generate --checkpoint {input:q} --spec {params.spec:q} --n-samples {wildcards.n}"
         " --seed-set {wildcards.seed} --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
         " --batch-size {resources.batch_size} --shard-size {resources.shard_size} --device {resources.device}"
         " --precision {resources.precision} --compile {resources.compile}"

@@ -4,7 +4,8 @@ rule train_segment:
         data=out(layout.DATA, split="train"),
         resume=previous_checkpoint,
     output:
-        out(layout.CHECKPOINT),
+        checkpoint=out(layout.CHECKPOINT),
+        loss=out(layout.LOSS),
     params:
         spec=lambda w: dumps(specs.training_spec(config, w.train)),
         start=lambda w: int(w.step) - EVERY,
@@ -29,6 +30,7 @@ rule train_segment:
         ENV
     shell:
         "python -m ied train --spec {params.spec:q} --data {input.data:q} --start {params.start} --end {wildcards.step}"
-        " {params.resume} --out {output:q} --log {log.jsonl:q} --log-every {resources.log_every}"
+        " {params.resume} --out {output.checkpoint:q} --loss-table {output.loss:q} --log {log.jsonl:q}"
+        " --log-every {resources.log_every}"
         " --device {resources.device} --precision {resources.precision} --compile {resources.compile}"
         " 2> {log.stderr:q}"
