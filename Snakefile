@@ -11,6 +11,7 @@ include: "workflow/rules/schedules.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/nll.smk"
 include: "workflow/rules/report.smk"
 
 

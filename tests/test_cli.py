@@ -28,15 +28,15 @@ def test_known_failures_are_one_line(tmp_path, case, digits):
                      "--out", tmp_path / "s.npz", cwd=tmp_path)
         assert_one_line(result, "ckpt-5.pt: checkpoint not found")
     elif case == "missing data":
-        result = ied("train", "--spec", json.dumps(tiny_spec()), "--data", tmp_path / "train.npz", "--start", 0,
-                     "--end", 1, "--out", tmp_path / "c.pt", cwd=tmp_path)
+        result = ied("train", "--spec", json.dumps(tiny_spec()), "--data", tmp_path / "train.npz", "--from-step", 0,
+                     "--to-step", 1, "--out", tmp_path / "c.pt", cwd=tmp_path)
         assert_one_line(result, "train.npz: prepared dataset not found")
     elif case == "cuda absent":
         import torch
         device, fragment = ("cuda:99", "only") if torch.cuda.is_available() else \
             ("cuda", "device 'cuda' was asked for, but this machine has no CUDA device")
-        result = ied("train", "--spec", json.dumps(tiny_spec()), "--data", digits / "train.npz", "--start", 0,
-                     "--end", 1, "--out", tmp_path / "c.pt", "--device", device, cwd=tmp_path)
+        result = ied("train", "--spec", json.dumps(tiny_spec()), "--data", digits / "train.npz", "--from-step", 0,
+                     "--to-step", 1, "--out", tmp_path / "c.pt", "--device", device, cwd=tmp_path)
         assert_one_line(result, fragment)
     else:
         (tmp_path / "ckpt-5.pt").write_bytes(b"not a checkpoint")

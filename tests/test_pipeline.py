@@ -73,7 +73,7 @@ EDITS = {
     # its two segments; single: 2 checkpoints × 2 rationales × 2 samplers; repeated: 3 rationales × 2 sets,
     # less the 2 single sets of step 20 with em
     "add a training rationale": ({"train": {"rationales": ["ve", "l2", "gauss5"]}},
-                                 {"train_segment": 2, "generate": 12, "evaluate": 12, **AGGREGATION}),
+                                 {"train_segment": 2, "generate": 12, "evaluate": 12, "nll": 2, **AGGREGATION}),
     # heun's single sets (2 train × 2 checkpoints × 2 rationales); its sweep points (2, 8 steps) stay as they are
     "sampler steps": ({"sample": {"samplers": {"heun": {"steps": 5}}}},
                       {"generate": 8, "evaluate": 8, **AGGREGATION}),
@@ -116,6 +116,29 @@ def test_paper_dags_build_with_gpu_training(tmp_path, name, generate):
     train_blocks = [b for b in blocks if b.startswith("train_segment:")]
     assert train_blocks and all("gpu=1" in b and "gpu_model=a100" in b for b in train_blocks)
     assert all("gpu=" not in b for b in blocks if b.startswith(("tabulate_schedule:", "tables:", "figures:")))
+    reference = "data/val.npz" if name == "paper-imagenet32" else "data/test.npz"
+    assert all(reference in b for b in blocks if b.startswith("evaluate:"))  # the FID reference split
+
+
+def test_multi_gpu_training_launches_torchrun_in_a_slurm_dry_run(tmp_path):
+    """resources.train_segment.gpus: 4 → one SLURM job with 4 GPUs whose command starts 4 ranks on its node."""
+    from test_data import write_fake_cifar
+    from ied.io import sha256_file
+    data = write_fake_cifar(tmp_path / "data").parent
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"stand-in")
+    override = tmp_path / "local.yaml"
+    override.write_text(yaml.safe_dump({
+        "dataset": {"data_root": str(data), "verify_checksums": False},
+        "evaluate": {"feature_extractor_weights_path": str(weights), "feature_extractor_sha256": sha256_file(weights)},
+        "resources": {"train_segment": {"gpus": 4, "gpu_model": "a100", "cpus": 32, "mem_mb": 128000}}}))
+    out = snakemake("-n", "--profile", REPO / "slurm", "--configfile", REPO / "config" / "paper-cifar10.yaml", override,
+                    cwd=tmp_path).stdout
+    block = next(b for b in out.split("rule ") if b.startswith("train_segment:"))
+    assert "gpu=4" in block and "cpus_per_task=32" in block
+    assert "torchrun --standalone --nproc-per-node=4 -m ied train" in out
+    evaluate = next(b for b in out.split("rule ") if b.startswith("evaluate:"))
+    assert "data/test.npz" in evaluate  # CIFAR-10's FID reference is its test split
 
 
 def test_lint_is_clean():
@@ -141,7 +164,7 @@ def test_end_to_end_reduced_default(e2e_run):
         assert metrics[column].map(math.isfinite).all(), column
     assert (metrics["degenerate"] == "").all() and set(metrics["reference_split"]) == {"test"}
     assert sorted(p.name for p in (exp / "tables").iterdir()) == sorted(
-        f"{name}.{ext}" for name in ("table1", "table3", "fid_nfe") for ext in ("parquet", "md", "tex"))
+        f"{name}.{ext}" for name in ("table1", "table3", "fid_nfe", "nll") for ext in ("parquet", "md", "tex"))
     table3 = pd.read_parquet(exp / "tables" / "table3.parquet")
     assert table3["fid_std"].notna().all() and len(table3) == 2 * 3 and (table3["sets"] == 2).all()
     assert (table3["checkpoint_step"] == 20).all()  # the repeated range ends at 20
@@ -153,9 +176,12 @@ def test_end_to_end_reduced_default(e2e_run):
         table1.set_index(["sampler_name", "train_rationale", "sample_rationale"]).index]).all()
     figures = sorted(p.name for p in (exp / "figures").iterdir())
     stems = ["fig1_rationales", "fig2_marginals", "fig3_fid_is_over_training", "fig5_sigma_n_ablation",
-             "fig6_fid_over_sets", "fig8_samples", "paper_comparison", "loss_by_sigma", "fid_nfe"]
+             "fig6_fid_over_sets", "fig8_samples", "paper_comparison", "loss_by_sigma", "fid_nfe", "nll_over_training"]
     assert figures == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     assert all((exp / "figures" / f).stat().st_size > 1000 for f in figures)
+    nll = pd.read_parquet(exp / "tables" / "nll.parquet")
+    assert len(nll) == 2 and nll[["bpd_best_fid", "bpd_last"]].notna().all().all()
+    assert ((nll["bpd_last"] > 0) & (nll["bpd_last"] < 16)).all()  # bits/dim of 8-bit digits
     assert (exp / "report.md").read_text().count("![") == len(stems)
     logs = list((exp / "logs").rglob("*.log"))
     assert {p.parent.name for p in logs} >= {"prepare_data", "train_segment", "generate", "evaluate", "figures"}

@@ -244,3 +244,36 @@ def test_algorithm1_returns_the_noise_level_not_the_density_value():
     assert np.all((sigma >= 0.01) & (sigma <= 100.0))
     np.testing.assert_allclose(r.cdf(sigma), t, atol=1e-9)  # σ_k: Φ(σ_k) = t
     assert not np.allclose(r.density(sigma), sigma)  # V_k = r(σ_k) is something else
+
+
+def _mp_reference(spec, domain, t):
+    """σ(t) of the truncated closed form in 60-digit arithmetic (mpmath), for the upper-tail check."""
+    import mpmath as mp
+    mp.mp.dps = 60
+    a, b, t = mp.mpf(domain[0]), mp.mpf(domain[1]), mp.mpf(float(t))
+    family = spec["family"]
+    if family == "gaussian":
+        c = mp.sqrt(2) * spec["sigma_n"]
+        F, F_inv = (lambda s: mp.erf(s / c)), (lambda u: c * mp.erfinv(u))
+    elif family == "lognormal":
+        m, sd = mp.mpf(-1.2), mp.mpf(1.2)
+        F = lambda s: mp.ncdf((mp.log(s) - m) / sd)  # noqa: E731
+        F_inv = lambda u: mp.exp(m + sd * mp.sqrt(2) * mp.erfinv(2 * u - 1))  # noqa: E731
+    elif family == "ve":
+        F, F_inv = mp.log, mp.exp
+    elif family == "edm":
+        rho = mp.mpf(spec["rho"])
+        F, F_inv = (lambda s: s ** (1 / rho)), (lambda u: u**rho)
+    else:  # kl
+        F, F_inv = (lambda s: -1 / s), (lambda u: -1 / u)
+    return float(F_inv(F(a) + t * (F(b) - F(a))))
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("spec", CLOSED, ids=lambda s: "-".join(map(str, s.values())))
+def test_upper_tail_of_closed_forms_against_high_precision(spec, domain):
+    """σ(t) near t = 1, where 1 − t loses all digits unless the survival function is used, to 1e-9 relative."""
+    r = make(spec, domain)
+    for t in (1 - 1e-6, 1 - 1e-9, 1 - 1e-12, 1e-9, 1e-12):
+        expected = _mp_reference(spec, domain, t)
+        assert r.sigma(np.array([t]))[0] == pytest.approx(expected, rel=1e-9, abs=0), t

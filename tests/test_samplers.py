@@ -166,3 +166,72 @@ def test_options_are_checked_against_the_signatures():
         with pytest.raises(OptionError, match=re.escape(fragment)) as info:
             resolve_options(sampler, options)
         assert info.value.option == option
+
+
+class CountingNoise:
+    """A seeded stream of normals that counts its draws (both samplers under test consume the same stream)."""
+
+    def __init__(self, seed=0):
+        self.gen, self.draws = torch.Generator().manual_seed(seed), 0
+
+    def randn_like(self, x):
+        self.draws += 1
+        return torch.randn(x.shape, generator=self.gen, dtype=x.dtype)
+
+
+def edm_algorithm2(denoiser, latents, t_steps, S_churn, S_tmin, S_tmax, S_noise, noise):
+    """EDM Algorithm 2 written out as NVlabs/edm's edm_sampler (noise drawn at every step, line 5)."""
+    num_steps = len(t_steps) - 1
+    x_next = latents.to(F64) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_tmin <= t_cur <= S_tmax else 0
+        t_hat = t_cur + gamma * t_cur
+        x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * S_noise * noise.randn_like(x_cur)
+        d_cur = (x_hat - gaussian_denoiser(x_hat, torch.full((len(x_hat),), t_hat, dtype=F64))) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+        if i < num_steps - 1:
+            d_prime = (x_next - gaussian_denoiser(x_next, torch.full((len(x_next),), t_next, dtype=F64))) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next
+
+
+@pytest.mark.parametrize("S_churn, S_tmin, S_tmax, S_noise", [
+    (2.0, 0.0, math.inf, 1.0),  # γ = 0.2, below the √2 − 1 cap
+    (40.0, 0.0, math.inf, 1.0),  # γ capped at √2 − 1
+    (4.0, 0.05, 5.0, 1.007),  # churn only inside [S_tmin, S_tmax], S_noise ≠ 1
+])
+def test_edm_stochastic_is_algorithm2(S_churn, S_tmin, S_tmax, S_noise):
+    r = rationale(RATIONALES["edm"])
+    steps = 10
+    latents = torch.randn(64, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+    t_steps = noise_levels(r, steps).tolist()
+    reference = edm_algorithm2(gaussian_denoiser, latents, t_steps, S_churn, S_tmin, S_tmax, S_noise, CountingNoise())
+    ours = SAMPLERS["edm_stochastic"](gaussian_denoiser, latents, r, steps, generator=CountingNoise(), S_churn=S_churn,
+                                      S_tmin=S_tmin, S_tmax=S_tmax, S_noise=S_noise)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    heun = SAMPLERS["heun"](gaussian_denoiser, latents, r, steps)
+    assert (ours - heun).abs().max() > 1e-3  # the churn did something
+
+
+@pytest.mark.parametrize("name, options, draws", [
+    ("euler_maruyama", {}, 9), ("euler", {}, 0), ("heun", {}, 0), ("edm_stochastic", {}, 0),
+    ("edm_stochastic", {"S_churn": 5.0}, 10), ("s2n", {}, 0), ("s2n", {"rho": 1.0}, 10),
+])
+def test_how_often_each_sampler_draws_noise(name, options, draws):
+    noise = CountingNoise()
+    SAMPLERS[name](gaussian_denoiser, torch.zeros(4, 2, dtype=F64), rationale(RATIONALES["ve"]), 10, generator=noise,
+                   **options)
+    assert noise.draws == draws
+
+
+def test_euler_maruyama_last_step_is_the_mean():
+    """The last step adds no noise (score_sde): two runs whose streams differ only after draw steps − 1 agree."""
+    class Diverging(CountingNoise):
+        def randn_like(self, x):
+            return super().randn_like(x) if self.draws < 9 else torch.full_like(x, math.nan)
+
+    r, latents = rationale(RATIONALES["ve"]), torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    x = SAMPLERS["euler_maruyama"](gaussian_denoiser, latents, r, 10, generator=Diverging())
+    torch.testing.assert_close(x, SAMPLERS["euler_maruyama"](gaussian_denoiser, latents, r, 10, generator=CountingNoise()))
+    assert torch.isfinite(x).all()

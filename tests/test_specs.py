@@ -66,8 +66,8 @@ def test_weighted_rationale_with_a_named_base_trains_and_samples_through_the_job
     spec = specs.training_spec(config, "w")
     assert spec["rationale"]["base"]["family"] == "l2"  # the reference is inlined: the job needs no registry
     ckpt = tmp_path / "ckpt-2.pt"
-    assert main(["train", "--spec", json.dumps(spec), "--data", str(digits / "train.npz"), "--start", "0",
-                 "--end", "2", "--out", str(ckpt)]) == 0
+    assert main(["train", "--spec", json.dumps(spec), "--data", str(digits / "train.npz"), "--from-step", "0",
+                 "--to-step", "2", "--out", str(ckpt)]) == 0
     sampling = json.dumps(specs.sampling_spec(config, "w", "heun"))
     assert main(["generate", "--checkpoint", str(ckpt), "--spec", sampling, "--n-samples", "4", "--expect-step", "2",
                  "--expect-config-hash", specs.identity_hash(spec), "--out", str(tmp_path / "s.npz")]) == 0

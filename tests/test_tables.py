@@ -83,3 +83,17 @@ def test_latex_bold_stars_and_non_ascii():
 def test_reference_split_is_test_for_cifar10_and_digits_val_for_imagenet32():
     assert {name: d.reference_split for name, d in DATASETS.items()} == {"digits": "test", "cifar10": "test",
                                                                            "imagenet32": "val"}
+
+
+def test_nll_table_at_the_best_fid_and_last_checkpoints(tmp_path):
+    from ied.tables import _write_nll, nll_table
+    summary = pd.DataFrame({"train_rationale": ["ve", "ve", "ve", "l2"], "checkpoint_step": [10, 20, 30, 30],
+                            "bpd": [4.0, 3.5, 3.6, 3.2], "bpd_se": [0.1, 0.1, 0.1, 0.1]})
+    grid = {**GRID, "nll_steps": [10, 20, 30]}
+    table = nll_table(summary, single_table(metrics(), grid), grid).set_index("train_rationale")
+    assert table.loc["ve", "best_fid_step"] == 20 and table.loc["ve", "bpd_best_fid"] == 3.5  # FID is lowest at 20
+    assert table.loc["ve", "last_step"] == 30 and table.loc["ve", "bpd_last"] == 3.6
+    assert math.isnan(table.loc["l2", "bpd_best_fid"]) and table.loc["l2", "bpd_last"] == 3.2  # 20 not computed
+    _write_nll(tmp_path / "nll", table.reset_index())
+    text = (tmp_path / "nll.md").read_text()
+    assert "| VE         |              20 | 3.500 ± 0.100" in text and "not computed" in text

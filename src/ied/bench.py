@@ -1,8 +1,15 @@
-"""`ied bench`: throughput and overhead numbers as JSON. Targets live here, never in timed tests."""
+"""`ied bench`: throughput, overhead, memory and accuracy numbers as JSON. Targets live here, never in timed tests.
+
+Modes are fp32, bf16 (autocast) and bf16+compile (torch.compile, or with CUDA graphs: bf16+cudagraphs) on the
+chosen device; `--preset paper` is the paper's 35M-parameter U-Net at 32×32, `tiny` the digits model.
+`scripts/gpu-check` runs the GPU presets of issues 14/15 in one command.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
 import resource
 import sys
@@ -13,10 +20,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ied import device as devices, specs
 from ied.networks import build_denoiser, parameter_count
 from ied.rationales import ClosedForm, Tabulated
-from ied import specs
-from ied.specs import rationale
 from ied.samplers import SAMPLERS, nfe
 
 PRESETS = {  # network, resolution, channels, classes
@@ -29,11 +35,13 @@ RATIONALES = {
     "kg_cosine": {"family": "kingma_gao", "weighting": "cosine"},
     "expression": {"family": "expression", "density": "exp(-(log(sigma) - 0.5)**2 / 2) / sigma"},
 }
+MODES = ("fp32", "bf16", "bf16+compile")
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense, no sparsity
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _timeit(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
@@ -49,51 +57,69 @@ def _timeit(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def _model(preset: str, device: torch.device, channels_last: bool, compile_: bool):
+def _model(preset: str, device: torch.device, mode: str):
+    """The preset's denoiser on the device, prepared for `mode`, and its autocast."""
     network, res, ch, classes = PRESETS[preset]
-    denoiser = build_denoiser(specs.network(network), res, ch, classes).to(device)
-    if channels_last and device.type == "cuda":
-        denoiser = denoiser.to(memory_format=torch.channels_last)
-    if compile_:
-        denoiser.net = torch.compile(denoiser.net)
-    return denoiser, (ch, res, res), classes
+    denoiser = build_denoiser(specs.network(network), res, ch, classes)
+    compile_mode = {"bf16+compile": True, "bf16+cudagraphs": "reduce-overhead"}.get(mode, False)
+    net = devices.prepare_module(denoiser, device)
+    if compile_mode:
+        net = torch.compile(net, mode=None if compile_mode is True else compile_mode)
+    return denoiser, net, (ch, res, res), classes, devices.autocast(device, "fp32" if mode == "fp32" else "bf16")
 
 
-def bench_training(preset: str, batch: int, steps: int, device: torch.device, **model_kw) -> dict:
-    from ied.loss import EpsilonLoss
+def _peak_memory(device: torch.device) -> dict:
+    out = {"cpu_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
 
-    denoiser, shape, classes = _model(preset, device, **model_kw)
-    optimizer = torch.optim.RAdam(denoiser.parameters(), lr=2e-4)
-    loss_fn = EpsilonLoss(rationale(RATIONALES["l2"], "l2"))
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def bench_training(preset: str, batch: int, steps: int, device: torch.device, mode: str) -> dict:
+    """Training images/s of one RAdam step (ε-loss, L2 rationale), as ied.train takes it."""
+    from ied.loss import epsilon_loss
+
+    _reset_peak(device)
+    denoiser, net, shape, classes, autocast = _model(preset, device, mode)
+    params = list(denoiser.parameters())
+    optimizer = torch.optim.RAdam(params, lr=2e-4, foreach=device.type == "cuda")
     x = torch.randn(batch, *shape, device=device).clamp(-1, 1)
     labels = torch.randint(0, classes, (batch,), device=device)
-    gen = torch.Generator().manual_seed(0)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    sigma = torch.from_numpy(specs.rationale(RATIONALES["l2"]).sample(batch, np.random.default_rng(0))).to(device)
+    eps = torch.randn_like(x)
 
     def step():
         with autocast:
-            loss = loss_fn(denoiser, x, labels, gen)[0].mean()
+            loss = epsilon_loss(net, x, labels, sigma, eps).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     seconds = _timeit(lambda: [step() for _ in range(steps)], device, 3) / steps
-    return {"batch_size": batch, "seconds_per_step": seconds, "images_per_s": batch / seconds,
-            "parameters": parameter_count(denoiser)}
+    return {"batch_size": batch, "mode": mode, "seconds_per_step": seconds, "images_per_s": batch / seconds,
+            "parameters": parameter_count(denoiser), "peak_memory": _peak_memory(device)}
 
 
-def bench_sampling(preset: str, batch: int, steps: int, device: torch.device, repeats: int = 3,
-                   **model_kw) -> dict:
-    denoiser, shape, classes = _model(preset, device, **model_kw)
-    denoiser.eval().requires_grad_(False)
-    latents = torch.randn(batch, *shape, device=device)
+def bench_sampling(preset: str, batch: int, steps: int, device: torch.device, mode: str, samplers=("euler_maruyama",),
+                   repeats: int = 3) -> dict:
+    """NFE/s of the samplers at one batch size, with per-image noise; overhead = wall ÷ time inside the denoiser."""
+    from ied.noise import PerImageNoise
+
+    _reset_peak(device)
+    _, net, shape, classes, autocast = _model(preset, device, mode)
+    net.eval().requires_grad_(False)
     labels = torch.randint(0, classes, (batch,), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    schedule = specs.rationale(RATIONALES["edm7"])
     in_denoiser = [0.0]
 
     def call(x, sigma, class_labels):
         with autocast:
-            return denoiser(x, sigma, class_labels)
+            return net(x, sigma, class_labels)
 
     def timed_call(x, sigma, class_labels):
         _sync(device)
@@ -103,57 +129,50 @@ def bench_sampling(preset: str, batch: int, steps: int, device: torch.device, re
         in_denoiser[0] += time.perf_counter() - start
         return result
 
-    schedule = rationale(RATIONALES["edm7"], "edm7")
-    sigma = torch.full((batch,), 1.0, dtype=torch.float64, device=device)
-    x64 = latents.to(torch.float64)
+    out: dict[str, Any] = {"batch_size": batch, "mode": mode}
     with torch.no_grad():
-        out = {"batch_size": batch, "denoiser_forward_s": _timeit(lambda: call(x64, sigma, labels), device, 5)}
-        for name, sampler in SAMPLERS.items():
-            calls = nfe(name, steps)
+        for name in samplers:
+            sampler, calls = SAMPLERS[name], nfe(name, steps)
 
             def run(denoise):
-                return sampler(denoise, latents, schedule, steps, class_labels=labels,
-                               generator=torch.Generator(device).manual_seed(0))
+                noise = PerImageNoise(torch.arange(batch), device)
+                return sampler(denoise, noise.randn((batch, *shape)), schedule, steps, class_labels=labels,
+                               generator=noise)
 
-            # overhead: the sampler against a bare loop of the same NFE, alternated so that a machine whose speed
-            # drifts (shared CPUs, GPU clocks) affects both alike, the fastest of each as timeit advises.
-            # overhead_in_run: wall time over the time spent inside the denoiser in that same run (synchronised
-            # around each call), which drift cannot separate.
-            walls, bares, in_run = [], [], []
-            for _ in range(repeats):
-                walls.append(_timeit(lambda: run(call), device, 1))
-                bares.append(_timeit(lambda: [call(x64, sigma, labels) for _ in range(calls)], device, 1))
-                in_denoiser[0] = 0.0
-                start = time.perf_counter()
-                run(timed_call)
-                _sync(device)
-                in_run.append((time.perf_counter() - start) / in_denoiser[0])
-            wall = min(walls)
+            wall = _timeit(lambda: run(call), device, repeats)
+            in_denoiser[0] = 0.0
+            start = time.perf_counter()
+            run(timed_call)
+            _sync(device)
+            overhead = (time.perf_counter() - start) / in_denoiser[0]
             out[name] = {"steps": steps, "nfe": calls, "seconds": wall, "images_per_s": batch / wall,
-                         "nfe_per_s": batch * calls / wall, "overhead": wall / min(bares),
-                         "overhead_in_run": min(in_run)}
+                         "nfe_per_s": batch * calls / wall, "overhead_in_run": overhead}
+        noise = PerImageNoise(torch.arange(batch), device)
+        x = torch.zeros(batch, *shape, dtype=torch.float64, device=device)
+        per_draw = _timeit(lambda: noise.randn_like(x), device, 10)
+        step = out[samplers[0]]["seconds"] / out[samplers[0]]["nfe"]
+        out["per_image_noise"] = {"seconds_per_draw": per_draw, "fraction_of_a_step": per_draw / step}
+    out["peak_memory"] = _peak_memory(device)
     return out
 
 
-def bench_flops(preset: str, device: torch.device, peak_tflops: float | None, images_per_s: float | None) -> dict:
+def bench_flops(preset: str, device: torch.device) -> float:
+    """FLOPs of one denoiser forward per image (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    denoiser, shape, classes = _model(preset, device, channels_last=False, compile_=False)
+    _, net, shape, _, _ = _model(preset, device, "fp32")
     x = torch.randn(1, *shape, device=device)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        denoiser(x, torch.ones(1, device=device), torch.zeros(1, dtype=torch.long, device=device))
-    flops = counter.get_total_flops()
-    out = {"flops_per_forward_per_image": flops}
-    if peak_tflops and images_per_s:
-        out["utilisation_of_peak"] = flops * images_per_s / (peak_tflops * 1e12)
-    return out
+        net(x, torch.ones(1, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    return float(counter.get_total_flops())
 
 
 def bench_schedules(intervals: int) -> dict:
+    """Build time and accuracy of tabulated schedules against closed forms (or a 4× finer table)."""
     t = np.concatenate([np.linspace(0, 1, 20001), [1e-9, 1 - 1e-9]])
     out = {}
     for name, spec in RATIONALES.items():
-        r = rationale(spec, name)
+        r = specs.rationale(spec, name)
         start = time.perf_counter()
         table = Tabulated(name, r.sigma_min, r.sigma_max, density_fn=r.density, intervals=intervals)
         built = time.perf_counter() - start
@@ -162,30 +181,68 @@ def bench_schedules(intervals: int) -> dict:
         error = float(np.max(np.abs(table.sigma(t) - exact.sigma(t)) / exact.sigma(t)))
         start = time.perf_counter()
         table.sigma(np.random.default_rng(0).random(1000))
-        lookup = time.perf_counter() - start
-        out[name] = {"build_s": built, "max_rel_error": error,
-                     "against": "closed form" if isinstance(r, ClosedForm) else f"{4 * intervals} intervals",
-                     "sigma_of_1000_t_s": lookup}
+        out[name] = {"build_s": built, "max_rel_error": error, "sigma_of_1000_t_s": time.perf_counter() - start,
+                     "against": "closed form" if isinstance(r, ClosedForm) else f"{4 * intervals} intervals"}
     return out
 
 
 def bench_features(n: int, device: torch.device, inception_weights: str | None) -> dict:
     from ied.metrics import DIGITS_EXTRACTOR, DigitsCNN, extractor_kwargs
 
-    out = {}
     model = DigitsCNN().to(device).eval()
     x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, device=device)
     with torch.no_grad():
-        out[DIGITS_EXTRACTOR] = {"images_per_s": n / _timeit(lambda: model.features(x), device, 3)}
+        out = {DIGITS_EXTRACTOR: {"images_per_s": n / _timeit(lambda: model.features(x), device, 3)}}
     if inception_weights:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         kw = extractor_kwargs("inception-v3-compat", inception_weights)
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                           feature_extractor_weights_path=kw["feature_extractor_weights_path"])
-        net = net.to(device)
         x = torch.randint(0, 256, (min(n, 256), 3, 32, 32), dtype=torch.uint8, device=device)
         with torch.no_grad():
-            out["inception-v3-compat"] = {"images_per_s": len(x) / _timeit(lambda: net(x), device, 3)}
+            out["inception-v3-compat"] = {"images_per_s": len(x) / _timeit(lambda: net.to(device)(x), device, 3)}
+    return out
+
+
+def bench_nll(preset: str, batch: int, device: torch.device, rtol: float) -> dict:
+    """Likelihood throughput: images/s and NFE per image of one batched probability-flow ODE solve."""
+    from ied.nll import ode_logp
+
+    _, net, shape, classes, _ = _model(preset, device, "fp32")
+    net.eval().requires_grad_(False)
+    x = torch.rand(batch, *shape, device=device, dtype=torch.float64) * 2 - 1
+    probe = torch.where(torch.randn_like(x) >= 0, 1.0, -1.0)
+    labels = torch.randint(0, classes, (batch,), device=device)
+    start = time.perf_counter()
+    _, calls = ode_logp(net, x, 0.002, 80.0, labels=labels, probe=probe, rtol=rtol, atol=rtol)
+    seconds = time.perf_counter() - start
+    return {"batch_size": batch, "rtol": rtol, "seconds": seconds, "images_per_s": batch / seconds,
+            "nfe_per_image": calls}
+
+
+def bench_ddp(batch: int, steps: int) -> dict:
+    """Tiny-model training images/s with 1 and 2 gloo ranks on the CPU (torchrun), and the scaling efficiency."""
+    import subprocess
+    import tempfile
+
+    from ied.data import prepare
+    spec = {"dataset": "digits", "rationale": {"family": "l2", "sigma_min": 0.002, "sigma_max": 80.0, "v_max": 1.0},
+            "network": specs.network(PRESETS["tiny"][0]), "batch_size": batch, "lr": 2e-3, "ema": 0.99,
+            "grad_clip": None, "seed": 0, "weighting": None}
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare("digits", "train", f"{tmp}/train.npz")
+        for ranks in (1, 2):
+            start = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone",
+                            f"--nproc-per-node={ranks}", "-m", "ied", "train", "--spec", json.dumps(spec),
+                            "--data", f"{tmp}/train.npz", "--from-step", "0", "--to-step", str(steps), "--device",
+                            "cpu", "--log-every", str(steps), "--out", f"{tmp}/c{ranks}.pt"], check=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+            out[f"ranks_{ranks}"] = {"seconds": time.perf_counter() - start,
+                                     "images_per_s": steps * batch / (time.perf_counter() - start)}
+    out["scaling_efficiency"] = out["ranks_2"]["images_per_s"] / (2 * out["ranks_1"]["images_per_s"])
+    out["note"] = "gloo on CPU, one thread per rank, start-up included"
     return out
 
 
@@ -202,46 +259,74 @@ def stage_times(results: str) -> dict:
     return stages
 
 
+def _utilisation(flops: float, per_s: float, device: torch.device, peak: float | None) -> float | None:
+    """Fraction of the device's bf16 peak that flops × per_s reaches."""
+    if peak is None and device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+    return flops * per_s / (peak * 1e12) if peak else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ied bench", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--train-batch", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=MODES + ("bf16+cudagraphs",))
+    parser.add_argument("--train-batch", type=int, nargs="+", default=[64])
     parser.add_argument("--train-steps", type=int, default=5)
-    parser.add_argument("--sample-batch", type=int, default=256)
+    parser.add_argument("--sample-batch", type=int, nargs="+", default=[256])
     parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--samplers", nargs="+", default=["euler_maruyama"], choices=sorted(SAMPLERS))
     parser.add_argument("--feature-images", type=int, default=2048)
     parser.add_argument("--table-intervals", type=int, default=8192)
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
-    parser.add_argument("--peak-tflops", type=float, help="device bf16 peak, for the utilisation figure")
+    parser.add_argument("--nll-batch", type=int, default=64)
+    parser.add_argument("--nll-rtol", type=float, default=1e-3)
+    parser.add_argument("--ddp-batch", type=int, default=64)
+    parser.add_argument("--peak-tflops", type=float, help="device bf16 peak (default: from the GPU's name)")
     parser.add_argument("--inception-weights", help="also time Inception feature extraction")
     parser.add_argument("--stages", help="a results/<experiment> folder: per-stage wall time of its run")
-    parser.add_argument("--only", nargs="+", choices=["training", "sampling", "flops", "schedules", "features"])
+    parser.add_argument("--only", nargs="+", default=["training", "sampling", "flops", "schedules", "features"],
+                        choices=["training", "sampling", "flops", "schedules", "features", "nll", "ddp"])
     a = parser.parse_args(argv)
-    device = torch.device(a.device)
-    model_kw = {"channels_last": a.channels_last, "compile_": a.compile}
-    parts = set(a.only or ["training", "sampling", "flops", "schedules", "features"])
+    device = devices.choose(a.device)
     report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
                               f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
                               "torch": torch.__version__, "preset": a.preset}
-    if "training" in parts:
-        report["training"] = bench_training(a.preset, a.train_batch, a.train_steps, device, **model_kw)
-    if "sampling" in parts:
-        report["sampling"] = bench_sampling(a.preset, a.sample_batch, a.sample_steps, device, **model_kw)
-    if "flops" in parts:
-        ips = report.get("training", {}).get("images_per_s")
-        report["flops"] = bench_flops(a.preset, device, a.peak_tflops, ips and 3 * ips)  # fwd+bwd ≈ 3 forwards
-    if "schedules" in parts:
+    flops = bench_flops(a.preset, device)
+    if "flops" in a.only:
+        report["flops_per_forward_per_image"] = flops
+    for part, batches, run, per_s, factor in (
+            ("training", a.train_batch, lambda b, m: bench_training(a.preset, b, a.train_steps, device, m),
+             lambda r: r["images_per_s"], 3.0),  # forward + backward ≈ 3 forwards
+            ("sampling", a.sample_batch, lambda b, m: bench_sampling(a.preset, b, a.sample_steps, device, m,
+                                                                     tuple(a.samplers)),
+             lambda r: r[a.samplers[0]]["nfe_per_s"], 1.0)):
+        if part not in a.only:
+            continue
+        report[part] = []
+        for mode in a.modes:
+            for batch in batches:
+                try:
+                    result = run(batch, mode)
+                except torch.cuda.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    report[part].append({"batch_size": batch, "mode": mode, "out_of_memory": True})
+                    continue
+                result["utilisation_of_bf16_peak"] = _utilisation(factor * flops, per_s(result), device,
+                                                                  a.peak_tflops)
+                report[part].append(result)
+    if "schedules" in a.only:
         report["schedules"] = bench_schedules(a.table_intervals)
-    if "features" in parts:
+    if "features" in a.only:
         report["features"] = bench_features(a.feature_images, device, a.inception_weights)
+    if "nll" in a.only:
+        report["nll"] = bench_nll(a.preset, a.nll_batch, device, a.nll_rtol)
+    if "ddp" in a.only:
+        report["ddp"] = bench_ddp(a.ddp_batch, a.train_steps)
     if a.stages:
         report["stages"] = stage_times(a.stages)
-    report["peak_memory"] = {"cpu_max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        report["peak_memory"]["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    json.dump(report, sys.stdout, indent=2)
+    report["peak_memory"] = _peak_memory(device)
+    json.dump(report, sys.stdout, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
     print()
     return 0
 

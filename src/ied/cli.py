@@ -45,11 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one segment, start → end")
     p.add_argument("--spec", type=_json, required=True, help="resolved training spec (JSON)")
     p.add_argument("--data", required=True)
-    p.add_argument("--start", type=int, required=True)
-    p.add_argument("--end", type=int, required=True)
-    p.add_argument("--resume", help="checkpoint written at --start (omit when --start is 0)")
+    p.add_argument("--from-step", type=int, required=True)
+    p.add_argument("--to-step", type=int, required=True)
+    p.add_argument("--resume", help="checkpoint written at --from-step (omit when it is 0)")
     p.add_argument("--out", required=True)
-    p.add_argument("--log")
+    p.add_argument("--log-file", help="JSON-lines log")
     p.add_argument("--loss-table", help="Parquet: the segment's ε-loss per log-σ bin")
     p.add_argument("--log-every", type=int, default=100)
     _runtime(p)
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     _runtime(p)
     p.add_argument("--out", required=True)
     p.add_argument("--grid")
-    p.add_argument("--log")
+    p.add_argument("--log-file", help="JSON-lines log")
 
     p = sub.add_parser("evaluate", help="FID/IS/KID of a samples file → one Parquet row")
     p.add_argument("--samples", required=True)
@@ -87,12 +87,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+    p = sub.add_parser("nll", help="bits/dim of a prepared split under a checkpoint (probability-flow ODE)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="a prepared split (the FID reference split in the pipeline)")
+    p.add_argument("--n-images", default="all", help="a seeded subset of this many images, or all")
+    p.add_argument("--probes", type=int, default=1)
+    p.add_argument("--estimator", default="rademacher", help="rademacher, gaussian or exact")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--expect-step", type=int)
+    p.add_argument("--expect-config-hash")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("aggregate", help="concatenate metric rows")
     p.add_argument("--out", required=True)
     p.add_argument("rows", nargs="+")
 
     p = sub.add_parser("tables", help="Tables 1–4 from the metrics")
     p.add_argument("--metrics", required=True)
+    p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
     p.add_argument("--grid", type=_json, required=True, help="names, order and labels of the grid (JSON)")
     p.add_argument("--outdir", required=True)
 
@@ -101,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=_json, required=True, help="names, labels, ablation, paper tables (JSON)")
     p.add_argument("--schedules", nargs="+", required=True)
     p.add_argument("--losses", nargs="+", required=True, help="training segments' loss tables (ied.layout.LOSS)")
+    p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
     p.add_argument("--root", required=True, help="the experiment folder (sample grids are found there)")
     p.add_argument("--outdir", required=True)
 
@@ -176,7 +192,7 @@ def _tabulate(a):
 
 def _train(a):
     from ied.train import train
-    train(a.spec, a.start, a.end, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out, log_path=a.log,
+    train(a.spec, a.from_step, a.to_step, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out, log_path=a.log_file,
           loss_table=a.loss_table, log_every=a.log_every, device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
 
 
@@ -193,7 +209,7 @@ def _generate(a):
     from ied.generate import generate
     generate(a.checkpoint, a.spec, a.out, n_samples=a.n_samples, seed_set=a.seed_set, expect_step=a.expect_step,
              expect_config_hash=a.expect_config_hash, batch_size=a.batch_size, shard_size=a.shard_size, grid=a.grid,
-             device=a.device, precision=a.precision, compile=a.compile, log_path=a.log)
+             device=a.device, precision=a.precision, compile=a.compile, log_path=a.log_file)
 
 
 def _evaluate(a):
@@ -201,6 +217,15 @@ def _evaluate(a):
     row = evaluate(a.samples, a.reference, a.extractor, a.weights, a.out, cell=a.cell, sha256=a.sha256 or None,
                    cache_root=a.cache_root, batch_size=a.batch_size, device=a.device)
     print(json.dumps({k: row[k] for k in ("fid", "isc_mean", "kid_mean", "degenerate")}), file=sys.stderr)
+
+
+def _nll(a):
+    from ied.nll import nll
+    n = None if a.n_images == "all" else int(a.n_images)
+    summary = nll(a.checkpoint, a.data, a.out, n_images=n, probes=a.probes, estimator=a.estimator, rtol=a.rtol,
+                  atol=a.atol, batch_size=a.batch_size, device=a.device, expect_step=a.expect_step,
+                  expect_config_hash=a.expect_config_hash)
+    print(json.dumps(summary), file=sys.stderr)
 
 
 def _aggregate(a):
@@ -214,12 +239,12 @@ def _aggregate(a):
 
 def _tables(a):
     from ied.tables import write_tables
-    write_tables(a.metrics, a.grid, a.outdir)
+    write_tables(a.metrics, a.grid, a.outdir, a.nll)
 
 
 def _figures(a):
     from ied.figures import write_figures
-    write_figures(a.metrics, a.grid, a.schedules, a.losses, a.root, a.outdir)
+    write_figures(a.metrics, a.grid, a.schedules, a.losses, a.root, a.outdir, a.nll)
 
 
 def _report(a):
@@ -234,7 +259,7 @@ def _check_config(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "evaluate": _evaluate, "aggregate": _aggregate, "tables": _tables,
+            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "aggregate": _aggregate, "tables": _tables,
             "figures": _figures, "report": _report, "check-config": _check_config}
 
 if __name__ == "__main__":

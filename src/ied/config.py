@@ -20,6 +20,7 @@ from ied.data import DATASETS, EXTRACTORS, DataError, check_upstream
 from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.expressions import FormulaError, compile_formula
 from ied.io import sha256_file
+from ied.nll import ESTIMATORS
 from ied.rationales import FAMILIES, KG_WEIGHTINGS, RationaleError, build, check_numerics
 from ied.samplers import SAMPLERS, OptionError, resolve_options
 
@@ -126,8 +127,9 @@ def schema() -> dict:
     props = doc["properties"]
     props["dataset"]["properties"]["name"]["enum"] = sorted(DATASETS)
     props["evaluate"]["properties"]["extractor"]["enum"] = ["auto", *EXTRACTORS]
-    for section in ("train", "sample", "evaluate"):
+    for section in ("train", "sample", "evaluate", "nll"):
         props[section]["properties"]["device"]["pattern"] = DEVICE_PATTERN
+    props["nll"]["properties"]["estimator"]["enum"] = list(ESTIMATORS)
     for section in ("train", "sample"):
         props[section]["properties"]["precision"]["enum"] = list(PRECISIONS)
     return doc
@@ -231,6 +233,10 @@ def _check_lists(config: dict) -> None:
     if config["sample"]["single"]["sets"] != 1:
         fail("sample.single.sets", "the single-set protocol has one set per checkpoint (use sample.repeated)")
     _check_sweep(config)
+    nll = config["nll"]
+    if "n_images" in nll and nll["checkpoints"] not in ("last", "all"):
+        for step in nll["checkpoints"]:
+            _check_step("nll.checkpoints", step, config)
 
 
 def _check_sweep(config: dict) -> None:

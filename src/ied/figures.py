@@ -20,7 +20,8 @@ import seaborn as sns  # noqa: E402
 
 from ied import layout  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
-from ied.tables import nfe_table, per_checkpoint, protocol_rows, repeated_table, single_table  # noqa: E402
+from ied.tables import (nfe_table, nll_summary, per_checkpoint, protocol_rows, repeated_table,  # noqa: E402
+                        single_table)
 
 Grid = Mapping[str, Any]
 
@@ -290,8 +291,33 @@ def fig_loss_by_sigma(losses: Mapping[str, pd.DataFrame], config: Grid, outdir: 
     _save(fig, outdir, name)
 
 
+def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+    """NLL (bits/dim ± standard error) over training per training rationale, next to its FID (sampled with the
+    same rationale where the single sets hold it, else the first; first sampler)."""
+    trains, single = config["train"], config["single"]
+    sampler = single["samplers"][0]
+    fid = per_checkpoint(protocol_rows(metrics, single, trains))
+    palette = _palette(trains)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for train in trains:
+        line = summary[summary["train_rationale"] == train].sort_values("checkpoint_step")
+        axes[0].errorbar(line["checkpoint_step"], line["bpd"], yerr=line["bpd_se"], marker="o", ms=3, capsize=2,
+                         color=palette[train], label=_label(config, train))
+        own = train if train in single["rationales"] else single["rationales"][0]
+        curve = fid[(fid["train_rationale"] == train) & (fid["sample_rationale"] == own)
+                    & (fid["sampler_name"] == sampler)].sort_values("checkpoint_step")
+        axes[1].plot(curve["checkpoint_step"], curve["fid_mean"], marker="o", ms=3, color=palette[train],
+                     label=f"{_label(config, train)} → {_label(config, own)}")
+    axes[0].set(xlabel="training step", ylabel="NLL (bits/dim) ↓", title="(a) likelihood, probability-flow ODE")
+    axes[1].set(xlabel="training step", ylabel="FID ↓", title=f"(b) FID, {sampler}, one set per checkpoint")
+    _fid_axis(axes[1], fid["fid_mean"])
+    for ax in axes:
+        ax.legend(fontsize=7)
+    _save(fig, outdir, name)
+
+
 def write_figures(metrics_path: str | Path, config: Grid, schedule_paths: Sequence[str], loss_paths: Sequence[str],
-                  root: str | Path, outdir: str | Path) -> None:
+                  root: str | Path, outdir: str | Path, nll_paths: Sequence[str] = ()) -> None:
     """Every figure of ied.layout.artefacts(config) as PNG and PDF into `outdir`."""
     sns.set_theme(style="whitegrid", context="paper")
     outdir, names = Path(outdir), config["artefacts"]["figures"]
@@ -312,6 +338,7 @@ def write_figures(metrics_path: str | Path, config: Grid, schedule_paths: Sequen
         "comparison": lambda n: fig_paper_comparison(metrics, config, outdir, n),
         "nfe": lambda n: fig_fid_nfe(metrics, config, outdir, n),
         "loss_by_sigma": lambda n: fig_loss_by_sigma(losses, config, outdir, n),
+        "nll": lambda n: fig_nll(nll_summary(nll_paths), metrics, config, outdir, n),
     }
     for role, name in names.items():
         draw[role](name)

@@ -17,6 +17,7 @@ DATA = "data/{split}.npz"
 SCHEDULE = "schedules/{rationale}.parquet"
 CHECKPOINT = "checkpoints/{train}/ckpt-{step}.pt"
 LOSS = "losses/{train}/loss-{step}.parquet"  # a training segment's ε-loss per log-σ bin
+NLL = "nll/{train}/nll-{step}.parquet"  # bits/dim per image and probe (ied.nll)
 CELL = "{train}/{step}/{sample}/{sampler}/n{n}-seed{seed}"
 CELL_JOB = "{train}-{step}-{sample}-{sampler}-n{n}-seed{seed}"  # a cell's log and benchmark file name
 SAMPLES = f"samples/{CELL}.npz"
@@ -83,6 +84,16 @@ def protocol_steps(config: Mapping[str, Any], purpose: str) -> list[int]:
     return [s for s in wanted if protocol["up_to"] is None or s <= protocol["up_to"]]
 
 
+def nll_steps(config: Mapping[str, Any]) -> list[int]:
+    """The checkpoints whose likelihood is computed ([] without an `nll:` section)."""
+    nll = config["nll"]
+    if "n_images" not in nll:
+        return []
+    wanted = nll["checkpoints"]
+    steps = checkpoint_steps(config)
+    return steps[-1:] if wanted == "last" else steps if wanted == "all" else sorted(wanted)
+
+
 def _step(config: Mapping[str, Any], step: int | str) -> int:
     return checkpoint_steps(config)[-1] if step == "last" else int(step)
 
@@ -141,6 +152,8 @@ def artefacts(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         del figures["ablation"]  # the paper's σ_N ablation is a CIFAR-10 study
     if config["nfe_sweep"]["steps"]:
         tables["nfe"] = figures["nfe"] = "fid_nfe"
+    if nll_steps(config):
+        tables["nll"], figures["nll"] = "nll", "nll_over_training"
     return {"tables": tables, "figures": figures}
 
 

@@ -131,7 +131,7 @@ def edm_stochastic(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", s
         # line 4: γ_i = min(S_churn/N, √2 − 1) inside [S_tmin, S_tmax], else 0
         gamma = min(S_churn / steps, math.sqrt(2) - 1) if S_tmin <= s <= S_tmax else 0.0
         s_hat = s + gamma * s  # line 6: temporarily raise the noise level
-        if gamma > 0:  # lines 5 and 7: ε ~ N(0, S_noise² I), x̂ = x + √(σ̂² − σ²) ε
+        if S_churn > 0:  # lines 5 and 7: ε ~ N(0, S_noise² I) at every step, x̂ = x + √(σ̂² − σ²) ε
             x = x + math.sqrt(s_hat**2 - s**2) * S_noise * _randn_like(generator, x)
         d = (x - _denoise(denoiser, x, s_hat, class_labels)) / s_hat  # line 8
         x_next = x + (s_next - s_hat) * d  # line 9

@@ -202,8 +202,68 @@ def _write(outdir: Path, name: str, frame: pd.DataFrame, sections: list[tuple[st
     write_text(outdir / f"{name}.tex", "\n".join(tex))
 
 
-def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str | Path) -> None:
-    """The run's tables by the paper's numbers (ied.layout.artefacts): single, repeated and, if swept, FID vs NFE."""
+def nll_summary(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Mean bits/dim ± standard error (over images and probes) per training rationale and checkpoint."""
+    rows = []
+    for path in paths:  # nll/<train>/nll-<step>.parquet (ied.layout.NLL)
+        frame = pd.read_parquet(path)
+        se = frame["bpd"].std(ddof=1) / math.sqrt(len(frame)) if len(frame) > 1 else math.nan
+        rows.append({"train_rationale": Path(path).parent.name, "checkpoint_step": int(frame["checkpoint_step"].iloc[0]),
+                     "bpd": frame["bpd"].mean(), "bpd_se": se, "nfe_per_image": frame["nfe"].mean(),
+                     "images": frame["image"].nunique(), "probes": frame["probe"].nunique()})
+    return pd.DataFrame(rows, columns=["train_rationale", "checkpoint_step", "bpd", "bpd_se", "nfe_per_image",
+                                       "images", "probes"])
+
+
+def nll_table(summary: pd.DataFrame, single: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+    """NLL per training rationale at its best-FID checkpoint (its best Table 1/2 cell, first sampler) and its last."""
+    sampler = grid["single"]["samplers"][0]
+    rows = []
+    for train in grid["train"]:
+        mine = summary[summary["train_rationale"] == train].set_index("checkpoint_step")
+        cells = single[(single["train_rationale"] == train) & (single["sampler_name"] == sampler)
+                       & (single["degenerate"] == "")]
+        best = int(cells.loc[cells["fid"].idxmin(), "checkpoint_step"]) if len(cells) else None
+        last = max(grid["nll_steps"])
+        row = {"train_rationale": train, "train_label": grid["labels"].get(train, train), "best_fid_step": best,
+               "last_step": last}
+        for key, step in (("best_fid", best), ("last", last)):
+            found = step in mine.index
+            row[f"bpd_{key}"] = mine.loc[step, "bpd"] if found else math.nan
+            row[f"bpd_se_{key}"] = mine.loc[step, "bpd_se"] if found else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _write_nll(stem: Path, table: pd.DataFrame) -> None:
+    with atomic_path(stem.with_suffix(".parquet")) as tmp:
+        table.to_parquet(tmp, index=False)
+
+    def cell(mean: float, se: float) -> str:
+        return "not computed" if math.isnan(mean) else f"{mean:.3f} ± {se:.3f}"
+
+    shown = pd.DataFrame({
+        "best-FID step": table["best_fid_step"].tolist(), "NLL there (bits/dim)": [
+            cell(m, s) for m, s in zip(table["bpd_best_fid"], table["bpd_se_best_fid"])],
+        "last step": table["last_step"].tolist(),
+        "NLL at the last step (bits/dim)": [cell(m, s) for m, s in zip(table["bpd_last"], table["bpd_se_last"])]},
+        index=pd.Index(table["train_label"], name="Training"))
+    note = ("Negative log-likelihood of the reference split's images (a fixed subset), log p(x | y), through the "
+            "probability-flow ODE (ied.nll): mean ± standard error over images and probes. `not computed`: that "
+            "checkpoint is not among nll.checkpoints.")
+    write_text(stem.with_suffix(".md"), "\n".join(["## NLL per training rationale", "", shown.to_markdown(), "",
+                                                    note, ""]))
+    body = [" & ".join(latex_escape(str(v)) for v in [idx, *row]) + r" \\" for idx, row in shown.iterrows()]
+    write_text(stem.with_suffix(".tex"), "\n".join([
+        r"\begin{table}[t]", r"\centering", r"\caption{NLL (bits/dim) per training rationale.}",
+        r"\begin{tabular}{lcccc}", r"\toprule", "Training & " + " & ".join(latex_escape(c) for c in shown.columns)
+        + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]))
+
+
+def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str | Path,
+                 nll_paths: Sequence[str | Path] = ()) -> None:
+    """The run's tables by the paper's numbers (ied.layout.artefacts): single, repeated, and if configured FID vs NFE
+    and NLL."""
     metrics, outdir, names = pd.read_parquet(metrics_path), Path(outdir), grid["artefacts"]["tables"]
     single = single_table(metrics, grid)
     n, k, m = grid["single"]["n_samples"], grid["repeated"]["sets"], grid["repeated"]["n_samples"]
@@ -224,6 +284,8 @@ def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str 
            "`*`: mean ± std overlaps the best's (bold). `degenerate`: constant or all-alike samples, never ranked.")
     if "nfe" in names:
         _write_nfe(outdir / names["nfe"], nfe_table(metrics, grid))
+    if "nll" in names:
+        _write_nll(outdir / names["nll"], nll_table(nll_summary(nll_paths), single, grid))
 
 
 def _write_nfe(stem: Path, table: pd.DataFrame) -> None:

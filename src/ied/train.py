@@ -1,4 +1,10 @@
-"""Resumable training in segments: train(spec, start, end) continues exactly where a checkpoint left off."""
+"""Resumable training in segments: train(spec, start, end) continues exactly where a checkpoint left off.
+
+Every random draw is a function of the step or of the example's global position in the data stream — data
+order (seeded epochs), σ and ε (ied.noise, Philox), dropout (torch seeded per step and rank) — so a checkpoint
+needs no RNG state, a resumed segment continues bit for bit, and N data-parallel ranks (ied.distributed) see
+the same examples, σ and ε as one process.
+"""
 from __future__ import annotations
 
 import copy
@@ -12,10 +18,11 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ied import checkpoints, device as devices
+from ied import checkpoints, device as devices, distributed, noise
 from ied.data import load_imageset, to_model_range
+from ied.distributed import Context
 from ied.expressions import compile_formula
-from ied.loss import EpsilonLoss
+from ied.loss import epsilon_loss
 from ied.networks import build_denoiser, parameter_count
 from ied.rationales import build
 from ied.specs import identity_hash
@@ -72,6 +79,13 @@ class _Stats:
         self.by_sigma[1].index_add_(0, which, torch.ones_like(loss))
         self.steps += 1
 
+    def reduce(self, ctx: Context) -> None:
+        """Sum the interval's statistics over the data-parallel ranks (at a log line, not every step)."""
+        ctx.all_reduce(self.loss)
+        self.loss /= ctx.world
+        ctx.all_reduce(self.by_sigma)
+        ctx.all_reduce(self.first_bad, "max")
+
     def check(self) -> None:
         """Raise at the first non-finite loss or gradient so far (one host sync)."""
         step = int(self.first_bad)
@@ -100,98 +114,156 @@ class _Stats:
             pd.DataFrame(self.rows, columns=["step", "sigma_lo", "sigma_hi", "loss", "count"]).to_parquet(tmp)
 
 
-def _restore(state: dict, denoiser, ema, optimizer, noise_gen, device: torch.device) -> int:
-    denoiser.load_state_dict(state["net"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_torch"])
-    noise_gen.set_state(state["rng_noise"])
-    if device.type == "cuda" and "rng_cuda" in state:
-        torch.cuda.set_rng_state(state["rng_cuda"], device)
-    return int(state["data_position"])
+class Plan:
+    """What step k draws, as a function of the global example positions k·B … k·B + B − 1 only (any world size):
+    data indices (seeded epochs), t ~ U[0, 1] → σ = σ_r(t) and λ(σ) on the host, ε on the device (ied.noise)."""
+
+    def __init__(self, rationale, weighting, n_images: int, seed: int, batch: int, ctx: Context,
+                 device: torch.device):
+        self.rationale, self.weighting, self.seed, self.batch, self.ctx = rationale, weighting, seed, batch, ctx
+        self.order, self.device = DataOrder(n_images, seed), device
+        self.local = batch // ctx.world
+
+    def host(self, steps: range) -> dict[str, torch.Tensor]:
+        """This rank's indices, σ and λ(σ) for a block of steps, in one (pinned) host→device copy each."""
+        rows = np.concatenate([np.arange(k * self.batch + self.ctx.rank * self.local,
+                                         k * self.batch + (self.ctx.rank + 1) * self.local) for k in steps])
+        t = noise.uniform(torch.full((len(rows),), self.seed, dtype=torch.int64), torch.from_numpy(rows),
+                          noise.STREAM_TIME).numpy()
+        sigma = self.rationale.sigma(t)
+        out = {"index": torch.from_numpy(self._indices(rows)), "position": torch.from_numpy(rows),
+               "sigma": torch.from_numpy(sigma)}
+        if self.weighting is not None:
+            out["weight"] = torch.from_numpy(np.asarray(self.weighting(sigma), dtype=np.float64))
+        pin = self.device.type == "cuda"
+        return {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=True) for k, v in out.items()}
+
+    def _indices(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty(len(rows), dtype=np.int64)
+        for start in range(0, len(rows), self.local):  # one step's rows are consecutive positions
+            out[start:start + self.local] = self.order.indices(int(rows[start]), self.local)
+        return out
+
+    def epsilon(self, positions: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        keys = torch.full_like(positions, self.seed)
+        return noise.normal(keys, positions, noise.STREAM_EPSILON, math.prod(shape[1:])).reshape(shape)
+
+
+def _dropout_seed(seed: int, step: int, rank: int) -> int:
+    """The torch RNG seed of one step (dropout): a function of (seed, step, rank), so no RNG state is resumed."""
+    return (seed * 1_000_003 + step) * 4099 + rank
+
+
+def _block(start: int, end: int, size: int):
+    """Steps start … end − 1 in blocks of `size` (the host prepares one block's draws at a time)."""
+    for first in range(start, end, size):
+        yield range(first, min(first + size, end))
 
 
 def train(spec: Mapping[str, Any], start_step: int, end_step: int, *, data_path: str | Path,
           checkpoint_in: str | Path | None, checkpoint_out: str | Path, log_path: str | Path | None = None,
           loss_table: str | Path | None = None, log_every: int = 100, device: str = "auto", precision: str = "auto",
-          allow_config_change: bool = False) -> dict:
+          compile: bool = False, allow_config_change: bool = False) -> dict | None:
     """Train the resolved training spec from the checkpoint at `start_step` (fresh if 0) to `end_step`.
 
-    Only `spec` (ied.specs.training_spec) determines the weights; logging and device are run-time choices.
-    `loss_table`: a Parquet file of the segment's ε-loss per log-σ bin and log interval."""
+    Only `spec` (ied.specs.training_spec) determines the weights; logging, device, precision, compile and the
+    number of data-parallel ranks (torchrun) are run-time choices. `loss_table`: a Parquet file of the
+    segment's ε-loss per log-σ bin and log interval. Returns the checkpoint's state on rank 0."""
     if not 0 <= start_step < end_step:
         raise ValueError(f"need 0 <= start_step < end_step, got {start_step}, {end_step}")
     dev = devices.choose(device)
-    data = load_imageset(data_path)
-    images = to_model_range(torch.from_numpy(data.images))
-    labels = torch.from_numpy(data.labels)
-    _, channels, resolution, _ = images.shape
-    chash, seed = identity_hash(dict(spec)), int(spec["seed"])
+    ctx = distributed.context(dev)
+    if dev.type == "cuda" and ctx.world > 1:
+        dev = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(dev)
+    try:
+        return _train(spec, start_step, end_step, dev, ctx, data_path=data_path, checkpoint_in=checkpoint_in,
+                      checkpoint_out=checkpoint_out, log_path=log_path, loss_table=loss_table, log_every=log_every,
+                      precision=precision, compile=compile, allow_config_change=allow_config_change)
+    finally:
+        ctx.close()
 
-    torch.manual_seed(seed)  # initial weights and dropout
-    denoiser = build_denoiser(spec["network"], resolution, channels, data.num_classes).to(dev)
+
+def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, checkpoint_out, log_path, loss_table,
+           log_every, precision, compile, allow_config_change) -> dict | None:
+    data = load_imageset(data_path)
+    images = torch.from_numpy(data.images).to(dev)  # uint8, resident on the device (CIFAR-10: 150 MB)
+    labels = torch.from_numpy(data.labels).to(dev)
+    _, channels, resolution, _ = images.shape
+    chash, seed, batch = identity_hash(dict(spec)), int(spec["seed"]), int(spec["batch_size"])
+    if batch % ctx.world:
+        raise TrainingError(f"train.batch_size {batch} does not split evenly across {ctx.world} GPUs")
+
+    torch.manual_seed(seed)  # initial weights
+    denoiser = build_denoiser(spec["network"], resolution, channels, data.num_classes)
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
-    optimizer = torch.optim.RAdam(denoiser.parameters(), lr=float(spec["lr"]))
-    noise_gen = torch.Generator().manual_seed(seed + 1)  # σ and ε
-    position = 0
     if start_step > 0:
         if checkpoint_in is None:
             raise checkpoints.CheckpointError(f"resuming at step {start_step} needs the checkpoint written then")
         state = checkpoints.load(checkpoint_in, step=start_step, config_hash=chash,
                                  allow_config_change=allow_config_change)
-        position = _restore(state, denoiser, ema, optimizer, noise_gen, dev)
-
-    rationale = build("training rationale", spec["rationale"])
-    weighting = compile_formula(spec["weighting"]) if spec["weighting"] else None
-    loss_fn = EpsilonLoss(rationale, weighting)
-    order = DataOrder(len(images), seed)
-    batch, ema_decay, grad_clip = int(spec["batch_size"]), float(spec["ema"]), spec["grad_clip"]
-    autocast = devices.autocast(dev, precision)
-    log_file = open(log_path, "a") if log_path else None
-    _log({"event": "start", "step": start_step, "end_step": end_step, "parameters": parameter_count(denoiser),
-          "config_hash": chash, "device": str(dev)}, log_file)
-    progress = _progress(start_step, end_step)
-    stats, tick = _Stats(dev), time.perf_counter()
+        denoiser.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+    denoiser, ema = denoiser.to(dev), ema.to(dev)
     params = list(denoiser.parameters())
+    optimizer = torch.optim.RAdam(params, lr=float(spec["lr"]), foreach=dev.type == "cuda")
+    if start_step > 0:
+        optimizer.load_state_dict(state["optimizer"])
+    net = devices.prepare_module(
+        torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=[dev.index] if dev.type == "cuda" else None)
+        if ctx.world > 1 else denoiser, dev, compile=compile)
+
+    weighting = compile_formula(spec["weighting"]) if spec["weighting"] else None
+    plan = Plan(build("training rationale", spec["rationale"]), weighting, len(images), seed, batch, ctx, dev)
+    ema_decay, grad_clip = float(spec["ema"]), spec["grad_clip"]
+    autocast = devices.autocast(dev, precision)
+    log_file = open(log_path, "a") if (log_path and ctx.main) else None
+    _log({"event": "start", "step": start_step, "end_step": end_step, "parameters": parameter_count(denoiser),
+          "config_hash": chash, "device": str(dev), "ranks": ctx.world}, log_file)
+    progress = _progress(start_step, end_step) if ctx.main else None
+    stats, tick = _Stats(dev), time.perf_counter()
     denoiser.train()
-    for step in range(start_step, end_step):
-        idx = torch.from_numpy(order.indices(position, batch))
-        position += batch
-        x, y = images[idx].to(dev), labels[idx].to(dev)
-        with autocast:
-            per_example, sigma = loss_fn(denoiser, x, y, noise_gen)
-        optimizer.zero_grad(set_to_none=True)
-        per_example.mean().backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, float(grad_clip) if grad_clip else math.inf)
-        optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - ema_decay)
-        stats.add(step, per_example, sigma, grad_norm)
-        if (step + 1) % log_every == 0 or step + 1 == end_step:
-            stats.check()
-            steps, elapsed = stats.steps, time.perf_counter() - tick
-            _log({"step": step + 1, **stats.line(step + 1), "lr": optimizer.param_groups[0]["lr"],
-                  "images_per_s": steps * batch / elapsed}, log_file)
-            tick = time.perf_counter()
-        if progress is not None:
-            progress.update(1)
-    stats.check()
+    for block in _block(start_step, end_step, log_every):
+        draws = plan.host(block)
+        for j, step in enumerate(block):
+            torch.manual_seed(_dropout_seed(seed, step, ctx.rank))
+            rows = slice(j * plan.local, (j + 1) * plan.local)
+            idx, sigma = draws["index"][rows], draws["sigma"][rows]
+            x = to_model_range(images[idx])
+            eps = plan.epsilon(draws["position"][rows], tuple(x.shape))
+            with autocast:
+                per_example = epsilon_loss(net, x, labels[idx], sigma, eps,
+                                           draws["weight"][rows] if "weight" in draws else None)
+            optimizer.zero_grad(set_to_none=True)
+            per_example.mean().backward()  # DDP averages over ranks: the global batch's mean
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(grad_clip) if grad_clip else math.inf)
+            optimizer.step()
+            with torch.no_grad():  # ema = d·ema + (1 − d)·net, one fused call for all tensors
+                torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - ema_decay)
+            stats.add(step, per_example, sigma, grad_norm)
+            if progress is not None:
+                progress.update(1)
+        stats.reduce(ctx)
+        stats.check()
+        steps, elapsed = stats.steps, time.perf_counter() - tick
+        _log({"step": block[-1] + 1, **stats.line(block[-1] + 1), "lr": optimizer.param_groups[0]["lr"],
+              "images_per_s": steps * batch / elapsed}, log_file)
+        tick = time.perf_counter()
     state = {"step": end_step, "net": denoiser.state_dict(), "ema": ema.state_dict(),
-             "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(),
-             "rng_noise": noise_gen.get_state(), "data_position": position, "config_hash": chash,
+             "optimizer": optimizer.state_dict(), "data_position": end_step * batch, "config_hash": chash,
              "config_json": json.dumps(dict(spec), sort_keys=True),
              "num_classes": data.num_classes, "resolution": resolution, "channels": channels}
-    if dev.type == "cuda":
-        state["rng_cuda"] = torch.cuda.get_rng_state(dev)
-    if loss_table:
-        stats.write(loss_table)
-    checkpoints.save(checkpoint_out, state)
-    _log({"event": "checkpoint", "step": end_step, "path": str(checkpoint_out)}, log_file)
+    if ctx.main:
+        if loss_table:
+            stats.write(loss_table)
+        checkpoints.save(checkpoint_out, state)
+        _log({"event": "checkpoint", "step": end_step, "path": str(checkpoint_out)}, log_file)
+    ctx.barrier()  # no rank leaves before rank 0 has written the checkpoint
     if progress is not None:
         progress.close()
     if log_file is not None:
         log_file.close()
-    return state
+    return state if ctx.main else None
 
 
 def _progress(start: int, end: int):

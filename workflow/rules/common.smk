@@ -85,6 +85,11 @@ def cell_paths(pattern):
     return [out(layout.cell_path(pattern, c)) for c in CELLS]
 
 
+def launcher(gpus):
+    """How a training job starts on `gpus` GPUs of one node: one process, or torchrun with a rank per GPU."""
+    return "python" if gpus <= 1 else f"torchrun --standalone --nproc-per-node={gpus}"
+
+
 def caption(path):
     """The report caption of a table or figure: workflow/report/<stem>.rst (relative to rules/)."""
     return f"../report/{Path(path).stem}.rst"
@@ -129,7 +134,7 @@ def table_slice():
     """What the tables read of the config: names and their order, labels, protocols, the artefact names."""
     return {"train": config["train"]["rationales"], "samplers": list(config["sample"]["samplers"]),
             "labels": specs.labels(config), "single": protocol_slice("single"), "repeated": protocol_slice("repeated"),
-            "sweep": sweep_slice(), "artefacts": layout.artefacts(config)}
+            "sweep": sweep_slice(), "artefacts": layout.artefacts(config), "nll_steps": layout.nll_steps(config)}
 
 
 def figure_slice():
@@ -143,6 +148,10 @@ def figure_slice():
                          "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
                          "checkpoint": layout.ablation_step(config) if ablation else None},
             "paper": read_yaml(paper) if paper and Path(paper).is_file() else {}}
+
+
+def nll_tables():
+    return [out(layout.NLL, train=t, step=s) for t in config["train"]["rationales"] for s in layout.nll_steps(config)]
 
 
 def loss_tables():

@@ -1,7 +1,8 @@
 rule tables:
-    """Tables 1–4: best FID with IS per training × sampling rationale; FID mean ± std over seed sets."""
+    """Tables 1–4 by the paper's protocol, FID against NFE, NLL per training rationale."""
     input:
-        out(layout.METRICS),
+        metrics=out(layout.METRICS),
+        nll=nll_tables(),
     output:
         [report(out(t), category="Tables", caption=caption(t)) if t.endswith(".md") else out(t)
          for t in layout.tables(config)],
@@ -15,7 +16,8 @@ rule tables:
     conda:
         ENV
     shell:
-        "python -m ied tables --metrics {input:q} --grid {params.grid:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+        "python -m ied tables --metrics {input.metrics:q} --nll {input.nll:q} --grid {params.grid:q}"
+        " --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -25,6 +27,7 @@ rule figures:
         schedules=[out(layout.SCHEDULE, rationale=name) for name in RATIONALES],
         grids=cell_paths(layout.GRID),
         losses=loss_tables(),
+        nll=nll_tables(),
     output:
         [report(out(f), category="Figures", caption=caption(f)) if f.endswith(".png") else out(f)
          for f in layout.figures(config)],
@@ -40,7 +43,8 @@ rule figures:
         ENV
     shell:
         "python -m ied figures --metrics {input.metrics:q} --grid {params.grid:q} --schedules {input.schedules:q}"
-        " --losses {input.losses:q} --root {params.root:q} --outdir {params.outdir:q} > {log:q} 2>&1"
+        " --losses {input.losses:q} --nll {input.nll:q} --root {params.root:q} --outdir {params.outdir:q}"
+        " > {log:q} 2>&1"
 
 
 rule report:

@@ -33,4 +33,4 @@ rule generate:
         " --seed-set {wildcards.seed} --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
         " --batch-size {resources.batch_size} --shard-size {resources.shard_size} --device {resources.device}"
         " --precision {resources.precision} --compile {resources.compile}"
-        " --out {output.samples:q} --grid {output.grid:q} --log {log.jsonl:q} 2> {log.stderr:q}"
+        " --out {output.samples:q} --grid {output.grid:q} --log-file {log.jsonl:q} 2> {log.stderr:q}"

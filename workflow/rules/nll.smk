@@ -1,0 +1,34 @@
+rule nll:
+    """Bits/dim of a fixed subset of the reference split under one checkpoint (probability-flow ODE)."""
+    input:
+        checkpoint=out(layout.CHECKPOINT),
+        data=out(layout.DATA, split=REFERENCE),
+    output:
+        out(layout.NLL),
+    params:
+        n=config["nll"].get("n_images", 0),
+        probes=config["nll"]["probes"],
+        estimator=config["nll"]["estimator"],
+        rtol=config["nll"]["rtol"],
+        atol=config["nll"]["atol"],
+        config_hash=lambda w: specs.identity_hash(specs.training_spec(config, w.train)),
+    benchmark:
+        bench("nll", "{train}-{step}")
+    log:
+        log("nll", "{train}-{step}"),
+    threads: res("nll")["cpus"]
+    resources:
+        gpu=res("nll")["gpus"],
+        gpu_model=res("nll")["gpu_model"],
+        mem_mb=res("nll")["mem_mb"],
+        runtime=res("nll")["runtime"],
+        cpus_per_task=res("nll")["cpus"],
+        batch_size=config["nll"]["batch_size"],
+        device=config["nll"]["device"],
+    conda:
+        ENV
+    shell:
+        "python -m ied nll --checkpoint {input.checkpoint:q} --data {input.data:q} --n-images {params.n}"
+        " --probes {params.probes} --estimator {params.estimator} --rtol {params.rtol} --atol {params.atol}"
+        " --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
+        " --batch-size {resources.batch_size} --device {resources.device} --out {output:q} > {log:q} 2>&1"
