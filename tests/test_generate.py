@@ -117,3 +117,24 @@ def test_non_finite_samples_are_never_written(checkpoint, tmp_path):
     with pytest.raises(GenerationError, match="s.npz: the sampler produced non-finite values"):
         generate(checkpoint, huge, tmp_path / "s.npz", n_samples=4)
     assert not (tmp_path / "s.npz").exists() and not list((tmp_path / "s.npz.parts").glob("*.npz"))
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_images(checkpoint, tmp_path, monkeypatch):
+    """The largest batch that fits: a CUDA out-of-memory error halves the batch; the images stay the same."""
+    import ied.generate as gen
+    reference = generate(checkpoint, EM40, tmp_path / "ref.npz", n_samples=20, batch_size=20)
+    sampled = []
+
+    def small_memory(sample, start, stop, batch_size):
+        def limited(idx):
+            if len(idx) > 4:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+            sampled.append(len(idx))
+            return sample(idx)
+        return original(limited, start, stop, batch_size)
+
+    original = gen._in_batches
+    monkeypatch.setattr(gen, "_in_batches", small_memory)
+    out = generate(checkpoint, EM40, tmp_path / "s.npz", n_samples=20, batch_size=20)
+    assert sampled == [2] * 10  # 20 → 10 → 5 → 2 images per batch, then all the rest at 2
+    assert np.array_equal(out.images, reference.images)

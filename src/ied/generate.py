@@ -5,7 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -93,7 +93,7 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
         key = identity_hash({**identity, "images": [start, stop]})
         if _reusable(path, key):
             continue
-        images = [sample(list(range(b0, min(b0 + batch_size, stop)))) for b0 in range(start, stop, batch_size)]
+        images, batch_size = _in_batches(sample, start, stop, batch_size)
         done_images += stop - start
         save_imageset(path, ImageSet(np.concatenate(images), labels_all[start:stop], ckpt["num_classes"]), shard=key)
     elapsed = time.perf_counter() - tick
@@ -116,6 +116,25 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
         p.unlink()
     parts.rmdir()
     return data
+
+
+def _in_batches(sample: Callable[[list[int]], np.ndarray], start: int, stop: int, batch_size: int
+                ) -> tuple[list[np.ndarray], int]:
+    """Images start … stop − 1 in batches; on a CUDA out-of-memory error the batch is halved and the rest goes on
+    at the largest size that fits (images do not depend on the batch size)."""
+    images, b0 = [], start
+    while b0 < stop:
+        try:
+            images.append(sample(list(range(b0, min(b0 + batch_size, stop)))))
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            torch.cuda.empty_cache()
+            batch_size //= 2
+            print(json.dumps({"event": "out of memory", "batch_size": batch_size}), file=sys.stderr)
+            continue
+        b0 += batch_size
+    return images, batch_size
 
 
 def _reusable(path: Path, key: str) -> bool:
