@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint clean
+.PHONY: run test lint mutation clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,5 +25,12 @@ test: $(STAMP)  ## every test, the slow end-to-end ones included
 lint: $(STAMP)
 	snakemake --lint
 
+# Mutation testing of the core modules against their fast tests (not in CI; tests/README.md has the scores).
+mutation: $(STAMP)
+	$(PYTHON) -m pip install -q mutmut==3.8.1
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2 > mutants.log 2>&1 || true
+	$(PYTHON) scripts/mutation_scores.py
+
 clean:
-	rm -rf results/digits-default .snakemake
+	rm -rf results/digits-default .snakemake mutants mutants.log

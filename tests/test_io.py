@@ -68,3 +68,11 @@ def test_cli_names_a_full_disk(tmp_path, monkeypatch, capsys):
     assert cli.main(["aggregate", "--out", str(tmp_path / "m.parquet"), "x"]) == 1
     err = capsys.readouterr().err
     assert "no space left on device writing" in err and "metrics.parquet" in err and len(err.splitlines()) == 1
+
+
+def test_sha256_file_reads_every_block(tmp_path):
+    import hashlib
+    from ied.io import sha256_file
+    data = os.urandom(3 * (1 << 20) + 17)  # several 1 MiB blocks and a partial one
+    (tmp_path / "blob").write_bytes(data)
+    assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()

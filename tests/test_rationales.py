@@ -190,7 +190,10 @@ def test_tabulate_writes_parquet_with_spec(tmp_path):
     path = tmp_path / "l2.parquet"
     table.to_parquet(path)
     read = pq.read_table(path)
-    assert read.column_names == ["t", "sigma", "pdf", "cdf"]
+    assert read.column_names == ["t", "sigma", "pdf", "cdf"] and read.num_rows == 101
+    assert read.schema.metadata[b"ied.rationale"] == b"l2"
+    np.testing.assert_array_equal(read.column("sigma").to_numpy(), table.sigma)
+    np.testing.assert_allclose(read.column("pdf").to_numpy(), r.pdf(table.sigma), rtol=1e-15)
     assert json.loads(read.schema.metadata[b"ied.spec"]) == {"family": "l2", "v_max": 1.0, "sigma_min": 0.002,
                                                             "sigma_max": 80.0}
     assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
@@ -277,3 +280,19 @@ def test_upper_tail_of_closed_forms_against_high_precision(spec, domain):
     for t in (1 - 1e-6, 1 - 1e-9, 1 - 1e-12, 1e-9, 1e-12):
         expected = _mp_reference(spec, domain, t)
         assert r.sigma(np.array([t]))[0] == pytest.approx(expected, rel=1e-9, abs=0), t
+
+
+def test_unnormalised_rationales_are_the_papers():
+    """r(σ) itself (not only the normalised φ): eq. 14, 43, 47, 51 and 61's σ^{1/ρ−1}, EDM's log-normal."""
+    s = np.array([0.05, 0.7, 3.0])
+    domain = (0.002, 80.0)
+    np.testing.assert_allclose(make({"family": "ve"}, domain).density(s), 1 / s, rtol=1e-15)
+    np.testing.assert_allclose(make({"family": "l2", "v_max": 1.5}, domain).density(s),
+                               math.sqrt(2) * (1 - np.exp(-1.5**2 / s**2)), rtol=1e-14)
+    np.testing.assert_allclose(make({"family": "gaussian", "sigma_n": 5}, domain).density(s),
+                               np.exp(-0.5 * s**2 / 25), rtol=1e-15)
+    np.testing.assert_allclose(make({"family": "kl", "v_max": 1.5}, domain).density(s), 2 * 1.5**2 / s**2,
+                               rtol=1e-15)
+    np.testing.assert_allclose(make({"family": "edm", "rho": 7}, domain).density(s), s ** (1 / 7 - 1), rtol=1e-15)
+    np.testing.assert_allclose(make({"family": "lognormal"}, domain).density(s),
+                               stats.lognorm(s=1.2, scale=math.exp(-1.2)).pdf(s), rtol=1e-12)

@@ -96,4 +96,167 @@ def test_nll_table_at_the_best_fid_and_last_checkpoints(tmp_path):
     assert math.isnan(table.loc["l2", "bpd_best_fid"]) and table.loc["l2", "bpd_last"] == 3.2  # 20 not computed
     _write_nll(tmp_path / "nll", table.reset_index())
     text = (tmp_path / "nll.md").read_text()
-    assert "| VE         |              20 | 3.500 ± 0.100" in text and "not computed" in text
+    assert "| VE         | 20              | 3.500 ± 0.100" in text and "not computed" in text
+
+
+def test_per_checkpoint_statistics_follow_their_definitions():
+    from ied.tables import per_checkpoint
+    rows = pd.DataFrame([row("ve", "ve", 10, 10.0, seed=0, isc=2.0, isc_std=0.7),
+                         row("ve", "ve", 10, 12.0, seed=1, isc=2.6, isc_std=0.1, degenerate="constant"),
+                         row("ve", "ve", 10, 13.0, seed=2, isc=2.3, isc_std=0.2, degenerate="all black"),
+                         row("ve", "g", 10, 7.0, seed=0, isc=1.5, isc_std=0.4)])
+    summary = per_checkpoint(rows).set_index("sample_rationale")
+    three, one = summary.loc["ve"], summary.loc["g"]
+    assert three["sets"] == 3 and three["fid_mean"] == pytest.approx(35 / 3)
+    assert three["fid_std"] == pytest.approx(pd.Series([10.0, 12.0, 13.0]).std(ddof=1))  # sample std over sets
+    assert three["isc_std"] == pytest.approx(pd.Series([2.0, 2.6, 2.3]).std(ddof=1))  # over sets, not splits
+    assert three["degenerate"] == "all black; constant"
+    assert one["sets"] == 1 and math.isnan(one["fid_std"]) and one["isc_std"] == 0.4  # one set: the split std
+    assert one["degenerate"] == "" and one["precision"] == 0.5 and one["recall"] == 0.5
+
+
+def test_write_tables_files_by_the_papers_numbers(tmp_path):
+    """write_tables end to end on hand-made rows: names, the bold best, stars, LaTeX, the NFE and NLL tables."""
+    from ied.tables import write_report, write_tables
+    frame = metrics()
+    sweep_rows = [{**row("ve", "g", 30, fid, n=40), "sampler_name": name, "steps": steps, "nfe": steps}
+                  for name, steps, fid in (("em-4", 4, 90.0), ("em", 8, 30.0))]
+    frame = pd.concat([frame, pd.DataFrame(sweep_rows)], ignore_index=True)
+    frame["steps"], frame["nfe"] = frame["steps"].fillna(8).astype(int), frame["nfe"].fillna(8).astype(int)
+    frame.to_parquet(tmp_path / "metrics.parquet")
+    nll = tmp_path / "nll" / "ve" / "nll-30.parquet"
+    nll.parent.mkdir(parents=True)
+    pd.DataFrame({"image": [0, 1, 2, 3], "probe": 0, "bpd": [3.0, 3.2, 3.4, 3.4], "nfe": 50,
+                  "checkpoint_step": 30}).to_parquet(nll)
+    grid = {**GRID, "nll_steps": [30],
+            "sweep": {"train": ["ve"], "rationales": ["g"], "samplers": ["em"], "checkpoint": 30, "n_samples": 40,
+                      "points": {"em-4": {"sampler": "em", "steps": 4}, "em": {"sampler": "em", "steps": 8}}},
+            "artefacts": {"tables": {"single": "table1", "repeated": "table3", "nfe": "fid_nfe", "nll": "nll"}}}
+    write_tables(tmp_path / "metrics.parquet", grid, tmp_path / "tables", [nll])
+    table1 = (tmp_path / "tables" / "table1.md").read_text()
+    assert "| VE                    | **10.00** | 12.00     |" in table1 and "### Recall ↑ — sampler `em`" in table1
+    assert r"\textbf{10.00}" in (tmp_path / "tables" / "table1.tex").read_text()
+    assert (tmp_path / "tables" / "table3.md").read_text().splitlines() == [
+        "## FID mean ± std over 2 sets of 100 samples at each cell's best checkpoint (up to step 20).", "",
+        "### FID ↓ — sampler `em`", "",
+        "| Training \\ Sampling   | VE               | N(0,5²)      | EDM (ρ=7)    |",
+        "|:----------------------|:-----------------|:-------------|:-------------|",
+        "| VE                    | **10.20** ± 0.28 | 12.20 ± 0.28 | 20.20 ± 0.28 |",
+        "| L2                    | 11.20 ± 0.28     | 13.20 ± 0.28 | 21.20 ± 0.28 |", "",
+        "`*`: mean ± std overlaps the best's (bold). `degenerate`: constant or all-alike samples, never ranked."]
+    assert (tmp_path / "tables" / "table3.tex").read_text().splitlines()[:3] == [
+        r"\begin{table}[t]", r"\centering", r"\caption{FID mean $\pm$ std over 2 sets of 100 samples at each "
+        r"cell's best checkpoint (up to step 20). FID $\downarrow$, sampler em.}"]
+    table3 = pd.read_parquet(tmp_path / "tables" / "table3.parquet")
+    assert table3["fid_mean"].min() == pytest.approx(10.2) and set(table3["sample_rationale"]) == {"ve", "g", "e"}
+    assert (tmp_path / "tables" / "fid_nfe.md").read_text().splitlines() == [
+        "## FID against the number of denoiser evaluations (NFE) per image", "", "### trained with VE: FID (NFE)", "",
+        "| sampler / sampling   | 4 steps   | 8 steps   |", "|:---------------------|:----------|:----------|",
+        "| em / N(0,5²)         | 90.00 (4) | 30.00 (8) |"]
+    assert (tmp_path / "tables" / "fid_nfe.tex").read_text().splitlines() == [
+        r"\begin{table}[t]", r"\centering", r"\caption{FID (NFE per image) against steps, trained with VE.}",
+        r"\begin{tabular}{lcc}", r"\toprule", r"Sampler / sampling & 4 steps & 8 steps \\", r"\midrule",
+        r"em / N(0,5$^2$) & 90.00 (4) & 30.00 (8) \\", r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    assert pd.read_parquet(tmp_path / "tables" / "fid_nfe.parquet")[["steps", "nfe", "fid"]].values.tolist() == [
+        [4, 4, 90.0], [8, 8, 30.0]]
+    nll_md = (tmp_path / "tables" / "nll.md").read_text()
+    assert "| VE         | 20              | not computed           | 30          | 3.250 ± 0.096" in nll_md  # SE of 4
+    assert (tmp_path / "tables" / "nll.tex").read_text().splitlines() == [
+        r"\begin{table}[t]", r"\centering", r"\caption{NLL (bits/dim) per training rationale.}",
+        r"\begin{tabular}{lcccc}", r"\toprule",
+        r"Training & best-FID step & NLL there (bits/dim) & last step & NLL at the last step (bits/dim) \\",
+        r"\midrule", r"VE & 20 & not computed & 30 & 3.250 $\pm$ 0.096 \\",
+        r"L2 & 20 & not computed & 30 & not computed \\", r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    figure = tmp_path / "figures" / "fig1.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"png")
+    write_report([str(tmp_path / "tables" / "table1.md")], [str(figure), str(figure.with_suffix(".pdf"))],
+                 tmp_path / "report.md")
+    report = (tmp_path / "report.md").read_text()
+    assert report.splitlines()[:5] == ["# Inverse Engineering Diffusion — results", "", "## table1", "",
+                                       "## Best FID recorded during training (100 samples, one set per checkpoint), "
+                                       "and IS, precision and recall at that checkpoint."]
+    assert "\n## Figures\n" in report
+    assert "![fig1](figures/fig1.png)" in report and "fig1.pdf" not in report and "**10.00**" in report
+
+
+def test_latex_table_is_exactly_booktabs():
+    """The whole LaTeX output of a 2 × 2 grid, character for character."""
+    grid = pd.DataFrame([[Entry(10.0, bold=True), Entry(12.5, 0.25, star=True)],
+                         [Entry(11.0, 0.5), Entry(math.nan, degenerate=True)]],
+                        index=pd.Index(["VE", "N(0,5²)"], name="train_label"), columns=["L2", "EDM (ρ=7)"])
+    assert to_latex(grid, "FID ↓, sampler em.") == "\n".join([
+        r"\begin{table}[t]", r"\centering", r"\caption{FID $\downarrow$, sampler em.}", r"\begin{tabular}{lcc}",
+        r"\toprule", r"Training $\backslash$ Sampling & L2 & EDM ($\rho$=7) \\", r"\midrule",
+        r"VE & \textbf{10.00} & 12.50$^*$ $\pm$ 0.25 \\",
+        r"N(0,5$^2$) & 11.00 $\pm$ 0.50 & \textit{degenerate} \\",
+        r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+    from ied.tables import to_markdown
+    assert to_markdown(grid).splitlines() == [
+        "| Training \\ Sampling   | L2           | EDM (ρ=7)     |",
+        "|:----------------------|:-------------|:--------------|",
+        "| VE                    | **10.00**    | 12.50* ± 0.25 |",
+        "| N(0,5²)               | 11.00 ± 0.50 | degenerate    |"]
+
+
+def test_empty_protocols_and_unlabelled_names():
+    from ied.tables import best_checkpoints, per_checkpoint
+    empty = per_checkpoint(metrics().iloc[:0])
+    assert empty.empty and list(empty.columns) == ["sampler_name", "train_rationale", "sample_rationale",
+                                                   "checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
+                                                   "isc_mean", "isc_std", "kid_mean", "precision", "recall"]
+    assert best_checkpoints(empty).empty
+    grid = {**GRID, "labels": {"ve": "VE"}}  # g has no label: its name is shown
+    table = single_table(metrics(), grid)
+    assert list(table.columns) == ["sampler_name", "train_rationale", "sample_rationale", "checkpoint_step", "fid",
+                                   "isc_mean", "isc_std", "precision", "recall", "kid_mean", "fid_std_repeated",
+                                   "isc_std_repeated", "degenerate", "train_label", "sample_label"]
+    assert set(table["sample_label"]) == {"VE", "g"} and set(table["train_label"]) == {"VE", "l2"}
+
+
+def test_star_rule_edge_cases():
+    usable = pd.Series([True, True, True])
+    # a best without a std counts as ± 0; the boundary |Δ| = std is inside
+    stars, best = starred(pd.Series([10.0, 10.5, 12.0]), pd.Series([math.nan, 0.5, 0.5]), True, usable)
+    assert best == 0 and stars.tolist() == [False, True, False]
+    stars, best = starred(pd.Series([10.0, 11.0]), pd.Series([0.5, 0.5]), True, pd.Series([False, False]))
+    assert best is None and stars.tolist() == [False, False] and list(stars.index) == [0, 1]
+
+
+def test_single_table_stars_use_the_repeated_spread_and_keep_cells_without_it():
+    frame = metrics()
+    frame = frame[~((frame["sample_rationale"] == "g") & (frame["train_rationale"] == "l2") & (frame["seed_set"] == 1))]
+    table = single_table(frame, GRID).set_index(["train_rationale", "sample_rationale"])
+    assert len(table) == 4 and math.isnan(table.loc[("l2", "g"), "fid_std_repeated"])  # one set only: no spread
+    entries = grids(single_table(frame, GRID), "fid", None, "fid_std_repeated", True)["em"]
+    assert entries.loc["VE", "VE"].bold and math.isnan(entries.loc["VE", "VE"].std)  # one set: FID without ±
+    # L2→VE: 11 vs the best 10, repeated stds 0.28 each: 1 > 0.57, no star; a spread of 0.6 would star it
+    assert not entries.loc["L2", "VE"].star
+    wide = frame.copy()
+    wide.loc[wide["seed_set"] == 1, "fid"] += 0.8  # repeated stds ≈ 0.85: now within reach
+    assert grids(single_table(wide, GRID), "fid", None, "fid_std_repeated", True)["em"].loc["L2", "VE"].star
+    isc = grids(single_table(frame, GRID), "isc_mean", "isc_std", "isc_std_repeated", False)["em"]
+    assert isc.loc["VE", "VE"].std == 0.1  # IS ± its split std
+
+
+def test_sampler_grids_keep_the_config_order():
+    frame = pd.concat([metrics(), metrics().assign(sampler_name="aaa")], ignore_index=True)
+    grid = {**GRID, "samplers": ["em", "aaa"], "single": {**GRID["single"], "samplers": ["em", "aaa"]}}
+    table = single_table(frame, grid)
+    assert list(dict.fromkeys(table["sampler_name"])) == ["em", "aaa"]
+    assert list(grids(table, "fid", None, None, True)) == ["em", "aaa"]
+
+
+def test_nll_summary_reads_the_mean_and_standard_error(tmp_path):
+    from ied.tables import nll_summary
+    path = tmp_path / "nll" / "l2" / "nll-40.parquet"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame({"image": [0, 0, 1, 1], "probe": [0, 1, 0, 1], "bpd": [2.0, 2.2, 2.4, 2.6], "nfe": [10, 12, 14, 16],
+                  "checkpoint_step": 40}).to_parquet(path)
+    summary = nll_summary([path]).iloc[0]
+    assert summary["train_rationale"] == "l2" and summary["checkpoint_step"] == 40
+    assert summary["bpd"] == pytest.approx(2.3) and summary["bpd_se"] == pytest.approx(
+        pd.Series([2.0, 2.2, 2.4, 2.6]).std(ddof=1) / 2)
+    assert summary["nfe_per_image"] == 13 and summary["images"] == 2 and summary["probes"] == 2
+    assert list(nll_summary([]).columns) == ["train_rationale", "checkpoint_step", "bpd", "bpd_se", "nfe_per_image",
+                                             "images", "probes"]

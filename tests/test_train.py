@@ -28,6 +28,20 @@ def assert_identical(a, b):
         assert all(torch.equal(v, b["optimizer"]["state"][i][k]) for k, v in state.items()), i
 
 
+def test_loss_table_is_the_logged_loss_per_sigma_bin(digits, tmp_path):
+    """The segment's loss table (ied.layout.LOSS) bins every example of each log interval by σ."""
+    import pandas as pd
+    train(tiny_spec(), 0, 6, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=tmp_path / "c.pt",
+          log_path=tmp_path / "log.jsonl", loss_table=tmp_path / "loss.parquet", log_every=3)
+    table = pd.read_parquet(tmp_path / "loss.parquet")
+    logged = {line["step"]: line["loss"] for line in map(json.loads, open(tmp_path / "log.jsonl")) if "loss" in line}
+    assert sorted(set(table["step"])) == sorted(logged) == [3, 6]
+    for step, rows in table.groupby("step"):
+        assert rows["count"].sum() == 3 * 32  # every example of the interval's three steps of 32
+        assert (rows["sigma_lo"] < rows["sigma_hi"]).all() and (rows["count"] > 0).all()
+        assert (rows["loss"] * rows["count"]).sum() / rows["count"].sum() == pytest.approx(logged[step], rel=1e-9)
+
+
 def test_resume_is_exact_short(digits, tmp_path):
     cfg = tiny_spec()
     whole = run(cfg, digits, tmp_path, 0, 24, "one")

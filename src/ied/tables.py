@@ -174,7 +174,7 @@ def latex_escape(text: str) -> str:
 def to_markdown(grid: pd.DataFrame) -> str:
     frame = grid.map(lambda e: e.markdown())
     frame.index.name = "Training \\ Sampling"
-    return frame.to_markdown()
+    return frame.to_markdown(disable_numparse=True)  # "12.00" stays "12.00"
 
 
 def to_latex(grid: pd.DataFrame, caption: str) -> str:
@@ -251,8 +251,8 @@ def _write_nll(stem: Path, table: pd.DataFrame) -> None:
     note = ("Negative log-likelihood of the reference split's images (a fixed subset), log p(x | y), through the "
             "probability-flow ODE (ied.nll): mean ± standard error over images and probes. `not computed`: that "
             "checkpoint is not among nll.checkpoints.")
-    write_text(stem.with_suffix(".md"), "\n".join(["## NLL per training rationale", "", shown.to_markdown(), "",
-                                                    note, ""]))
+    markdown = shown.to_markdown(disable_numparse=True)
+    write_text(stem.with_suffix(".md"), "\n".join(["## NLL per training rationale", "", markdown, "", note, ""]))
     body = [" & ".join(latex_escape(str(v)) for v in [idx, *row]) + r" \\" for idx, row in shown.iterrows()]
     write_text(stem.with_suffix(".tex"), "\n".join([
         r"\begin{table}[t]", r"\centering", r"\caption{NLL (bits/dim) per training rationale.}",
@@ -299,7 +299,7 @@ def _write_nfe(stem: Path, table: pd.DataFrame) -> None:
         wide = wide.loc[list(dict.fromkeys(frame["row"])), sorted(wide.columns)]
         wide.columns = [f"{c} steps" for c in wide.columns]
         wide.index.name = "sampler / sampling"
-        md += [f"### trained with {train}: FID (NFE)", "", wide.to_markdown(), ""]
+        md += [f"### trained with {train}: FID (NFE)", "", wide.to_markdown(disable_numparse=True), ""]
         body = [" & ".join([latex_escape(r)] + list(row)) + r" \\" for r, row in wide.iterrows()]
         tex += [r"\begin{table}[t]", r"\centering",
                 rf"\caption{{FID (NFE per image) against steps, trained with {latex_escape(train)}.}}",
