@@ -75,6 +75,7 @@ def kill_after_two_shards(checkpoint, out, spec):
     return parts
 
 
+@pytest.mark.slow  # a child process killed mid-run: fault injection, in CI but not in the mutation runs
 def test_killed_generation_resumes_from_finished_shards(checkpoint, tmp_path):
     out = tmp_path / "s.npz"
     reference = generate(checkpoint, EM40, tmp_path / "ref.npz", n_samples=12, batch_size=12, shard_size=12)
@@ -99,6 +100,7 @@ def test_grid_png(checkpoint, tmp_path):
     assert image.size == (4 * (10 * 9 + 1),) * 2
 
 
+@pytest.mark.slow
 def test_shards_of_another_spec_are_not_reused(checkpoint, tmp_path):
     """A kill, then a config edit (steps 40 → 30): the 40-step shards are regenerated, never mixed in."""
     out = tmp_path / "s.npz"
@@ -138,3 +140,95 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_images(checkpoint, tmp_pat
     out = generate(checkpoint, EM40, tmp_path / "s.npz", n_samples=20, batch_size=20)
     assert sampled == [2] * 10  # 20 → 10 → 5 → 2 images per batch, then all the rest at 2
     assert np.array_equal(out.images, reference.images)
+
+
+def test_grid_layout_pixel_by_pixel(tmp_path):
+    """rows × rows cells of pad grey pixels around each image, upscaled ×4 (nearest) below 32 pixels."""
+    from PIL import Image
+
+    from ied.generate import save_grid
+    images = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 1, 2, 2) * 10
+    save_grid(tmp_path / "g.png", images, rows=2, pad=1)
+    grid = np.asarray(Image.open(tmp_path / "g.png"))
+    assert Image.open(tmp_path / "g.png").mode == "L" and grid.shape == (4 * 7, 4 * 7)
+    small = grid[::4, ::4]  # undo the nearest-neighbour upscaling
+    expected = np.full((7, 7), 96, dtype=np.uint8)
+    for i, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        expected[1 + 3 * r:3 + 3 * r, 1 + 3 * c:3 + 3 * c] = images[i, 0]
+    np.testing.assert_array_equal(small, expected)
+    assert (grid[0:4, 0:4] == 96).all()  # each upscaled pixel is a 4 × 4 block
+    rgb = np.stack([images[:, 0]] * 3, axis=1)
+    save_grid(tmp_path / "c.png", np.repeat(rgb, 16, axis=2).repeat(16, axis=3), rows=2)  # 32 × 32: not upscaled
+    assert Image.open(tmp_path / "c.png").mode == "RGB" and Image.open(tmp_path / "c.png").size == (2 * 33 + 1,) * 2
+
+
+def test_a_shard_is_reused_only_with_its_own_key(tmp_path):
+    from ied.data import ImageSet, save_imageset
+    from ied.generate import _reusable
+    path = tmp_path / "shard-0-2.npz"
+    shard = ImageSet(np.zeros((2, 1, 8, 8), np.uint8), np.arange(2), 10)
+    assert not _reusable(path, "k")  # not there
+    save_imageset(path, shard, shard="k")
+    assert _reusable(path, "k") and path.exists()
+    assert not _reusable(path, "other") and not path.exists()  # another checkpoint, spec or seed set: deleted
+    save_imageset(path, shard, shard="k")
+    path.write_bytes(path.read_bytes()[:100])
+    assert not _reusable(path, "k") and not path.exists()  # truncated: deleted
+
+
+def test_image_i_of_seed_set_k_has_the_noise_key_k_times_ten_million_plus_i(checkpoint, tmp_path):
+    """The seeding contract, from its definition: Euler is deterministic, so an image is its latent's ODE solution."""
+    from ied.checkpoints import load_ema_denoiser
+    from ied.data import to_uint8
+    from ied.noise import PerImageNoise
+    from ied.samplers import euler
+    from ied.specs import rationale
+    spec = sampling_spec(sampler="euler", steps=3)
+    images = generate(checkpoint, spec, tmp_path / "s.npz", n_samples=3, seed_set=2).images
+    denoiser, _ = load_ema_denoiser(checkpoint)
+    latents = PerImageNoise([20_000_000, 20_000_001, 20_000_002]).randn((3, 1, 8, 8))
+    labels = torch.as_tensor(balanced_labels(3, 10, 2))
+    with torch.no_grad():
+        x = euler(denoiser, latents, rationale(spec["rationale"]), 3, class_labels=labels)
+    np.testing.assert_array_equal(images, to_uint8(x.float()).numpy())
+
+
+def test_balanced_labels_are_fixed_per_seed_set():
+    assert balanced_labels(12, 10, 0).tolist() == balanced_labels(12, 10, 0).tolist()
+    assert sorted(balanced_labels(12, 10, 3).tolist()) == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert balanced_labels(12, 10, 0).tolist() != balanced_labels(12, 10, 1).tolist()
+    assert balanced_labels(10, 10, 0).tolist() == [int(v) for v in
+                                                   np.random.default_rng([0, 12345]).permutation(np.arange(10))]
+
+
+def test_the_generation_log_and_metadata(checkpoint, tmp_path):
+    spec = sampling_spec(steps=3)
+    generate(checkpoint, spec, tmp_path / "s.npz", n_samples=4, seed_set=1, log_path=tmp_path / "log.jsonl")
+    line = json.loads((tmp_path / "log.jsonl").read_text())
+    assert line["event"] == "generated" and line["images"] == 4 and line["device"] == "cpu" and line["nfe"] == 3
+    assert line["images_per_s"] == pytest.approx(4 / line["seconds"])
+    info = generation_info(tmp_path / "s.npz")
+    state = torch.load(checkpoint, weights_only=True)
+    assert info["checkpoint_sha256"] == state["sha256"] and info["config_hash"] == state["config_hash"]
+    assert info["sample_rationale_spec"] == spec["rationale"] and info["options"] == spec["options"]
+    assert (info["seed_set"], info["n_samples"], info["steps"]) == (1, 4, 3)
+
+
+def test_batches_halve_down_to_one_and_no_further(monkeypatch):
+    import ied.generate as gen
+    sizes = []
+
+    def sample(idx):
+        sizes.append(len(idx))
+        if len(idx) > 3:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return np.zeros((len(idx), 1))
+
+    images, batch = gen._in_batches(sample, 0, 10, 9)
+    assert batch == 2 and sum(len(b) for b in images) == 10 and sizes == [9, 4, 2, 2, 2, 2, 2]
+
+    def never(idx):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        gen._in_batches(never, 0, 4, 4)

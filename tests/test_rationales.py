@@ -1,4 +1,5 @@
 import math
+import re
 
 import numpy as np
 import pytest
@@ -162,14 +163,26 @@ def test_generalized_inverse_skips_zero_density():
     ({"family": "weighted", "base": "missing", "weight": "1"}, "base", "no rationale named"),
     ({"family": "weighted", "base": VE, "weight": "sigma - 1"}, "weight", "negative"),
     ({"family": "kingma_gao", "weighting": "nope"}, "weighting", "unknown weighting"),
-    ({"family": "kingma_gao", "weighting": "sigmoid"}, "k", "needs"),
+    ({"family": "kingma_gao", "weighting": "sigmoid"}, "k", "the sigmoid weighting needs a numeric 'k'"),
+    ({"family": "kingma_gao", "weighting": "edm", "sigma_max": 1e-3}, "sigma_max", "must be > sigma_min"),
+    ({"family": "ve", "sigma_min": 80.0}, "sigma_max", r"must be > sigma_min \(80.0\), got 80.0"),
+    ({"family": "weighted", "base": {"family": "ve", "sigma_min": 0.002, "sigma_max": 80.0}, "weight": "sqrt(sigma - 1)"},
+     "weight", "density is not finite everywhere on the domain"),
 ])
 def test_invalid_specs_name_rationale_and_key(spec, key, fragment):
     """build() on specs that bypass the schema (which catches several of these first, see test_config)."""
     with pytest.raises(RationaleError, match=fragment) as info:
         build("myrat", resolve_rationale("myrat", {"sigma_min": 0.002, "sigma_max": 80.0, **spec}, {}))
+    assert info.value.rationale.startswith("myrat")
     assert info.value.key == key
     assert "rationale 'myrat'" in str(info.value) and f"key {key!r}" in str(info.value)
+
+
+def test_a_non_mapping_entry_names_the_rationale():
+    from ied.rationales import check_keys
+    with pytest.raises(RationaleError, match="the entry must be a mapping, got list") as info:
+        check_keys("listy", [1, 2])
+    assert (info.value.rationale, info.value.key) == ("listy", "family")
 
 
 def test_circular_weighted_reference():
@@ -296,3 +309,47 @@ def test_unnormalised_rationales_are_the_papers():
     np.testing.assert_allclose(make({"family": "edm", "rho": 7}, domain).density(s), s ** (1 / 7 - 1), rtol=1e-15)
     np.testing.assert_allclose(make({"family": "lognormal"}, domain).density(s),
                                stats.lognorm(s=1.2, scale=math.exp(-1.2)).pdf(s), rtol=1e-12)
+
+
+@pytest.mark.parametrize("spec, key, fragment", [
+    ({"family": "edm", "rho": 0.001}, "rho", "not finite at t"),
+    ({"family": "gaussian", "sigma_n": 1e-4, "sigma_max": 15.0}, "sigma_n", "decreases between t"),
+    ({"family": "lognormal", "p_mean": 100.0, "p_std": 1.2}, "p_mean", "density is not finite and non-negative"),
+    ({"family": "ve", "sigma_max": 1e300}, "sigma_max", "too large: the denoiser squares σ in float32"),
+    ({"family": "ve", "sigma_max": 1.9e19}, "sigma_max", "σ_max < 1.84e+19"),
+])
+def test_numerical_checks_name_the_rationale_and_key(spec, key, fragment):
+    from ied.rationales import check_numerics
+    full = {"sigma_min": 0.002, "sigma_max": 80.0, **spec}
+    with pytest.raises(RationaleError, match=re.escape(fragment)) as info:
+        check_numerics(build("myrat", full))
+    assert info.value.rationale == "myrat" and info.value.key == key
+    assert f"rationale 'myrat': key '{key}'" in str(info.value)
+
+
+def test_numerical_checks_pass_every_configured_family_and_catch_bad_ends():
+    from ied.rationales import check_numerics
+    for spec in ALL:
+        check_numerics(make(spec))  # every family on EDM's domain passes
+    r = make({"family": "ve"})
+    r.sigma = lambda t: np.minimum(0.002 * 40000 ** np.asarray(t), 79.0)  # increasing, but never reaches σ_max
+    with pytest.raises(RationaleError, match=r"σ\(1\) = 79; expected σ_min = 0.002, σ_max = 80") as info:
+        check_numerics(r)
+    assert info.value.key == "family"  # VE has no parameter to blame
+    r = make({"family": "ve"})
+    r.pdf = lambda s: np.full(np.shape(s), 1e-3)  # a density that does not integrate to 1
+    with pytest.raises(RationaleError, match="integrates to 0.0") as info:
+        check_numerics(r)
+    r.pdf = lambda s: np.full(np.shape(s), -1.0)
+    with pytest.raises(RationaleError, match="not finite and non-negative"):
+        check_numerics(r)
+
+
+def test_closed_forms_keep_their_names_and_parameters():
+    for spec, attrs in [({"family": "kl", "v_max": 2.0}, {"v_max": 2.0}),
+                        ({"family": "gaussian", "sigma_n": 3.0}, {"sigma_n": 3.0}),
+                        ({"family": "lognormal", "p_mean": -1.0, "p_std": 1.5}, {"p_mean": -1.0, "p_std": 1.5}),
+                        ({"family": "edm", "rho": 5.0}, {"rho": 5.0})]:
+        r = build("named", {"sigma_min": 0.01, "sigma_max": 50.0, **spec})
+        assert r.name == "named" and repr(r).startswith(f"{type(r).__name__}('named', [0.01, 50])")
+        assert all(getattr(r, k) == v for k, v in attrs.items())

@@ -1,6 +1,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -165,7 +166,13 @@ def test_options_are_checked_against_the_signatures():
     ]:
         with pytest.raises(OptionError, match=re.escape(fragment)) as info:
             resolve_options(sampler, options)
-        assert info.value.option == option
+        assert info.value.option == option and info.value.sampler == sampler
+        assert str(info.value).startswith(f"{option}: ")
+    for sampler, options, option, fragment in [("nope", {}, "sampler", "unknown sampler 'nope'; choose one of ["),
+                                               ("heun", [1], "options", "must be a mapping of option names")]:
+        with pytest.raises(OptionError, match=re.escape(fragment)) as info:
+            resolve_options(sampler, options)
+        assert (info.value.sampler, info.value.option) == (sampler, option)
 
 
 class CountingNoise:
@@ -235,3 +242,56 @@ def test_euler_maruyama_last_step_is_the_mean():
     x = SAMPLERS["euler_maruyama"](gaussian_denoiser, latents, r, 10, generator=Diverging())
     torch.testing.assert_close(x, SAMPLERS["euler_maruyama"](gaussian_denoiser, latents, r, 10, generator=CountingNoise()))
     assert torch.isfinite(x).all()
+
+
+def test_s2n_is_corollary_1_written_out():
+    """S2N's generalized step with γ, δ, ρ away from the special cases, against the formula step by step."""
+    r = rationale(RATIONALES["ve"])
+    gamma, delta, rho, steps = 0.3, 0.7, 0.5, 12
+    latents = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    sigma = noise_levels(r, steps).tolist()
+    noise = CountingNoise(7)
+    x = latents * sigma[0]
+    for st, ss in zip(sigma[:-1], sigma[1:]):
+        eps_hat = (x - gaussian_denoiser(x, torch.full((32,), st, dtype=F64))) / st
+        x = x - (1 + rho**2) / (1 + gamma) * (st ** (1 + gamma) - ss ** (1 + gamma)) * st ** (-gamma) * eps_hat \
+            + rho * math.sqrt(st**2 - ss**2) * (ss / st) ** delta * noise.randn_like(x)
+    ours = SAMPLERS["s2n"](gaussian_denoiser, latents, r, steps, generator=CountingNoise(7), gamma=gamma, delta=delta,
+                           rho=rho)
+    torch.testing.assert_close(ours, x, rtol=1e-12, atol=1e-12)
+
+
+def test_one_step_of_each_sampler_by_hand():
+    """A single step from σ_max, against the formulas: where each sampler starts and what its step does."""
+    r = rationale(RATIONALES["ve"])
+    latents = torch.randn(8, 2, generator=torch.Generator().manual_seed(9), dtype=F64)
+    s0 = r.sigma(np.array([1.0]))[0]
+    x0 = latents * s0  # every sampler starts at σ(1) = σ_max
+    d0 = gaussian_denoiser(x0, torch.full((8,), s0, dtype=F64))
+    g2 = r.g2(np.array([1.0]))[0]
+    em = SAMPLERS["euler_maruyama"](gaussian_denoiser, latents, r, 1)  # one step: the mean, no noise
+    torch.testing.assert_close(em, x0 + g2 * (d0 - x0) / s0**2, rtol=1e-12, atol=1e-12)
+    difference = SAMPLERS["euler_maruyama"](gaussian_denoiser, latents, r, 1, discretization="difference")
+    s1 = r.sigma(np.array([0.0]))[0]
+    torch.testing.assert_close(difference, x0 + (s0**2 - s1**2) * (d0 - x0) / s0**2, rtol=1e-12, atol=1e-12)
+    euler = SAMPLERS["euler"](gaussian_denoiser, latents, r, 1)  # σ_0 = σ_max → 0 in one Euler step: D(x0)
+    torch.testing.assert_close(euler, d0, rtol=1e-12, atol=1e-12)
+    assert noise_levels(r, 1).tolist() == [s0, 0.0]
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        noise_levels(r, 0)
+
+
+def test_edm_churn_window_includes_its_bounds():
+    """S_tmin ≤ σ_i ≤ S_tmax: a window whose ends are noise levels churns at both ends."""
+    r = rationale(RATIONALES["edm"])
+    steps = 8
+    levels = noise_levels(r, steps).tolist()
+    latents = torch.randn(16, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    window = {"S_churn": 3.0, "S_tmin": levels[5], "S_tmax": levels[2], "S_noise": 1.0}
+    reference = edm_algorithm2(gaussian_denoiser, latents, levels, window["S_churn"], window["S_tmin"],
+                               window["S_tmax"], 1.0, CountingNoise(3))
+    ours = SAMPLERS["edm_stochastic"](gaussian_denoiser, latents, r, steps, generator=CountingNoise(3), **window)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    narrower = {**window, "S_tmin": levels[5] * 1.0001, "S_tmax": levels[2] * 0.9999}
+    assert not torch.allclose(SAMPLERS["edm_stochastic"](gaussian_denoiser, latents, r, steps,
+                                                         generator=CountingNoise(3), **narrower), ours)

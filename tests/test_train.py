@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,6 +48,13 @@ def test_resume_is_exact_short(digits, tmp_path):
     whole = run(cfg, digits, tmp_path, 0, 24, "one")
     run(cfg, digits, tmp_path, 0, 10, "two")
     assert_identical(whole, run(cfg, digits, tmp_path, 10, 24, "two"))
+    run(cfg, digits, tmp_path, 0, 1, "three")  # a segment of one step, resumed
+    assert_identical(whole, run(cfg, digits, tmp_path, 1, 24, "three"))
+    start = json.loads(open(tmp_path / "two.jsonl").readline())
+    assert start == {"event": "start", "step": 0, "end_step": 10, "parameters": 164625,
+                     "config_hash": identity_hash(cfg), "device": "cpu", "ranks": 1}
+    last = [json.loads(line) for line in open(tmp_path / "two.jsonl")][-1]
+    assert last == {"event": "checkpoint", "step": 24, "path": str(tmp_path / "two-24.pt")}
 
 
 @pytest.mark.slow
@@ -185,3 +193,47 @@ def test_two_ranks_match_one_rank_and_resume_with_another_world_size(digits, tmp
     mixed = run(spec, digits, tmp_path, 3, 6, "mixed", log_every=3)
     print(f"max |EMA(2 → 1 ranks) − EMA(1 rank)| = {max_difference(one, mixed):.2e}")
     assert max_difference(one, mixed) < DDP_TOLERANCE
+
+
+def test_plan_splits_each_step_by_rank_and_reduces_statistics():
+    """Rank r of W takes rows r·B/W … (r+1)·B/W − 1 of each step: the same indices, σ and ε as one process."""
+    from ied.distributed import Context
+    from ied.specs import rationale
+    from ied.train import Plan, _Stats
+    r = rationale({"family": "l2"})
+    one = Plan(r, None, 1000, 3, 8, Context(), torch.device("cpu"))
+    halves = [Plan(r, lambda s: s**2, 1000, 3, 8, Context(rank, 2), torch.device("cpu")) for rank in (0, 1)]
+    whole = one.host(range(5, 7))
+    parts = [p.host(range(5, 7)) for p in halves]
+    for key in ("index", "position", "sigma"):
+        joined = torch.cat([torch.cat([parts[0][key][k * 4:(k + 1) * 4], parts[1][key][k * 4:(k + 1) * 4]])
+                            for k in range(2)])
+        assert torch.equal(joined, whole[key]), key
+    assert whole["position"].tolist() == list(range(40, 56))  # steps 5 and 6 of batch 8
+    torch.testing.assert_close(parts[1]["weight"], parts[1]["sigma"] ** 2)
+    eps = one.epsilon(whole["position"], (16, 1, 2, 2))
+    assert torch.equal(halves[1].epsilon(parts[1]["position"][:4], (4, 1, 2, 2)), eps[4:8])
+
+    class Recorder(Context):
+        def all_reduce(self, tensor, op="sum"):
+            calls.append(op)
+            return tensor.mul_(2) if op == "sum" else tensor
+
+    calls = []
+    stats = _Stats(torch.device("cpu"))
+    stats.add(0, torch.tensor([1.0, 3.0]), torch.tensor([0.01, 50.0], dtype=torch.float64), torch.tensor(1.0))
+    stats.reduce(Recorder(0, 2))
+    assert calls == ["sum", "sum", "max"]
+    line = stats.line(1)
+    assert line["loss"] == pytest.approx(2.0)  # summed over 2 ranks, divided by 2
+    assert sum(row["count"] for row in stats.rows) == 4 and sorted(line["loss_by_sigma"].values()) == [1.0, 3.0]
+
+
+def test_data_order_is_a_seeded_permutation_per_epoch():
+    from ied.train import DataOrder
+    order = DataOrder(10, seed=4)
+    first, second = order.indices(0, 10), order.indices(10, 10)
+    assert sorted(first) == list(range(10)) and sorted(second) == list(range(10))
+    assert not np.array_equal(first, second) and first.dtype == np.int64
+    np.testing.assert_array_equal(DataOrder(10, seed=4).indices(7, 6), np.concatenate([first[7:], second[:3]]))
+    assert not np.array_equal(DataOrder(10, seed=5).indices(0, 10), first)

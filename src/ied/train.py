@@ -184,6 +184,22 @@ def train(spec: Mapping[str, Any], start_step: int, end_step: int, *, data_path:
         ctx.close()
 
 
+def _model(spec: Mapping[str, Any], shape: tuple[int, int, int], dev: torch.device, state: dict | None):
+    """The denoiser, its EMA and RAdam: freshly initialised from the seed, or as a checkpoint left them."""
+    channels, resolution, classes = shape
+    torch.manual_seed(int(spec["seed"]))  # initial weights
+    denoiser = build_denoiser(spec["network"], resolution, channels, classes)
+    ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
+    if state is not None:
+        denoiser.load_state_dict(state["net"])
+        ema.load_state_dict(state["ema"])
+    denoiser, ema = denoiser.to(dev), ema.to(dev)
+    optimizer = torch.optim.RAdam(denoiser.parameters(), lr=float(spec["lr"]), foreach=dev.type == "cuda")
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    return denoiser, ema, optimizer
+
+
 def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, checkpoint_out, log_path, loss_table,
            log_every, precision, compile, allow_config_change) -> dict | None:
     data = load_imageset(data_path)
@@ -194,21 +210,14 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
     if batch % ctx.world:
         raise TrainingError(f"train.batch_size {batch} does not split evenly across {ctx.world} GPUs")
 
-    torch.manual_seed(seed)  # initial weights
-    denoiser = build_denoiser(spec["network"], resolution, channels, data.num_classes)
-    ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
+    state = None
     if start_step > 0:
         if checkpoint_in is None:
             raise checkpoints.CheckpointError(f"resuming at step {start_step} needs the checkpoint written then")
         state = checkpoints.load(checkpoint_in, step=start_step, config_hash=chash,
                                  allow_config_change=allow_config_change)
-        denoiser.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-    denoiser, ema = denoiser.to(dev), ema.to(dev)
+    denoiser, ema, optimizer = _model(spec, (channels, resolution, data.num_classes), dev, state)
     params = list(denoiser.parameters())
-    optimizer = torch.optim.RAdam(params, lr=float(spec["lr"]), foreach=dev.type == "cuda")
-    if start_step > 0:
-        optimizer.load_state_dict(state["optimizer"])
     net = devices.prepare_module(
         torch.nn.parallel.DistributedDataParallel(denoiser, device_ids=[dev.index] if dev.type == "cuda" else None)
         if ctx.world > 1 else denoiser, dev, compile=compile)
