@@ -63,6 +63,15 @@ def running_for(seconds: float):
     return ready
 
 
+def assert_rerun_names(workdir: Path, configfile: Path, message: str) -> None:
+    """Rerun the pipeline (--keep-going); it must fail, and a job's log must carry `message`."""
+    result = subprocess.run(command(workdir, configfile) + ["--keep-going"], cwd=workdir, env=VENV_ENV,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    logs = "".join(p.read_text() for p in (exp(workdir) / "logs").glob("*/*.log"))
+    assert message in logs, result.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_killed_jobs_resume_bit_identically(tmp_path, small_reference):
     configfile = small_pipeline_config(tmp_path)
@@ -75,23 +84,22 @@ def test_killed_jobs_resume_bit_identically(tmp_path, small_reference):
     assert any(exp(faulty).glob("samples/**/*.parts/shard-*.npz"))  # finished shards survive the kill
     run_and_kill(faulty, configfile, "evaluate", running_for(1.0))
 
-    # Damage a checkpoint (bytes changed, still a valid zip: only the checksum sees it) and a finished samples
-    # file (truncated). The run that reads them stops naming each file and moves it aside; the next one
-    # regenerates both.
-    ckpt = exp(faulty) / "checkpoints" / "l2" / "ckpt-60.pt"
-    state = torch.load(ckpt, weights_only=True)
-    next(iter(state["ema"].values())).view(-1)[0] += 1.0
-    torch.save(state, ckpt)
+    # Truncate a finished samples file, then change a checkpoint's bytes (still a valid zip: only the checksum
+    # sees it). The run that reads each stops naming the file and moves it aside; the next one regenerates it.
+    # One damage per run: a job that moves its input aside makes Snakemake stop the run even with --keep-going.
     samples = exp(faulty) / "samples" / "l2" / "30" / "l2" / "em" / "n40-seed0.npz"
     run(faulty, configfile, str(samples.relative_to(faulty)))  # make sure it is there to be damaged
     samples.write_bytes(samples.read_bytes()[:1000])
-    result = subprocess.run(command(faulty, configfile) + ["--keep-going"], cwd=faulty, env=VENV_ENV,
-                            capture_output=True, text=True)
-    assert result.returncode != 0
-    logs = "".join(p.read_text() for p in (exp(faulty) / "logs").glob("*/*.log"))
-    assert f"{ckpt.relative_to(faulty)}: checksum mismatch" in logs
-    assert f"{samples.relative_to(faulty)}: unreadable or truncated" in logs
-    assert ckpt.with_name("ckpt-60.pt.corrupt").exists() and samples.with_name("n40-seed0.npz.corrupt").exists()
+    assert_rerun_names(faulty, configfile, f"{samples.relative_to(faulty)}: unreadable or truncated")
+    assert samples.with_name("n40-seed0.npz.corrupt").exists() and not samples.exists()
+
+    ckpt = exp(faulty) / "checkpoints" / "l2" / "ckpt-60.pt"
+    run(faulty, configfile, str(ckpt.relative_to(faulty)))
+    state = torch.load(ckpt, weights_only=True)
+    next(iter(state["ema"].values())).view(-1)[0] += 1.0
+    torch.save(state, ckpt)
+    assert_rerun_names(faulty, configfile, f"{ckpt.relative_to(faulty)}: checksum mismatch")
+    assert ckpt.with_name("ckpt-60.pt.corrupt").exists() and not ckpt.exists()
 
     run(faulty, configfile)
     assert_same_results(small_reference, exp(faulty))
