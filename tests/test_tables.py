@@ -174,7 +174,7 @@ def test_write_tables_files_by_the_papers_numbers(tmp_path):
                  tmp_path / "report.md")
     report = (tmp_path / "report.md").read_text()
     assert report.splitlines()[:5] == ["# Inverse Engineering Diffusion — results", "", "## table1", "",
-                                       "## Best FID recorded during training (100 samples, one set per checkpoint), "
+                                       "Best FID recorded during training (100 samples, one set per checkpoint), "
                                        "and IS, precision and recall at that checkpoint."]
     assert "\n## Figures\n" in report
     assert "![fig1](figures/fig1.png)" in report and "fig1.pdf" not in report and "**10.00**" in report

@@ -315,8 +315,8 @@ def write_report(tables: Sequence[str], figures: Sequence[str], out: str | Path)
     out = Path(out)
     lines = ["# Inverse Engineering Diffusion — results", ""]
     for path in tables:
-        if path.endswith(".md"):
-            lines += [f"## {Path(path).stem}", "", Path(path).read_text(), ""]
+        if path.endswith(".md"):  # the table's own "## caption" heading becomes the section's first paragraph
+            lines += [f"## {Path(path).stem}", "", Path(path).read_text().removeprefix("## "), ""]
     lines += ["## Figures", ""]
     for path in figures:
         if path.endswith(".png"):
