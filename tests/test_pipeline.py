@@ -168,6 +168,12 @@ def test_end_to_end_reduced_default(e2e_run):
     table3 = pd.read_parquet(exp / "tables" / "table3.parquet")
     assert table3["fid_std"].notna().all() and len(table3) == 2 * 3 and (table3["sets"] == 2).all()
     assert (table3["checkpoint_step"] == 20).all()  # the repeated range ends at 20
+    for row in table3.itertuples():  # mean and sample std of the two sets' FIDs, from the metrics rows
+        fids = metrics.query("train_rationale == @row.train_rationale and sample_rationale == @row.sample_rationale"
+                             " and sampler_name == 'em' and checkpoint_step == 20")["fid"].to_numpy()
+        assert len(fids) == 2
+        assert row.fid_mean == pytest.approx((fids[0] + fids[1]) / 2, rel=1e-12)
+        assert row.fid_std == pytest.approx(abs(fids[0] - fids[1]) / math.sqrt(2), rel=1e-12)
     table1 = pd.read_parquet(exp / "tables" / "table1.parquet")
     assert len(table1) == 2 * 2 * 2 and set(table1["checkpoint_step"]) <= {20, 40}
     best = metrics[(metrics["n_samples"] == 40) & (metrics["seed_set"] == 0)].groupby(
