@@ -345,6 +345,52 @@ def test_numerical_checks_pass_every_configured_family_and_catch_bad_ends():
         check_numerics(r)
 
 
+# The key a failed numerical check blames: the parameter that shapes each family's density.
+BLAMED = {"ve": "family", "edm": "rho", "kl": "v_max", "gaussian": "sigma_n", "lognormal": "p_mean", "l2": "v_max",
+          "expression": "density", "weighted": "weight", "kingma_gao": "weighting"}
+
+
+@pytest.mark.parametrize("spec", ALL, ids=lambda s: "-".join(str(v) for v in s.values() if not isinstance(v, dict)))
+def test_numerical_checks_blame_each_familys_parameter(spec):
+    from ied.rationales import check_numerics
+    r = make(spec)
+    good = r.sigma
+    r.sigma = lambda t: np.where(np.asarray(t) == 0.5, np.nan, good(t))  # t = 0.5 is on the check's grid
+    with pytest.raises(RationaleError, match=r"not finite at t = 0\.5 ") as info:
+        check_numerics(r)
+    assert info.value.key == BLAMED[spec["family"]]
+
+
+@pytest.mark.parametrize("t_bad", [1e-12, 1e-9, 1e-6, 1 - 1e-6, 1 - 1e-9, 1 - 1e-12])
+def test_numerical_checks_reach_both_tails(t_bad):
+    from ied.rationales import check_numerics
+    r = make({"family": "ve"})
+    good = r.sigma
+    r.sigma = lambda t: np.where(np.asarray(t) == t_bad, np.inf, good(t))
+    with pytest.raises(RationaleError, match=re.escape(f"not finite at t = {t_bad:.6g} ")):
+        check_numerics(r)
+
+
+def test_numerical_checks_name_where_and_how_a_schedule_fails():
+    from ied.rationales import FLOAT32_SIGMA_MAX, check_numerics
+    r = make({"family": "ve"})
+    good = r.sigma
+    r.sigma = lambda t: good(t) * np.where(np.asarray(t) == 0.5, 0.5, 1.0)
+    with pytest.raises(RationaleError, match=re.escape("decreases between t = 0.49999 and 0.5:")):
+        check_numerics(r)
+    r.sigma = lambda t: np.maximum(good(t), 0.003)  # non-decreasing, but σ(0) is not σ_min
+    with pytest.raises(RationaleError, match=re.escape("σ(0) = 0.003, σ(1) = 80; expected σ_min = 0.002")):
+        check_numerics(r)
+    r = make({"family": "ve"})
+    r.pdf = lambda s: 0.4 / (np.asarray(s) * math.log(80.0 / 0.002))  # integrates to 0.4
+    with pytest.raises(RationaleError, match=r"integrates to 0\.4 on \[0\.002, 80\], not 1") as info:
+        check_numerics(r)
+    assert info.value.key == "family"
+    with pytest.raises(RationaleError, match="too large"):  # σ_max² must stay below float32's largest value
+        check_numerics(build("edge", {"family": "ve", "sigma_min": 0.002, "sigma_max": FLOAT32_SIGMA_MAX}))
+    check_numerics(build("edge", {"family": "ve", "sigma_min": 0.002, "sigma_max": FLOAT32_SIGMA_MAX * (1 - 1e-15)}))
+
+
 def test_closed_forms_keep_their_names_and_parameters():
     for spec, attrs in [({"family": "kl", "v_max": 2.0}, {"v_max": 2.0}),
                         ({"family": "gaussian", "sigma_n": 3.0}, {"sigma_n": 3.0}),

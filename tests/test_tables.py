@@ -260,3 +260,31 @@ def test_nll_summary_reads_the_mean_and_standard_error(tmp_path):
     assert summary["nfe_per_image"] == 13 and summary["images"] == 2 and summary["probes"] == 2
     assert list(nll_summary([]).columns) == ["train_rationale", "checkpoint_step", "bpd", "bpd_se", "nfe_per_image",
                                              "images", "probes"]
+
+
+def _section(markdown: str, title: str) -> list[str]:
+    """The table rows under one '### title' heading of a Markdown table file."""
+    lines = markdown.split(f"### {title}", 1)[1].split("###", 1)[0].splitlines()
+    return [line for line in lines if line.startswith("| ") and not line.startswith("| Training")]
+
+
+def test_table1_bolds_the_highest_is_precision_and_recall(tmp_path):
+    """FID: lowest is best; IS, precision and recall: highest is best, each at the cell's best-FID checkpoint."""
+    from ied.tables import write_tables
+    frame = metrics()
+    at_best = frame["checkpoint_step"] == 20
+    for column, (train, sample), value in (("isc_mean", ("l2", "g"), 9.0), ("precision", ("ve", "g"), 0.9),
+                                           ("recall", ("l2", "ve"), 0.8)):
+        frame.loc[at_best & (frame["train_rationale"] == train) & (frame["sample_rationale"] == sample), column] = value
+        frame.loc[~at_best, column] = 0.95 if column != "isc_mean" else 9.5  # never at a best-FID checkpoint
+    frame["steps"], frame["nfe"] = 8, 8
+    frame.to_parquet(tmp_path / "metrics.parquet")
+    grid = {**GRID, "nll_steps": [], "artefacts": {"tables": {"single": "table1", "repeated": "table3"}}}
+    write_tables(tmp_path / "metrics.parquet", grid, tmp_path / "tables", [])
+    md = (tmp_path / "tables" / "table1.md").read_text()
+    for title, expected_row, bold in (("IS ↑", "| L2", "**9.00**"), ("Precision ↑", "| VE", "**0.90**"),
+                                      ("Recall ↑", "| L2", "**0.80**")):
+        rows = _section(md, title)
+        assert [r.startswith(expected_row) for r in rows if "**" in r] == [True], (title, rows)
+        assert bold in "".join(rows), (title, rows)
+    assert "**10.00**" in _section(md, "FID ↓")[0]
