@@ -157,7 +157,9 @@ def test_options_are_checked_against_the_signatures():
     for sampler, options, option, fragment in [
         ("edm_stochastic", {"S_churn": "abc"}, "S_churn", "must be a number"),
         ("edm_stochastic", {"S_churn": -50}, "S_churn", "must be >= 0"),
-        ("edm_stochastic", {"S_noise": math.nan}, "S_noise", "finite"),
+        ("edm_stochastic", {"S_noise": math.nan}, "S_noise", "must be a finite number"),
+        ("edm_stochastic", {"S_tmin": math.inf}, "S_tmin", "must be a finite number"),
+        ("s2n", {"gamma": -1}, "gamma", "must be > -1"),  # the bound itself is excluded
         ("edm_stochastic", {"S_churn": True}, "S_churn", "must be a number"),
         ("euler_maruyama", {"discretization": "foo"}, "discretization", "one of ['sde', 'difference']"),
         ("s2n", {"gamma": -2}, "gamma", "must be > -1"),
@@ -205,6 +207,7 @@ def edm_algorithm2(denoiser, latents, t_steps, S_churn, S_tmin, S_tmax, S_noise,
 
 @pytest.mark.parametrize("S_churn, S_tmin, S_tmax, S_noise", [
     (2.0, 0.0, math.inf, 1.0),  # γ = 0.2, below the √2 − 1 cap
+    (0.5, 0.0, math.inf, 1.0),  # S_churn below 1 still churns (γ = 0.05)
     (40.0, 0.0, math.inf, 1.0),  # γ capped at √2 − 1
     (4.0, 0.05, 5.0, 1.007),  # churn only inside [S_tmin, S_tmax], S_noise ≠ 1
 ])

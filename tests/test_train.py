@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -237,3 +238,24 @@ def test_data_order_is_a_seeded_permutation_per_epoch():
     assert not np.array_equal(first, second) and first.dtype == np.int64
     np.testing.assert_array_equal(DataOrder(10, seed=4).indices(7, 6), np.concatenate([first[7:], second[:3]]))
     assert not np.array_equal(DataOrder(10, seed=5).indices(0, 10), first)
+
+
+def test_loss_statistics_per_sigma_bin_follow_their_definition():
+    """Bin [lo, hi) of SIGMA_EDGES holds the σ with lo ≤ σ < hi; a log line gives each bin's mean loss and count,
+    the interval's mean loss over its steps, and starts the next interval from zero."""
+    from ied.train import SIGMA_EDGES, _Stats
+    stats = _Stats(torch.device("cpu"))
+    sigma = torch.tensor([5e-4, 1e-3, 0.5, 0.5, 2e3], dtype=torch.float64)
+    loss = torch.tensor([1.0, 2.0, 3.0, 5.0, 7.0])
+    stats.add(0, loss, sigma, torch.tensor(1.0))
+    stats.add(1, 2 * loss, sigma, torch.tensor(1.0))
+    line = stats.line(2)
+    half = float(SIGMA_EDGES[SIGMA_EDGES <= 0.5].max()), float(SIGMA_EDGES[SIGMA_EDGES > 0.5].min())
+    expected = [(0.0, 1e-3, 1.5, 2), (1e-3, float(SIGMA_EDGES[2]), 3.0, 2), (*half, 6.0, 4), (1e3, math.inf, 10.5, 2)]
+    assert [(r["step"], r["sigma_lo"], r["sigma_hi"], r["count"]) for r in stats.rows] == [
+        (2, lo, hi, n) for lo, hi, _, n in expected]
+    assert [r["loss"] for r in stats.rows] == pytest.approx([mean for _, _, mean, _ in expected], rel=1e-12)
+    assert line["loss"] == pytest.approx(1.5 * float(loss.mean()), rel=1e-6)
+    assert line["loss_by_sigma"] == pytest.approx({f"[{lo:.3g},{hi:.3g})": mean for lo, hi, mean, _ in expected})
+    empty = stats.line(3)  # nothing added since the last line
+    assert empty["loss"] == 0.0 and empty["loss_by_sigma"] == {} and len(stats.rows) == 4
