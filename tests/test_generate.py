@@ -214,7 +214,7 @@ def test_the_generation_log_and_metadata(checkpoint, tmp_path):
     assert (info["seed_set"], info["n_samples"], info["steps"]) == (1, 4, 3)
 
 
-def test_batches_halve_down_to_one_and_no_further(monkeypatch):
+def test_batches_halve_down_to_one_and_no_further(capsys):
     import ied.generate as gen
     sizes = []
 
@@ -226,6 +226,18 @@ def test_batches_halve_down_to_one_and_no_further(monkeypatch):
 
     images, batch = gen._in_batches(sample, 0, 10, 9)
     assert batch == 2 and sum(len(b) for b in images) == 10 and sizes == [9, 4, 2, 2, 2, 2, 2]
+    assert [json.loads(line) for line in capsys.readouterr().err.splitlines()] == [
+        {"event": "out of memory", "batch_size": 4}, {"event": "out of memory", "batch_size": 2}]
+
+    def only_one(idx):
+        sizes.append(len(idx))
+        if len(idx) > 1:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return np.zeros((1, 1))
+
+    sizes.clear()
+    images, batch = gen._in_batches(only_one, 0, 3, 2)  # from 2 it halves to 1 and goes on
+    assert batch == 1 and len(images) == 3 and sizes == [2, 1, 1, 1]
 
     def never(idx):
         raise torch.cuda.OutOfMemoryError("simulated")
