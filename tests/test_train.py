@@ -56,6 +56,7 @@ def test_resume_is_exact_short(digits, tmp_path):
                      "config_hash": identity_hash(cfg), "device": "cpu", "ranks": 1}
     last = [json.loads(line) for line in open(tmp_path / "two.jsonl")][-1]
     assert last == {"event": "checkpoint", "step": 24, "path": str(tmp_path / "two-24.pt")}
+    assert whole["step"] == 24 and whole["data_position"] == 24 * cfg["batch_size"]  # global examples consumed
 
 
 @pytest.mark.slow
@@ -243,7 +244,7 @@ def test_data_order_is_a_seeded_permutation_per_epoch():
 def test_loss_statistics_per_sigma_bin_follow_their_definition():
     """Bin [lo, hi) of SIGMA_EDGES holds the σ with lo ≤ σ < hi; a log line gives each bin's mean loss and count,
     the interval's mean loss over its steps, and starts the next interval from zero."""
-    from ied.train import SIGMA_EDGES, _Stats
+    from ied.train import SIGMA_EDGES, TrainingError, _Stats
     stats = _Stats(torch.device("cpu"))
     sigma = torch.tensor([5e-4, 1e-3, 0.5, 0.5, 2e3], dtype=torch.float64)
     loss = torch.tensor([1.0, 2.0, 3.0, 5.0, 7.0])
@@ -259,3 +260,8 @@ def test_loss_statistics_per_sigma_bin_follow_their_definition():
     assert line["loss_by_sigma"] == pytest.approx({f"[{lo:.3g},{hi:.3g})": mean for lo, hi, mean, _ in expected})
     empty = stats.line(3)  # nothing added since the last line
     assert empty["loss"] == 0.0 and empty["loss_by_sigma"] == {} and len(stats.rows) == 4
+    stats.check()  # all finite so far
+    stats.add(5, loss, sigma, torch.tensor(math.inf))  # a finite loss with a non-finite gradient
+    stats.add(6, loss * math.nan, sigma, torch.tensor(1.0))
+    with pytest.raises(TrainingError, match="non-finite loss or gradient at step 6;"):  # the first one, 1-based
+        stats.check()
