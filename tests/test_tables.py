@@ -288,3 +288,24 @@ def test_table1_bolds_the_highest_is_precision_and_recall(tmp_path):
         assert [r.startswith(expected_row) for r in rows if "**" in r] == [True], (title, rows)
         assert bold in "".join(rows), (title, rows)
     assert "**10.00**" in _section(md, "FID ↓")[0]
+
+
+def test_nll_table_takes_the_best_fid_of_its_own_usable_cells_of_the_first_sampler(tmp_path):
+    from ied.tables import nll_summary, nll_table
+    single = pd.DataFrame([  # train, sampler, step, FID, degenerate
+        ("ve", "em", 10, 5.0, ""), ("ve", "em", 20, 1.0, "constant"), ("ve", "heun", 30, 0.5, ""),
+        ("l2", "em", 30, 0.1, ""), ("ve", "em", 40, 3.0, "")],
+        columns=["train_rationale", "sampler_name", "checkpoint_step", "fid", "degenerate"])
+    paths = []
+    for step, bpd in ((10, [3.0]), (40, [2.0, 2.5, 3.0])):  # one image: no standard error
+        paths.append(tmp_path / "ve" / f"nll-{step}.parquet")
+        paths[-1].parent.mkdir(exist_ok=True)
+        pd.DataFrame({"image": range(len(bpd)), "probe": 0, "bpd": bpd, "nfe": 50,
+                      "checkpoint_step": step}).to_parquet(paths[-1])
+    summary = nll_summary(paths)
+    assert math.isnan(summary.loc[0, "bpd_se"]) and summary.loc[1, "bpd_se"] == pytest.approx(0.5 / math.sqrt(3))
+    grid = {"train": ["ve", "xyz"], "labels": {"ve": "VE"}, "single": {"samplers": ["em", "heun"]}, "nll_steps": [10, 40]}
+    table = nll_table(summary, single, grid).set_index("train_rationale")
+    assert table.loc["ve", "best_fid_step"] == 40 and table.loc["ve", "bpd_best_fid"] == pytest.approx(2.5)
+    assert table.loc["xyz", "train_label"] == "xyz" and pd.isna(table.loc["xyz", "best_fid_step"])
+    assert math.isnan(table.loc["xyz", "bpd_last"])
