@@ -244,3 +244,39 @@ def test_batches_halve_down_to_one_and_no_further(capsys):
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         gen._in_batches(never, 0, 4, 4)
+
+
+def test_finished_shards_are_reused_only_for_the_same_spec_and_seed_set(checkpoint, tmp_path, monkeypatch, capsys):
+    """A run that dies after its shards are written leaves <out>.parts/; the next run of the same job reuses
+    every shard, a run of another spec or seed set regenerates them all (fast: no child process is killed)."""
+    import ied.generate as gen
+    out = tmp_path / "s.npz"
+    spec = sampling_spec(steps=3)
+
+    def leave_shards(spec, seed_set):
+        def dies(*args, **kwargs):
+            raise RuntimeError("killed before the parts are removed")
+        with monkeypatch.context() as m:
+            m.setattr(gen, "save_grid", dies)
+            with pytest.raises(RuntimeError, match="killed"):
+                generate(checkpoint, spec, out, n_samples=6, seed_set=seed_set, shard_size=2, batch_size=2,
+                         grid=tmp_path / "g.png")
+        assert sorted(p.name for p in out.with_name("s.npz.parts").iterdir()) == [
+            "shard-0-2.npz", "shard-2-4.npz", "shard-4-6.npz"]
+        return load_imageset(out).images
+
+    def images_generated(spec, seed_set):
+        capsys.readouterr()
+        data = generate(checkpoint, spec, out, n_samples=6, seed_set=seed_set, shard_size=2, batch_size=2)
+        assert not out.with_name("s.npz.parts").exists()
+        return json.loads(capsys.readouterr().err.splitlines()[-1])["images"], data.images
+
+    first = leave_shards(spec, 0)
+    done, again = images_generated(spec, 0)
+    assert done == 0 and np.array_equal(again, first)  # every shard reused, in order
+    leave_shards(spec, 0)
+    done, other_seeds = images_generated(spec, 1)
+    assert done == 6 and not np.array_equal(other_seeds, first)
+    leave_shards(spec, 0)
+    done, other_spec = images_generated(sampling_spec(steps=4), 0)
+    assert done == 6 and not np.array_equal(other_spec, first)
