@@ -61,6 +61,17 @@ def test_a_full_disk_is_named(tmp_path, monkeypatch):
     assert "No space left on device" in str(info.value) and temp_files(tmp_path) == []
 
 
+def test_other_errors_pass_through_while_the_disk_has_room(tmp_path, monkeypatch):
+    import ied.io
+    # 1 MiB free is still room (the margin is strict); the writer's own error comes out unchanged
+    monkeypatch.setattr(ied.io.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 0, 1 << 20))
+    with pytest.raises(ValueError, match="a bug in the writer"):
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            Path(tmp).write_text("x")
+            raise ValueError("a bug in the writer")
+    assert temp_files(tmp_path) == [] and not (tmp_path / "out.txt").exists()
+
+
 def test_cli_names_a_full_disk(tmp_path, monkeypatch, capsys):
     from ied import cli
     monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "aggregate": lambda a: (_ for _ in ()).throw(
