@@ -265,3 +265,17 @@ def test_loss_statistics_per_sigma_bin_follow_their_definition():
     stats.add(6, loss * math.nan, sigma, torch.tensor(1.0))
     with pytest.raises(TrainingError, match="non-finite loss or gradient at step 6;"):  # the first one, 1-based
         stats.check()
+
+
+def test_grad_clip_bounds_the_first_step(digits, tmp_path):
+    """RAdam's first step is un-adapted, θ₁ = θ₀ − lr·ĝ, so with the gradient clipped to norm c the weights move
+    by lr·c exactly (‖g‖ ≫ c here); without clipping they move by lr·‖g‖."""
+    from ied.train import _model
+    moved = {}
+    for clip in (None, 1e-3):
+        spec = tiny_spec(grad_clip=clip)
+        before = _model(spec, (1, 8, 10), torch.device("cpu"), None)[0].state_dict()
+        after = run(spec, digits, tmp_path, 0, 1, f"clip{clip}")["net"]
+        moved[clip] = math.sqrt(sum(float(((after[k].double() - before[k].double()) ** 2).sum()) for k in before))
+    assert moved[1e-3] == pytest.approx(2e-3 * 1e-3, rel=1e-5)
+    assert moved[None] > 100 * moved[1e-3]
