@@ -71,6 +71,14 @@ def test_other_errors_pass_through_while_the_disk_has_room(tmp_path, monkeypatch
             raise ValueError("a bug in the writer")
     assert temp_files(tmp_path) == [] and not (tmp_path / "out.txt").exists()
 
+    def unknown(path):
+        raise OSError("statvfs failed")
+
+    monkeypatch.setattr(ied.io.shutil, "disk_usage", unknown)  # a disk that cannot say: not called full
+    with pytest.raises(ValueError, match="a bug in the writer"):
+        with atomic_path(tmp_path / "out.txt"):
+            raise ValueError("a bug in the writer")
+
 
 def test_cli_names_a_full_disk(tmp_path, monkeypatch, capsys):
     from ied import cli
