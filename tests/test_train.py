@@ -279,3 +279,14 @@ def test_grad_clip_bounds_the_first_step(digits, tmp_path):
         moved[clip] = math.sqrt(sum(float(((after[k].double() - before[k].double()) ** 2).sum()) for k in before))
     assert moved[1e-3] == pytest.approx(2e-3 * 1e-3, rel=1e-5)
     assert moved[None] > 100 * moved[1e-3]
+
+
+def test_segment_bounds_and_log_lines(digits, tmp_path):
+    common = dict(data_path=digits / "train.npz", checkpoint_out=tmp_path / "c.pt")
+    with pytest.raises(ValueError, match=r"need 0 <= start_step < end_step, got 5, 5"):
+        train(tiny_spec(), 5, 5, checkpoint_in=None, **common)
+    with pytest.raises(CheckpointError, match="resuming at step 10 needs the checkpoint written then"):
+        train(tiny_spec(), 10, 12, checkpoint_in=None, **common)
+    train(tiny_spec(), 0, 4, checkpoint_in=None, log_path=tmp_path / "log.jsonl", log_every=2, **common)
+    lines = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"loss"' in line]
+    assert [line["step"] for line in lines] == [2, 4] and all(line["lr"] == tiny_spec()["lr"] for line in lines)
