@@ -147,8 +147,10 @@ def test_lint_is_clean():
 
 
 def test_slurm_profile_dry_run_from_the_repository_root():
-    """What a cluster user types, from the repository root: the profile is found and every rule is planned."""
-    result = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--quiet", "rules"],
+    """What a cluster user types, from the repository root: the profile is found and every rule is planned
+    (--forceall: a finished `make run` in this checkout must not leave nothing to plan)."""
+    result = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--forceall", "--quiet",
+                             "rules"],
                             cwd=REPO, env=VENV_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^train_segment\s+9$", result.stdout, re.M), result.stdout[-2000:]
