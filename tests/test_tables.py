@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from ied.data import DATASETS
-from ied.tables import Entry, grids, latex_escape, repeated_table, single_table, starred, to_latex
+from ied.tables import Entry, grids, repeated_table, single_table, starred, to_latex
 
 GRID = {"train": ["ve", "l2"], "samplers": ["em"], "labels": {"ve": "VE", "l2": "L2", "g": "N(0,5²)", "e": "EDM (ρ=7)"},
         "single": {"rationales": ["ve", "g"], "samplers": ["em"], "n_samples": 100, "sets": 1, "steps": [10, 20, 30]},
@@ -72,10 +72,6 @@ def test_latex_bold_stars_and_non_ascii():
     assert Entry(11.94, 0.13, star=False, bold=True).latex() == r"\textbf{11.94} $\pm$ 0.13"
     assert Entry(9.28, 0.10, star=True).latex() == r"9.28$^*$ $\pm$ 0.10"
     assert Entry(9.28, 0.10, star=True, bold=False).markdown() == "9.28* ± 0.10"
-    assert latex_escape("EDM (ρ=7)") == r"EDM ($\rho$=7)" and latex_escape("N(0,5²)") == r"N(0,5$^2$)"
-    assert latex_escape("a_b & 50%") == r"a\_b \& 50\%"
-    with pytest.raises(ValueError, match="no LaTeX form"):
-        latex_escape("naïve")
     tex = to_latex(grids(single_table(metrics(), GRID), "fid", None, "fid_std_repeated", True)["em"], "FID ↓")
     assert tex.isascii() and r"\textbf{10.00}" in tex and "**" not in tex and r"$^*$$^*$" not in tex
 
@@ -255,8 +251,8 @@ def test_nll_summary_reads_the_mean_and_standard_error(tmp_path):
                   "checkpoint_step": 40}).to_parquet(path)
     summary = nll_summary([path]).iloc[0]
     assert summary["train_rationale"] == "l2" and summary["checkpoint_step"] == 40
-    assert summary["bpd"] == pytest.approx(2.3) and summary["bpd_se"] == pytest.approx(
-        pd.Series([2.0, 2.2, 2.4, 2.6]).std(ddof=1) / 2)
+    assert summary["bpd"] == pytest.approx(2.3)  # per-image means 2.1 and 2.5: their std / √2 images
+    assert summary["bpd_se"] == pytest.approx(pd.Series([2.1, 2.5]).std(ddof=1) / math.sqrt(2))
     assert summary["nfe_per_image"] == 13 and summary["images"] == 2 and summary["probes"] == 2
     assert list(nll_summary([]).columns) == ["train_rationale", "checkpoint_step", "bpd", "bpd_se", "nfe_per_image",
                                              "images", "probes"]
@@ -309,3 +305,35 @@ def test_nll_table_takes_the_best_fid_of_its_own_usable_cells_of_the_first_sampl
     assert table.loc["ve", "best_fid_step"] == 40 and table.loc["ve", "bpd_best_fid"] == pytest.approx(2.5)
     assert table.loc["xyz", "train_label"] == "xyz" and pd.isna(table.loc["xyz", "best_fid_step"])
     assert math.isnan(table.loc["xyz", "bpd_last"])
+
+
+def test_nll_standard_error_is_over_images_with_probes_averaged_first(tmp_path):
+    """Two probes of one image are not two independent images: the standard error is that of the per-image means."""
+    from ied.tables import nll_summary
+    bpd = {(0, 0): 3.0, (0, 1): 3.1, (1, 0): 4.0, (1, 1): 4.2, (2, 0): 2.0, (2, 1): 1.9}
+    path = tmp_path / "ve" / "nll-10.parquet"
+    path.parent.mkdir()
+    pd.DataFrame([{"image": i, "probe": k, "bpd": b, "nfe": 50, "checkpoint_step": 10} for (i, k), b in bpd.items()]
+                 ).to_parquet(path)
+    means = [3.05, 4.1, 1.95]
+    summary = nll_summary([path]).iloc[0]
+    assert summary["bpd"] == pytest.approx(sum(means) / 3)
+    assert summary["bpd_se"] == pytest.approx(pd.Series(means).std(ddof=1) / math.sqrt(3))
+    assert summary["bpd_se"] > pd.Series(bpd.values()).std(ddof=1) / math.sqrt(6)  # what counting rows gave
+
+
+def test_nll_table_without_a_usable_best_fid_cell_says_so(tmp_path):
+    """Every single-set cell degenerate: no best-FID step, shown as such (no `nan`, no `900.0`)."""
+    from ied.tables import _write_nll, nll_table
+    single = pd.DataFrame([("ve", "em", 900, 5.0, "constant")],
+                          columns=["train_rationale", "sampler_name", "checkpoint_step", "fid", "degenerate"])
+    summary = pd.DataFrame({"train_rationale": ["ve"], "checkpoint_step": [900], "bpd": [3.2], "bpd_se": [0.1]})
+    grid = {"train": ["ve"], "labels": {"ve": "VE"}, "single": {"samplers": ["em"]}, "nll_steps": [300, 600, 900]}
+    table = nll_table(summary, single, grid)
+    _write_nll(tmp_path / "nll", table)
+    text = (tmp_path / "nll.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| VE"))
+    assert [c.strip() for c in row.split("|")[1:-1]] == ["VE", "—", "no usable cell", "900", "3.200 ± 0.100"]
+    assert "nan" not in text and "900.0" not in text and "`no usable cell`: every single-set" in text
+    assert "nan" not in (tmp_path / "nll.tex").read_text()
+    assert pd.read_parquet(tmp_path / "nll.parquet")["best_fid_step"].isna().all()

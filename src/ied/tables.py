@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ied.io import atomic_path, write_text
+from ied.latex import escape as latex_escape
 
 CELL_KEYS = ["sampler_name", "train_rationale", "sample_rationale"]
 TITLES = {"fid": "FID ↓", "isc": "IS ↑", "precision": "Precision ↑", "recall": "Recall ↑"}
@@ -158,19 +159,6 @@ def grids(table: pd.DataFrame, value: str, std: str | None, star_std: str | None
 
 
 # --- rendering ------------------------------------------------------------------------------------------
-LATEX = {"±": r"$\pm$", "ρ": r"$\rho$", "σ": r"$\sigma$", "²": r"$^2$", "³": r"$^3$", "↓": r"$\downarrow$",
-         "↑": r"$\uparrow$", "→": r"$\to$", "\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&",
-         "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
-
-
-def latex_escape(text: str) -> str:
-    """Plain text (labels such as 'EDM (ρ=7)' or 'N(0,5²)') as LaTeX; other non-ASCII characters are refused."""
-    out = "".join(LATEX.get(ch, ch) for ch in str(text))
-    if not out.isascii():
-        raise ValueError(f"no LaTeX form for {sorted({c for c in out if not c.isascii()})} in {text!r}")
-    return out
-
-
 def to_markdown(grid: pd.DataFrame) -> str:
     frame = grid.map(lambda e: e.markdown())
     frame.index.name = "Training \\ Sampling"
@@ -203,20 +191,23 @@ def _write(outdir: Path, name: str, frame: pd.DataFrame, sections: list[tuple[st
 
 
 def nll_summary(paths: Sequence[str | Path]) -> pd.DataFrame:
-    """Mean bits/dim ± standard error (over images and probes) per training rationale and checkpoint."""
+    """Mean bits/dim ± standard error over images (probes averaged per image) per training rationale and checkpoint."""
+    from ied.nll import summarize
+
     rows = []
     for path in paths:  # nll/<train>/nll-<step>.parquet (ied.layout.NLL)
         frame = pd.read_parquet(path)
-        se = frame["bpd"].std(ddof=1) / math.sqrt(len(frame)) if len(frame) > 1 else math.nan
         rows.append({"train_rationale": Path(path).parent.name, "checkpoint_step": int(frame["checkpoint_step"].iloc[0]),
-                     "bpd": frame["bpd"].mean(), "bpd_se": se, "nfe_per_image": frame["nfe"].mean(),
+                     **summarize(frame), "nfe_per_image": frame["nfe"].mean(),
                      "images": frame["image"].nunique(), "probes": frame["probe"].nunique()})
     return pd.DataFrame(rows, columns=["train_rationale", "checkpoint_step", "bpd", "bpd_se", "nfe_per_image",
                                        "images", "probes"])
 
 
 def nll_table(summary: pd.DataFrame, single: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
-    """NLL per training rationale at its best-FID checkpoint (its best Table 1/2 cell, first sampler) and its last."""
+    """NLL per training rationale at its best-FID checkpoint (its best Table 1/2 cell, first sampler) and its last.
+
+    A model whose single-set cells are all degenerate has no best-FID checkpoint (`best_fid_step` is missing)."""
     sampler = grid["single"]["samplers"][0]
     rows = []
     for train in grid["train"]:
@@ -228,31 +219,38 @@ def nll_table(summary: pd.DataFrame, single: pd.DataFrame, grid: Mapping[str, An
         row = {"train_rationale": train, "train_label": grid["labels"].get(train, train), "best_fid_step": best,
                "last_step": last}
         for key, step in (("best_fid", best), ("last", last)):
-            found = step in mine.index
+            found = step is not None and step in mine.index
             row[f"bpd_{key}"] = mine.loc[step, "bpd"] if found else math.nan
             row[f"bpd_se_{key}"] = mine.loc[step, "bpd_se"] if found else math.nan
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"best_fid_step": "Int64", "last_step": "int64"})
+
+
+NLL_NOTE = ("Negative log-likelihood of the reference split's images (a fixed subset), log p(x | y), through the "
+            "probability-flow ODE (ied.nll): mean ± standard error over images (the probes of an image averaged "
+            "first). `not computed`: that checkpoint is not among nll.checkpoints. `no usable cell`: every single-set "
+            "sample set of this model is degenerate, so it has no best-FID checkpoint.")
 
 
 def _write_nll(stem: Path, table: pd.DataFrame) -> None:
     with atomic_path(stem.with_suffix(".parquet")) as tmp:
         table.to_parquet(tmp, index=False)
 
-    def cell(mean: float, se: float) -> str:
+    def cell(mean: float, se: float, step: Any) -> str:
+        if pd.isna(step):
+            return "no usable cell"
         return "not computed" if math.isnan(mean) else f"{mean:.3f} ± {se:.3f}"
 
     shown = pd.DataFrame({
-        "best-FID step": table["best_fid_step"].tolist(), "NLL there (bits/dim)": [
-            cell(m, s) for m, s in zip(table["bpd_best_fid"], table["bpd_se_best_fid"])],
-        "last step": table["last_step"].tolist(),
-        "NLL at the last step (bits/dim)": [cell(m, s) for m, s in zip(table["bpd_last"], table["bpd_se_last"])]},
+        "best-FID step": ["—" if pd.isna(s) else str(int(s)) for s in table["best_fid_step"]],
+        "NLL there (bits/dim)": [cell(m, s, step) for m, s, step in
+                                 zip(table["bpd_best_fid"], table["bpd_se_best_fid"], table["best_fid_step"])],
+        "last step": [str(int(s)) for s in table["last_step"]],
+        "NLL at the last step (bits/dim)": [cell(m, s, step) for m, s, step in
+                                            zip(table["bpd_last"], table["bpd_se_last"], table["last_step"])]},
         index=pd.Index(table["train_label"], name="Training"))
-    note = ("Negative log-likelihood of the reference split's images (a fixed subset), log p(x | y), through the "
-            "probability-flow ODE (ied.nll): mean ± standard error over images and probes. `not computed`: that "
-            "checkpoint is not among nll.checkpoints.")
     markdown = shown.to_markdown(disable_numparse=True)
-    write_text(stem.with_suffix(".md"), "\n".join(["## NLL per training rationale", "", markdown, "", note, ""]))
+    write_text(stem.with_suffix(".md"), "\n".join(["## NLL per training rationale", "", markdown, "", NLL_NOTE, ""]))
     body = [" & ".join(latex_escape(str(v)) for v in [idx, *row]) + r" \\" for idx, row in shown.iterrows()]
     write_text(stem.with_suffix(".tex"), "\n".join([
         r"\begin{table}[t]", r"\centering", r"\caption{NLL (bits/dim) per training rationale.}",
