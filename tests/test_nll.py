@@ -117,3 +117,83 @@ def test_nll_job_on_a_checkpoint(digits, tmp_path):
     # one solver state per batch: a different batch changes the steps, within the solver's tolerance
     merged = rows.merge(other, on=["image", "probe"])
     assert (merged["bpd_x"] - merged["bpd_y"]).abs().max() < 0.05
+
+
+def test_a_non_finite_drift_stops_the_solve_at_once_naming_sigma():
+    """scipy's RK45 shrinks its step forever on a NaN right-hand side; the solve must stop at the first one."""
+    from ied.nll import NLLError
+    calls = []
+
+    def denoiser(x, sigma, labels=None):
+        calls.append(sigma[0].item())
+        return x * float("nan") if sigma[0].item() > 1.0 else gaussian_denoiser(x, sigma)
+
+    x = torch.zeros(2, 1, 2, 2, dtype=F64)
+    with pytest.raises(NLLError, match=r"not finite at σ = (\d+\.?\d*)") as info:
+        ode_logp(denoiser, x, SIGMA_MIN, SIGMA_MAX, estimator="exact", rtol=1e-6, atol=1e-6,
+                 prior=lambda z: gaussian_logp(z, S**2 + SIGMA_MAX**2))
+    assert float(info.value.args[0].split("σ = ")[1]) == pytest.approx(calls[-1], rel=1e-5) and calls[-1] > 1.0
+    assert len(calls) < 200  # stopped at the first non-finite evaluation, not after millions
+
+
+def test_the_evaluations_of_one_solve_are_bounded():
+    from ied.nll import NLLError
+    x = MU + S * torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.raises(NLLError, match=r"more than 7 denoiser evaluations \(at σ = .*\); loosen nll.rtol"):
+        ode_logp(gaussian_denoiser, x, SIGMA_MIN, SIGMA_MAX, estimator="exact", rtol=1e-9, atol=1e-9, max_nfe=7)
+    _, nfe = ode_logp(gaussian_denoiser, x, SIGMA_MIN, SIGMA_MAX, estimator="exact", rtol=1e-9, atol=1e-9)
+    with pytest.raises(NLLError, match=rf"more than {nfe - 1} denoiser"):
+        ode_logp(gaussian_denoiser, x, SIGMA_MIN, SIGMA_MAX, estimator="exact", rtol=1e-9, atol=1e-9, max_nfe=nfe - 1)
+    ode_logp(gaussian_denoiser, x, SIGMA_MIN, SIGMA_MAX, estimator="exact", rtol=1e-9, atol=1e-9, max_nfe=nfe)
+
+
+@pytest.mark.parametrize("rtol, atol", [(math.nan, 1e-5), (1e-5, math.inf), (0.0, 1e-5), (1e-5, -1.0)])
+def test_tolerances_must_be_finite_and_positive(rtol, atol):
+    from ied.nll import NLLError
+    with pytest.raises(NLLError, match="must be a finite number > 0"):
+        ode_logp(gaussian_denoiser, torch.zeros(1, 1, 2, 2, dtype=F64), SIGMA_MIN, SIGMA_MAX, estimator="exact",
+                 rtol=rtol, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(digits, tmp_path_factory):
+    from ied.train import train
+
+    from conftest import tiny_spec
+    path = tmp_path_factory.mktemp("nll") / "ckpt-2.pt"
+    train(tiny_spec(), 0, 2, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=path)
+    return path
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--n-images", "0"], "--n-images: must be >= 1, got 0"), (["--n-images", "-5"], "must be >= 1, got -5"),
+    (["--n-images", "abc"], "expected an integer, got 'abc'"), (["--probes", "0"], "--probes: must be >= 1"),
+    (["--estimator", "foo"], "--estimator: invalid choice: 'foo'"), (["--batch-size", "0"], "--batch-size: must be"),
+    (["--rtol", "nan"], "--rtol: must be a finite number > 0, got nan"), (["--atol", "inf"], "--atol: must be"),
+    (["--n-images", "361"], "n_images must be between 1 and the split's 360 images"),
+])
+def test_bad_nll_arguments_are_one_line(tiny_checkpoint, digits, tmp_path, args, fragment):
+    from test_cli import ied
+    result = ied("nll", "--checkpoint", tiny_checkpoint, "--data", digits / "test.npz", "--out", tmp_path / "n.parquet",
+                 *args, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode in (1, 2) and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert fragment in lines[0] and lines[0].startswith("error:")
+    assert not (tmp_path / "n.parquet").exists()
+
+
+def test_a_checkpoint_with_a_nan_ema_tensor_is_refused_naming_it(tiny_checkpoint, digits, tmp_path):
+    from ied import checkpoints
+    from test_cli import ied
+    state = checkpoints.load(tiny_checkpoint)
+    del state["sha256"]
+    name = next(iter(state["ema"]))
+    state["ema"][name].view(-1)[0] = float("nan")
+    bad = tmp_path / "ckpt-2.pt"
+    checkpoints.save(bad, state)  # a valid checksum: the file is intact, its weights are not
+    result = ied("nll", "--checkpoint", bad, "--data", digits / "test.npz", "--n-images", "4", "--out",
+                 tmp_path / "n.parquet", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert f"{bad}: the EMA weights hold non-finite values (first in {name!r})" in lines[0]
+    assert not (tmp_path / "n.parquet").exists() and bad.exists()  # not corrupt: kept, not moved aside

@@ -8,7 +8,7 @@ import torch
 from ied.checkpoints import CheckpointError, CorruptCheckpointError, load as load_checkpoint, load_ema_denoiser
 from ied.data import load_imageset, to_model_range
 from ied.specs import identity_hash
-from ied.train import train
+from ied.train import TrainingError, train
 
 from conftest import sampling_spec, tiny_spec
 
@@ -290,3 +290,11 @@ def test_segment_bounds_and_log_lines(digits, tmp_path):
     train(tiny_spec(), 0, 4, checkpoint_in=None, log_path=tmp_path / "log.jsonl", log_every=2, **common)
     lines = [json.loads(line) for line in open(tmp_path / "log.jsonl") if '"loss"' in line]
     assert [line["step"] for line in lines] == [2, 4] and all(line["lr"] == tiny_spec()["lr"] for line in lines)
+
+
+def test_non_finite_ema_weights_are_never_written(digits, tmp_path):
+    """EMA decay NaN: the loss and gradient stay finite, the EMA does not; no checkpoint is written."""
+    with pytest.raises(TrainingError, match=r"non-finite EMA weights \('.*'\) at step 2; no checkpoint written"):
+        train(tiny_spec(ema=float("nan")), 0, 2, data_path=digits / "train.npz", checkpoint_in=None,
+              checkpoint_out=tmp_path / "c.pt")
+    assert not (tmp_path / "c.pt").exists()

@@ -72,9 +72,17 @@ def load(path: str | Path, *, step: int | None = None, config_hash: str | None =
         raise CheckpointError(f"{path}: holds step {state.get('step')}, expected {step} (a copied or renamed "
                               f"checkpoint?)")
     if config_hash is not None and state.get("config_hash") != config_hash and not allow_config_change:
-        raise CheckpointError(f"{path}: written by a different training config (hash {state.get('config_hash')} "
-                              f"!= {config_hash}); pass allow_config_change to use it anyway")
+        raise CheckpointError(f"{path}: written by a different training config (hash {state.get('config_hash')}, "
+                              f"expected {config_hash}); delete it and rerun the pipeline to retrain it")
     return state
+
+
+def first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, or None."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
 
 
 def training_spec(state: dict) -> dict:
@@ -89,6 +97,10 @@ def load_ema_denoiser(path: str | Path, device: torch.device | str = "cpu", **ex
     from ied.networks import build_denoiser
 
     state = load(path, **expect)
+    bad = first_non_finite(state["ema"])
+    if bad is not None:
+        raise CheckpointError(f"{path}: the EMA weights hold non-finite values (first in {bad!r}); nothing can be "
+                              f"sampled or scored from it. Retrain it (check train.lr, train.ema, train.weighting)")
     spec = training_spec(state)
     denoiser = build_denoiser(spec["network"], state["resolution"], state["channels"], state["num_classes"])
     denoiser.load_state_dict(state["ema"])

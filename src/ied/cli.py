@@ -9,7 +9,17 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import sys
+
+from ied.nll import ESTIMATORS, MAX_NFE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line on stderr (exit status 2), like every other known failure."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}\n")
 
 
 def _json(text: str):
@@ -23,8 +33,37 @@ def _flag(text: str) -> bool:
     return text.lower() in ("1", "true", "yes")
 
 
+def _integer(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _n_images(text: str) -> int | None:
+    return None if text == "all" else _integer(1)(text)
+
+
+POSITIVE, COUNT = _integer(1), _integer(0)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ied", description=__doc__)
+    parser = _Parser(prog="ied", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="convert a dataset split to the prepared .npz format")
@@ -34,24 +73,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="", help="folder with the upstream files ('' for digits)")
     p.add_argument("--download", type=_flag, default=False)
     p.add_argument("--verify", type=_flag, default=True, help="check torchvision's md5s (CIFAR-10)")
-    p.add_argument("--max-images", type=int, default=0, help="seeded subset (0: all)")
+    p.add_argument("--max-images", type=COUNT, default=0, help="seeded subset (0: all)")
 
     p = sub.add_parser("tabulate", help="write a rationale's schedule table as Parquet")
     p.add_argument("--spec", type=_json, required=True, help="resolved rationale spec (JSON)")
     p.add_argument("--name", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=1001)
+    p.add_argument("--n", type=_integer(2), default=1001)
 
     p = sub.add_parser("train", help="train one segment, start → end")
     p.add_argument("--spec", type=_json, required=True, help="resolved training spec (JSON)")
     p.add_argument("--data", required=True)
-    p.add_argument("--from-step", type=int, required=True)
-    p.add_argument("--to-step", type=int, required=True)
+    p.add_argument("--from-step", type=COUNT, required=True)
+    p.add_argument("--to-step", type=POSITIVE, required=True)
     p.add_argument("--resume", help="checkpoint written at --from-step (omit when it is 0)")
     p.add_argument("--out", required=True)
     p.add_argument("--log-file", help="JSON-lines log")
     p.add_argument("--loss-table", help="Parquet: the segment's ε-loss per log-σ bin")
-    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--log-every", type=POSITIVE, default=100)
     _runtime(p)
     p.add_argument("--allow-config-change", action="store_true")
 
@@ -64,12 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample images from a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--spec", type=_json, required=True, help="resolved sampling spec (JSON)")
-    p.add_argument("--n-samples", type=int, required=True)
-    p.add_argument("--seed-set", type=int, default=0)
-    p.add_argument("--expect-step", type=int, help="refuse a checkpoint of another step")
+    p.add_argument("--n-samples", type=POSITIVE, required=True)
+    p.add_argument("--seed-set", type=COUNT, default=0)
+    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
     p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
+    p.add_argument("--shard-size", type=POSITIVE, default=1000, help="images per resumable shard")
     _runtime(p)
     p.add_argument("--out", required=True)
     p.add_argument("--grid")
@@ -84,20 +123,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--cell", type=_json, default={}, help="the cell's names, stored in the row (JSON)")
     p.add_argument("--cache-root")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=POSITIVE, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     p = sub.add_parser("nll", help="bits/dim of a prepared split under a checkpoint (probability-flow ODE)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="a prepared split (the FID reference split in the pipeline)")
-    p.add_argument("--n-images", default="all", help="a seeded subset of this many images, or all")
-    p.add_argument("--probes", type=int, default=1)
-    p.add_argument("--estimator", default="rademacher", help="rademacher, gaussian or exact")
-    p.add_argument("--rtol", type=float, default=1e-5)
-    p.add_argument("--atol", type=float, default=1e-5)
-    p.add_argument("--expect-step", type=int)
+    p.add_argument("--n-images", type=_n_images, default=None, help="a seeded subset of this many images, or all")
+    p.add_argument("--probes", type=POSITIVE, default=1)
+    p.add_argument("--estimator", default="rademacher", choices=ESTIMATORS)
+    p.add_argument("--rtol", type=_positive_float, default=1e-5)
+    p.add_argument("--atol", type=_positive_float, default=1e-5)
+    p.add_argument("--max-nfe", type=POSITIVE, default=MAX_NFE, help="denoiser evaluations per solve, at most")
+    p.add_argument("--expect-step", type=COUNT)
     p.add_argument("--expect-config-hash")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=POSITIVE, default=128)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
 
@@ -164,6 +204,7 @@ def _known(err: Exception) -> str | None:
     from ied.generate import GenerationError
     from ied.io import CorruptFileError, quarantine
     from ied.metrics import MetricsError
+    from ied.nll import NLLError
     from ied.rationales import RationaleError
     from ied.samplers import OptionError
     from ied.train import TrainingError
@@ -173,8 +214,10 @@ def _known(err: Exception) -> str | None:
         return f"{err}. Moved it to {quarantine(err.path)}; rerun the pipeline to regenerate it."
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return f"no space left on device writing {err.filename or 'an output'}; free space and rerun"
-    known = (CheckpointError, ConfigError, DataError, DeviceError, GenerationError, MetricsError, RationaleError,
-             OptionError, TrainingError)
+    if isinstance(err, OSError) and err.filename is not None:  # a read-only folder, a missing mount, a quota
+        return f"{err.filename}: {err.strerror or err}"
+    known = (CheckpointError, ConfigError, DataError, DeviceError, GenerationError, MetricsError, NLLError,
+             RationaleError, OptionError, TrainingError)
     return str(err) if isinstance(err, known) else None
 
 
@@ -221,10 +264,9 @@ def _evaluate(a):
 
 def _nll(a):
     from ied.nll import nll
-    n = None if a.n_images == "all" else int(a.n_images)
-    summary = nll(a.checkpoint, a.data, a.out, n_images=n, probes=a.probes, estimator=a.estimator, rtol=a.rtol,
-                  atol=a.atol, batch_size=a.batch_size, device=a.device, expect_step=a.expect_step,
-                  expect_config_hash=a.expect_config_hash)
+    summary = nll(a.checkpoint, a.data, a.out, n_images=a.n_images, probes=a.probes, estimator=a.estimator,
+                  rtol=a.rtol, atol=a.atol, batch_size=a.batch_size, device=a.device, expect_step=a.expect_step,
+                  expect_config_hash=a.expect_config_hash, max_nfe=a.max_nfe)
     print(json.dumps(summary), file=sys.stderr)
 
 

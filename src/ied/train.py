@@ -258,6 +258,11 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
         _log({"step": block[-1] + 1, **stats.line(block[-1] + 1), "lr": optimizer.param_groups[0]["lr"],
               "images_per_s": steps * batch / elapsed}, log_file)
         tick = time.perf_counter()
+    for part, module in (("weights", denoiser), ("EMA weights", ema)):
+        bad = checkpoints.first_non_finite(module.state_dict())
+        if bad is not None:
+            raise TrainingError(f"non-finite {part} ({bad!r}) at step {end_step}; no checkpoint written (check "
+                                f"train.ema, train.lr and train.weighting)")
     state = {"step": end_step, "net": denoiser.state_dict(), "ema": ema.state_dict(),
              "optimizer": optimizer.state_dict(), "data_position": end_step * batch, "config_hash": chash,
              "config_json": json.dumps(dict(spec), sort_keys=True),

@@ -24,6 +24,7 @@ rule nll:
         runtime=res("nll")["runtime"],
         cpus_per_task=res("nll")["cpus"],
         batch_size=config["nll"]["batch_size"],
+        max_nfe=config["nll"]["max_nfe"],
         device=config["nll"]["device"],
     conda:
         ENV
@@ -31,4 +32,5 @@ rule nll:
         "python -m ied nll --checkpoint {input.checkpoint:q} --data {input.data:q} --n-images {params.n}"
         " --probes {params.probes} --estimator {params.estimator} --rtol {params.rtol} --atol {params.atol}"
         " --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
-        " --batch-size {resources.batch_size} --device {resources.device} --out {output:q} > {log:q} 2>&1"
+        " --batch-size {resources.batch_size} --max-nfe {resources.max_nfe} --device {resources.device} --out {output:q}"
+        " > {log:q} 2>&1"
