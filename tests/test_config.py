@@ -74,3 +74,53 @@ def test_every_path_in_a_shell_command_is_quoted(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert all((workdir / t).exists() for t in targets)
     assert not any(p.name == "pwned" for p in tmp_path.rglob("*")) and not (REPO / "pwned").exists()
+
+
+def test_integral_floats_are_integers_and_ints_where_numbers_are_floats():
+    """8.0 where an integer is meant is 8, 0 where a number is meant is 0.0: one value, one identity, no late
+    TypeError (`base_channels: 8.0`), no traceback at parse (`total_steps: 1.0e+6`), no `n20.0-seed0` path."""
+    from ied import layout, specs
+    from ied.config import merge
+    raw = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config = validate(raw)
+    floats = validate(merge(raw, {
+        "train": {"network": {"base_channels": 16.0, "dropout": 0}, "total_steps": 9.0e+2, "checkpoint_every": 300.0,
+                  "batch_size": 64.0, "seed": 0.0, "lr": 1, "ema": 0.99},
+        "sample": {"samplers": {"em": {"steps": 50.0}}, "single": {"n_samples": 360.0},
+                   "repeated": {"sets": 2.0, "up_to": 600.0}},
+        "nfe_sweep": {"steps": [4.0, 12.0, 50.0]}, "nll": {"n_images": 64.0},
+        "rationales": {"ve": {"sigma_max": 80.0}, "edm7": {"rho": 7.0}}, "ablation": {"sigma_n": [1.0, 3, 5, 10.0]}}))
+    config["train"]["lr"] = 1.0
+    network = floats["train"]["network"]
+    assert type(network["base_channels"]) is int and type(network["dropout"]) is float
+    assert type(floats["train"]["total_steps"]) is int and type(floats["sample"]["repeated"]["sets"]) is int
+    assert type(floats["train"]["lr"]) is float and floats["train"]["lr"] == 1.0
+    assert layout.cells(floats) == layout.cells(config)
+    assert all(type(c.n) is int for c in layout.cells(floats))
+    for name in config["train"]["rationales"]:
+        assert specs.identity_hash(specs.training_spec(floats, name)) == \
+            specs.identity_hash(specs.training_spec(config, name)), name
+    for sampler in ("em", "heun"):
+        assert specs.sampling_spec(floats, "edm7", sampler) == specs.sampling_spec(config, "edm7", sampler)
+    assert specs.all_rationales(floats) == specs.all_rationales(config)
+
+
+def test_a_yaml_alias_bomb_is_refused_without_expanding_it(tmp_path):
+    """Nine levels of nine aliases: 9⁹ values if expanded. Counting each node once refuses it at once."""
+    from ied.config import read_yaml
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nexperiment: x\n")
+    with pytest.raises(ConfigError, match=r"bomb.yaml: expands to more than 100000 values through YAML aliases"):
+        read_yaml(bomb)
+    small = tmp_path / "aliases.yaml"
+    small.write_text("net: &net {base_channels: 16}\ntrain: {network: *net}\n")
+    assert read_yaml(small)["train"]["network"] == {"base_channels": 16}
+
+
+def test_nll_exact_traces_are_refused_on_32x32_images(tmp_path):
+    config = paper_config(tmp_path, "cifar10", write_fake_cifar(tmp_path / "c").parent)
+    config["nll"].update(estimator="exact", n_images=2)
+    with pytest.raises(ConfigError, match=r"config key 'nll.estimator': .*3072 for cifar10 \(the limit is 256\)"):
+        validate(config)

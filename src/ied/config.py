@@ -15,17 +15,18 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import yaml
 
-from ied import layout, specs
+from ied import latex, layout, specs
 from ied.data import DATASETS, EXTRACTORS, DataError, check_upstream
 from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.expressions import FormulaError, compile_formula
 from ied.io import sha256_file
-from ied.nll import ESTIMATORS
+from ied.nll import ESTIMATORS, EXACT_MAX_DIMS
 from ied.rationales import FAMILIES, KG_WEIGHTINGS, RationaleError, build, check_numerics
 from ied.samplers import SAMPLERS, OptionError, resolve_options
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 MIN_SAMPLES = 20  # FID needs a covariance, KID two subsets
+MAX_CHECKPOINTS = 10_000  # one training job per checkpoint: more is a typo, and a bill
 
 
 class ConfigError(ValueError):
@@ -37,8 +38,33 @@ def fail(key: str, message: str):
 
 
 # --- strict YAML ------------------------------------------------------------------------------------
-def _duplicates(node: yaml.Node, path: tuple[str, ...], source: Path) -> None:
-    """Refuse a mapping key given twice (YAML would silently keep the last), naming its dotted path."""
+MAX_VALUES = 100_000  # values in one config file with its aliases expanded; bounds the work of every check
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` stands for once YAML aliases are expanded (each node counted once: linear work)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_VALUES + 1  # an alias back into a node being counted (a cycle) expands without end
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(item, memo) for item in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, MAX_VALUES + 1)
+    return memo[key]
+
+
+def _duplicates(node: yaml.Node, path: tuple[str, ...], source: Path, seen_nodes: set[int] | None = None) -> None:
+    """Refuse a mapping key given twice (YAML would silently keep the last), naming its dotted path.
+
+    A node reached again through an alias is checked once."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value in node.value:
@@ -48,10 +74,19 @@ def _duplicates(node: yaml.Node, path: tuple[str, ...], source: Path) -> None:
                 fail(".".join(path + (key,)), f"given twice in {source} (lines {seen[key]} and {line}); "
                                              f"YAML would silently keep the last")
             seen[key] = line
-            _duplicates(value, path + (key,), source)
+            _duplicates(value, path + (key,), source, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _duplicates(item, path + (str(i),), source)
+            _duplicates(item, path + (str(i),), source, seen_nodes)
+
+
+def _compose(text: str, source: str) -> yaml.Node | None:
+    """The YAML node tree of `text`, refused if its aliases expand it beyond MAX_VALUES values."""
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None and _expanded_size(node, {}) > MAX_VALUES:
+        raise ConfigError(f"{source}: expands to more than {MAX_VALUES} values through YAML aliases; write the "
+                          f"config out without them")
+    return node
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -61,7 +96,7 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: config file not found")
     text = path.read_text()
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = _compose(text, str(path))
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
@@ -88,7 +123,7 @@ def parse_overrides(entries: Iterable[str]) -> dict:
                 continue
         else:
             try:
-                node = yaml.compose(text, Loader=yaml.SafeLoader)
+                node = _compose(text, f"--config {key}")
                 if node is not None:
                     _duplicates(node, (key,), Path("--config"))
                 value = yaml.safe_load(text) if text else None
@@ -166,8 +201,66 @@ def _definition(name: str) -> dict:
 def fill_defaults(definition: str, entry: Mapping[str, Any]) -> dict:
     """One entry of a schema definition (rationale, network, resource) with its defaults filled in."""
     entry = copy.deepcopy(dict(entry))
+    _finite(entry, (definition,))
     _schema_errors(entry, _definition(definition), definition)
-    return entry
+    return _typed(entry, _definition(definition), schema())
+
+
+# --- numbers: finite, and typed as the schema declares them ---------------------------------------------
+def _finite(value: Any, path: tuple[str, ...]) -> None:
+    """Refuse NaN and ±inf anywhere (JSON Schema's bounds let NaN through). Sampler options are checked against
+    their declared ranges instead (S_tmax may be inf)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(".".join(path), f"must be a finite number, got {value}")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not (key == "options" and path[:2] == ("sample", "samplers")):
+                _finite(item, path + (str(key),))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _finite(item, path + (str(i),))
+
+
+def _branches(node: Mapping[str, Any], root: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A schema node ($ref resolved) followed by the branches of its anyOf, oneOf and allOf-then."""
+    if "$ref" in node:
+        node = root["$defs"][node["$ref"].removeprefix("#/$defs/")]
+    out = [node]
+    for key in ("anyOf", "oneOf"):
+        for sub in node.get(key, []):
+            out += _branches(sub, root)
+    for sub in node.get("allOf", []):
+        out += _branches(sub.get("then", {}), root)
+    return out
+
+
+def _typed(value: Any, node: Mapping[str, Any], root: Mapping[str, Any]) -> Any:
+    """`value` with its numbers as the schema types them: an integral float where an integer is allowed becomes an
+    int (1.0e+6 steps), an int where only a number is allowed a float (dropout 0). So one value has one spelling,
+    and a job's identity does not depend on how a number was written."""
+    branches = _branches(node, root)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        types = set()
+        for branch in branches:
+            declared = branch.get("type", [])
+            types |= {declared} if isinstance(declared, str) else set(declared)
+        if "integer" in types and float(value).is_integer():
+            return int(value)
+        return float(value) if "number" in types else value
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            sub = next((b["properties"][key] for b in branches if key in b.get("properties", {})), None) or \
+                next((b["additionalProperties"] for b in branches if isinstance(b.get("additionalProperties"), dict)),
+                     None)
+            out[key] = item if sub is None else _typed(item, sub, root)
+        return out
+    if isinstance(value, list):
+        items = next((b["items"] for b in branches if isinstance(b.get("items"), dict)), None)
+        return value if items is None else [_typed(item, items, root) for item in value]
+    return value
 
 
 def validate(config: Mapping[str, Any], *, rules: Iterable[str] | None = None, deep: bool = True) -> dict:
@@ -176,13 +269,20 @@ def validate(config: Mapping[str, Any], *, rules: Iterable[str] | None = None, d
     `rules`: the workflow's rule names, the allowed keys of `resources`. `deep`: also open the data files and
     hash the Inception weights (the Snakefile skips this in jobs re-entering it on a cluster node)."""
     config = copy.deepcopy(dict(config))
+    _finite(config, ())
+    given_nll = config.get("nll")
     _schema_errors(config, schema())
+    config = _typed(config, schema(), schema())
     _check_rationales(config)
     _check_lists(config)
     _check_samplers(config)
     _check_training(config)
     _check_ablation(config)
+    _check_nll(config, given_nll)
     _check_evaluation(config, deep)
+    _check_labels(config)
+    _check_file_names(config)
+    _check_gpus(config)
     if rules is not None:
         check_resources(config, rules)
     return config
@@ -217,6 +317,10 @@ def _check_lists(config: dict) -> None:
     train = config["train"]
     if train["total_steps"] % train["checkpoint_every"]:
         fail("train.total_steps", f"must be a multiple of checkpoint_every ({train['checkpoint_every']})")
+    if train["total_steps"] // train["checkpoint_every"] > MAX_CHECKPOINTS:
+        fail("train.checkpoint_every", f"total_steps / checkpoint_every = "
+                                       f"{train['total_steps'] // train['checkpoint_every']} checkpoints, one training "
+                                       f"job each; at most {MAX_CHECKPOINTS}")
     _check_names("train.rationales", train["rationales"], config["rationales"], "defined under rationales")
     for purpose in ("single", "repeated"):
         protocol = config["sample"][purpose]
@@ -233,10 +337,6 @@ def _check_lists(config: dict) -> None:
     if config["sample"]["single"]["sets"] != 1:
         fail("sample.single.sets", "the single-set protocol has one set per checkpoint (use sample.repeated)")
     _check_sweep(config)
-    nll = config["nll"]
-    if "n_images" in nll and nll["checkpoints"] not in ("last", "all"):
-        for step in nll["checkpoints"]:
-            _check_step("nll.checkpoints", step, config)
 
 
 def _check_sweep(config: dict) -> None:
@@ -250,7 +350,8 @@ def _check_sweep(config: dict) -> None:
     _check_names("nfe_sweep.samplers", sweep["samplers"], config["sample"]["samplers"], "under sample.samplers")
     _check_names("nfe_sweep.train_rationales", sweep.get("train_rationales", []), config["train"]["rationales"],
                  "a training rationale")
-    _check_names("nfe_sweep.steps", sweep["steps"], list(range(1, max(sweep["steps"]) + 1)), "a step count")
+    if len(set(sweep["steps"])) != len(sweep["steps"]):
+        fail("nfe_sweep.steps", f"lists a step count twice: {sweep['steps']}")
     _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config)
     if sweep["n_samples"] < MIN_SAMPLES:
         fail("nfe_sweep.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
@@ -297,6 +398,8 @@ def _check_ablation(config: dict) -> None:
     if config["rationales"][ablation["rationale"]]["family"] != "gaussian":
         fail("ablation.rationale", f"{ablation['rationale']!r} must be a gaussian rationale (σ_N is varied)")
     _check_step("ablation.checkpoint", ablation["checkpoint"], config)
+    if len(set(ablation["sigma_n"])) != len(ablation["sigma_n"]):
+        fail("ablation.sigma_n", f"lists a σ_N twice: {ablation['sigma_n']}")
     configured = specs.configured_rationales(config)
     for name, spec in specs.ablation_rationales(config).items():
         if name in configured and configured[name] != spec:
@@ -305,6 +408,61 @@ def _check_ablation(config: dict) -> None:
             check_numerics(build(name, spec))
         except RationaleError as err:
             fail("ablation.sigma_n", f"σ_N = {spec['sigma_n']:g} gives an unusable schedule: {err}")
+
+
+def _check_nll(config: dict, given: Any) -> None:
+    """The likelihood runs only when asked for by `n_images`; its images, estimator and checkpoints must exist."""
+    nll = config["nll"]
+    if given and "n_images" not in nll:
+        fail("nll.n_images", "required in an nll: section (leave the section out for no likelihood)")
+    if "n_images" not in nll:
+        return
+    info = DATASETS[config["dataset"]["name"]]
+    available = info.sizes[info.reference_split]
+    if nll["n_images"] != "all" and nll["n_images"] > available:
+        fail("nll.n_images", f"{nll['n_images']} images asked for, but the {info.reference_split} split of "
+                             f"{config['dataset']['name']} holds {available} (use all)")
+    dims = math.prod(info.shape)
+    if nll["estimator"] == "exact" and dims > EXACT_MAX_DIMS:
+        fail("nll.estimator", f"exact traces cost one backward pass per dimension at every ODE step: "
+                              f"{dims} for {config['dataset']['name']} (the limit is {EXACT_MAX_DIMS}); use "
+                              f"rademacher or gaussian")
+    if nll["checkpoints"] not in ("last", "all"):
+        for step in nll["checkpoints"]:
+            _check_step("nll.checkpoints", step, config)
+
+
+def _check_labels(config: dict) -> None:
+    """Every label typesets in the tables' LaTeX (checked here, not after the sampling it would label)."""
+    for name, entry in config["rationales"].items():
+        try:
+            latex.escape(entry.get("label", name))
+        except ValueError as err:
+            fail(f"rationales.{name}.label", str(err))
+
+
+def _check_file_names(config: dict) -> None:
+    """Every file name a cell makes fits the file system (255 bytes), with room for a temp or .corrupt suffix."""
+    for cell in layout.cells(config):
+        name = layout.CELL_JOB.format(**cell.wildcards()) + ".jsonl"
+        if len(name.encode()) > layout.MAX_FILE_NAME:
+            key = f"rationales.{cell.sample}" if cell.sample in config["rationales"] else "ablation.sigma_n"
+            fail(key, f"the cell's log file name {name!r} would be {len(name.encode())} bytes, more than "
+                      f"{layout.MAX_FILE_NAME}: shorten the rationale or sampler names")
+
+
+def _check_gpus(config: dict) -> None:
+    """GPUs only where they are used: generation, evaluation and NLL run one process on one GPU; training splits the
+    global batch evenly across its GPUs."""
+    for rule, entry in config["resources"].items():
+        gpus = (entry or {}).get("gpus", 0)
+        if gpus > 1 and rule != "train_segment":
+            fail(f"resources.{rule}.gpus", f"{gpus} GPUs requested, but a {rule} job is one process on one GPU "
+                                           f"(only train_segment runs data-parallel); use 1")
+    gpus = ((config["resources"].get("train_segment") or {}).get("gpus", 0))
+    if gpus > 1 and config["train"]["batch_size"] % gpus:
+        fail("train.batch_size", f"{config['train']['batch_size']} does not split evenly across the {gpus} GPUs of "
+                                 f"resources.train_segment.gpus")
 
 
 def _check_evaluation(config: dict, deep: bool) -> None:

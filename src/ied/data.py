@@ -10,7 +10,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -33,12 +33,17 @@ class Dataset:
     extractor: str
     embedded: bool
     paper_style: str  # whose tables and figure numbers a run writes (ied.layout.PAPER_NUMBERS)
+    shape: tuple[int, int, int]  # channels, height, width
+    sizes: Mapping[str, int]  # images per split (upstream)
 
 
 DATASETS = {
-    "digits": Dataset(("train", "test"), "test", 10, DIGITS_CNN, embedded=True, paper_style="cifar10"),
-    "cifar10": Dataset(("train", "test"), "test", 10, INCEPTION, embedded=False, paper_style="cifar10"),
-    "imagenet32": Dataset(("train", "val"), "val", 1000, INCEPTION, embedded=False, paper_style="imagenet32"),
+    "digits": Dataset(("train", "test"), "test", 10, DIGITS_CNN, embedded=True, paper_style="cifar10",
+                      shape=(1, 8, 8), sizes={"train": 1437, "test": 360}),
+    "cifar10": Dataset(("train", "test"), "test", 10, INCEPTION, embedded=False, paper_style="cifar10",
+                       shape=(3, 32, 32), sizes={"train": 50_000, "test": 10_000}),
+    "imagenet32": Dataset(("train", "val"), "val", 1000, INCEPTION, embedded=False, paper_style="imagenet32",
+                          shape=(3, 32, 32), sizes={"train": 1_281_167, "val": 50_000}),
 }
 EXTRACTORS = (INCEPTION, DIGITS_CNN)
 

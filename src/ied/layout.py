@@ -42,6 +42,7 @@ PAPER_NUMBERS = {
 }
 COMMON_FIGURES = {"rationales": "fig1_rationales", "marginals": "fig2_marginals", "comparison": "paper_comparison",
                   "loss_by_sigma": "loss_by_sigma"}
+MAX_FILE_NAME = 240  # bytes of a file name the pipeline makes: 255, less room for ".<name>.XXXXXXXX.tmp"
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]*"  # rationale names: one path component each
 SAMPLER_PATTERN = r"[A-Za-z][A-Za-z0-9_.]*(-[0-9]+)?"  # a sampler, or an NFE-sweep point <sampler>-<steps>
 

@@ -86,9 +86,15 @@ def ablation_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
     for sigma_n in ablation["sigma_n"]:
         spec = {**base, "sigma_n": float(sigma_n), "sigma_max": cut * float(sigma_n)}
         same = [name for name, other in configured.items() if other == spec]
-        name = same[0] if same else f"{ablation['rationale']}-sn{sigma_n:g}".replace("+", "")
-        out[name] = spec
+        out[same[0] if same else f"{ablation['rationale']}-sn{short_number(sigma_n)}"] = spec
     return out
+
+
+def short_number(x: float) -> str:
+    """The shortest text that reads back as the float `x`, without a trailing '.0' or an exponent's '+' (10 → '10',
+    2.0000001 → '2.0000001', 1e+16 → '1e16'): distinct numbers get distinct names."""
+    text = repr(float(x)).replace("+", "")
+    return text.removesuffix(".0")
 
 
 def all_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
@@ -100,7 +106,7 @@ def labels(config: Mapping[str, Any]) -> dict[str, str]:
     """Display names for tables and figures: `label`, else the name; N(0,σ_N²) for the ablation."""
     out = {name: entry.get("label", name) for name, entry in config["rationales"].items()}
     for name, spec in ablation_rationales(config).items():
-        out.setdefault(name, f"N(0,{spec['sigma_n']:g}²)")
+        out.setdefault(name, f"N(0,{short_number(spec['sigma_n'])}²)")
     return out
 
 
