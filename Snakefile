@@ -16,7 +16,11 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    # every table and figure itself, not only the report: a killed tables or figures job loses its outputs, and
+    # the rerun must make them (and then the report) again
     input:
+        [out(t) for t in layout.tables(config)],
+        [out(f) for f in layout.figures(config)],
         out(layout.REPORT),
     default_target: True
 

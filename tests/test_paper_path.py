@@ -60,6 +60,27 @@ def test_cifar10_paper_config_end_to_end(tmp_path, inception):
     assert {"fig3_fid_is_over_training", "fig5_sigma_n_ablation", "fig6_fid_over_sets", "fig8_samples"} <= set(
         names["figures"].values())
     assert (pd.read_parquet(exp / "metrics.parquet")["reference_split"] == "test").all()
+    assert_evaluations_follow_the_weights_content(tmp_path, inception, len(pd.read_parquet(exp / "metrics.parquet")))
+
+
+def assert_evaluations_follow_the_weights_content(workdir: Path, weights: Path, evaluations: int) -> None:
+    """A moved Inception weights file with the same content, or its digest written as 8 or 64 hex digits, reruns
+    nothing; other weights rerun every evaluation (and what follows it)."""
+    from test_pipeline import job_counts
+    tiny = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    moved = workdir / "elsewhere" / "inception copy.pth"
+    moved.parent.mkdir()
+    moved.write_bytes(weights.read_bytes())
+    for path, digest in ((weights, sha256_file(weights)[:8]), (moved, sha256_file(weights))):
+        tiny["evaluate"].update(feature_extractor_weights_path=str(path), feature_extractor_sha256=digest)
+        edit = workdir / "edit.yaml"
+        edit.write_text(yaml.safe_dump(tiny, allow_unicode=True))
+        assert job_counts("--configfile", REPO / "config" / "paper-cifar10.yaml", edit, cwd=workdir) == {}, path
+    moved.write_bytes(weights.read_bytes() + b"\0")
+    tiny["evaluate"]["feature_extractor_sha256"] = sha256_file(moved)
+    edit.write_text(yaml.safe_dump(tiny, allow_unicode=True))
+    counts = job_counts("--configfile", REPO / "config" / "paper-cifar10.yaml", edit, cwd=workdir)
+    assert counts["evaluate"] == evaluations and "generate" not in counts and "train_segment" not in counts
 
 
 def test_imagenet32_paper_config_end_to_end(tmp_path, inception):

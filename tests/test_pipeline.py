@@ -65,6 +65,12 @@ EDITS = {
     "relabel": ({"rationales": {"l2": {"label": "squared L2"}, "gauss5": {"label": "Gauss"}}},
                 {"tables": 1, "figures": 1, "report": 1, "all": 1}),
     "log interval, device, precision": ({"train": {"log_every": 3, "device": "cpu", "precision": "fp32"}}, {}),
+    # a number's spelling is not its identity: 0 is 0.0, 40.0 is 40
+    "numbers spelled otherwise": ({"train": {"network": {"dropout": 0, "base_channels": 16.0}, "total_steps": 40.0,
+                                             "batch_size": 64.0, "lr": 1.0e-3},
+                                   "sample": {"single": {"n_samples": 40.0}, "samplers": {"em": {"steps": 8.0}}},
+                                   "rationales": {"ve": {"sigma_max": 80.0}}, "ablation": {"sigma_n": [1.0, 5]}}, {}),
+    "nll run-time settings": ({"nll": {"max_nfe": 500, "batch_size": 7, "device": "cpu"}}, {}),
     "batch and shard size": ({"sample": {"batch_size": 7, "shard_size": 5}, "evaluate": {"batch_size": 16}}, {}),
     "paper results path": ({"paper_results": str(REPO / "config" / "paper_results.yaml")}, {}),
     # 2 train × 2 checkpoints × 2 samplers, one set, with ve (defined, so already tabulated)
@@ -87,6 +93,22 @@ def test_a_config_edit_reruns_only_what_it_changes(e2e_run, tmp_path, edit):
     extra = tmp_path / "edit.yaml"
     extra.write_text(yaml.safe_dump(patch, allow_unicode=True))
     assert job_counts(*E2E, extra, cwd=e2e_run) == expected
+
+
+@pytest.mark.slow
+def test_lost_tables_and_figures_are_made_again_and_the_report_after_them(e2e_run, tmp_path):
+    """A killed tables or figures job loses its outputs (Snakemake removes incomplete files) while report.md stays:
+    the default target needs every table and figure itself, so the rerun makes them and then the report."""
+    import shutil
+    work = tmp_path / "copy"
+    shutil.copytree(e2e_run, work, symlinks=True)
+    exp = work / "results" / "e2e"
+    for lost in (exp / "tables" / "table1.md", exp / "figures" / "fig3_fid_is_over_training.png"):
+        lost.unlink()
+    assert job_counts(*E2E, cwd=work) == {"tables": 1, "figures": 1, "report": 1, "all": 1}
+    snakemake("--cores", "2", *E2E, cwd=work)
+    assert (exp / "tables" / "table1.md").exists() and (exp / "figures" / "fig3_fid_is_over_training.png").exists()
+    assert (exp / "report.md").stat().st_mtime >= (exp / "tables" / "table1.md").stat().st_mtime
 
 
 @pytest.mark.slow
@@ -120,8 +142,9 @@ def test_paper_dags_build_with_gpu_training(tmp_path, name, generate):
     assert all(reference in b for b in blocks if b.startswith("evaluate:"))  # the FID reference split
 
 
-def test_multi_gpu_training_launches_torchrun_in_a_slurm_dry_run(tmp_path):
-    """resources.train_segment.gpus: 4 → one SLURM job with 4 GPUs whose command starts 4 ranks on its node."""
+def test_multi_gpu_training_launches_ranks_in_a_slurm_dry_run(tmp_path):
+    """resources.train_segment.gpus: 4 → one SLURM job with 4 GPUs whose command starts 4 ranks on its node
+    (`ied train --gpus 4` runs torchrun: ied.distributed.launch)."""
     from test_data import write_fake_cifar
     from ied.io import sha256_file
     data = write_fake_cifar(tmp_path / "data").parent
@@ -136,7 +159,7 @@ def test_multi_gpu_training_launches_torchrun_in_a_slurm_dry_run(tmp_path):
                     cwd=tmp_path).stdout
     block = next(b for b in out.split("rule ") if b.startswith("train_segment:"))
     assert "gpu=4" in block and "cpus_per_task=32" in block
-    assert "torchrun --standalone --nproc-per-node=4 -m ied train" in out
+    assert "python -m ied train --gpus 4 " in out
     evaluate = next(b for b in out.split("rule ") if b.startswith("evaluate:"))
     assert "data/test.npz" in evaluate  # CIFAR-10's FID reference is its test split
 

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from ied import layout, specs
 from ied.config import ConfigError, check_resources, extractor, merge, parse_overrides, read_yaml, resource, validate
 from ied.data import DATASETS
+from ied.io import sha256_file
 
 DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
 
@@ -85,11 +86,6 @@ def cell_paths(pattern):
     return [out(layout.cell_path(pattern, c)) for c in CELLS]
 
 
-def launcher(gpus):
-    """How a training job starts on `gpus` GPUs of one node: one process, or torchrun with a rank per GPU."""
-    return "python" if gpus <= 1 else f"torchrun --standalone --nproc-per-node={gpus}"
-
-
 def caption(path):
     """The report caption of a table or figure: workflow/report/<stem>.rst (relative to rules/)."""
     return f"../report/{Path(path).stem}.rst"
@@ -106,9 +102,15 @@ def previous_checkpoint(w):
 
 
 def extractor_weights(w):
-    if EXTRACTOR == DATASETS["digits"].extractor:
-        return out(layout.EVALUATOR)
-    return config["evaluate"]["feature_extractor_weights_path"]
+    """The digits CNN is an output of this workflow; Inception weights are not an input (see WEIGHTS_SHA256)."""
+    return out(layout.EVALUATOR) if EXTRACTOR == DATASETS["digits"].extractor else []
+
+
+# Inception weights enter `evaluate` by their content: the full SHA-256 is a param (a new file reruns every
+# evaluation), the path a resource (moving the same file reruns nothing), and how the config spells the expected
+# digest (8 hex digits or 64) does not matter.
+WEIGHTS = config["evaluate"]["feature_extractor_weights_path"] if EXTRACTOR != DATASETS["digits"].extractor else None
+WEIGHTS_SHA256 = sha256_file(WEIGHTS) if WEIGHTS else ""
 
 
 def protocol_slice(purpose):

@@ -9,7 +9,7 @@ rule evaluate:
     params:
         cell=lambda w: dumps({"train_rationale": w.train, "sample_rationale": w.sample, "sampler_name": w.sampler}),
         extractor=EXTRACTOR,
-        sha256=config["evaluate"]["feature_extractor_sha256"] if EXTRACTOR != DATASETS["digits"].extractor else "",
+        weights_sha256=WEIGHTS_SHA256,
     benchmark:
         bench("evaluate", CELL_JOB)
     log:
@@ -24,11 +24,13 @@ rule evaluate:
         batch_size=config["evaluate"]["batch_size"],
         device=config["evaluate"]["device"],
         cache=out(layout.FIDELITY_CACHE),
+        weights=WEIGHTS or out(layout.EVALUATOR),
     conda:
         ENV
     shell:
         "python -m ied evaluate --samples {input.samples:q} --reference {input.reference:q} --extractor {params.extractor}"
-        " --weights {input.weights:q} --sha256={params.sha256:q} --cell {params.cell:q} --cache-root {resources.cache:q}"
+        " --weights {resources.weights:q} --sha256={params.weights_sha256:q} --cell {params.cell:q}"
+        " --cache-root {resources.cache:q}"
         " --batch-size {resources.batch_size} --device {resources.device} --out {output:q} > {log:q} 2>&1"
 
 
