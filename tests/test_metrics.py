@@ -95,3 +95,56 @@ def test_reference_cache_is_keyed_by_extractor_weights(digits, evaluator, tmp_pa
     other.write_bytes(evaluator[0].read_bytes() + b"\0")
     ref = digits / "test.npz"
     assert reference_cache_name(ref, DIGITS_EXTRACTOR, evaluator[0]) != reference_cache_name(ref, DIGITS_EXTRACTOR, other)
+
+
+def test_scores_equal_torch_fidelitys_own_calculate_metrics(digits, evaluator):
+    """calculate() assembles torch-fidelity's metric functions around its own feature cache: same numbers."""
+    import torch_fidelity
+
+    from ied.metrics import UInt8Images
+    ref = load_imageset(digits / "test.npz").images
+    gen = np.clip(ref + 30 * np.random.default_rng(1).standard_normal(ref.shape), 0, 255).astype(np.uint8)
+    ours = calculate(gen, ref, DIGITS_EXTRACTOR, evaluator[0])
+    theirs = torch_fidelity.calculate_metrics(
+        input1=UInt8Images(gen), input2=UInt8Images(ref), fid=True, isc=True, kid=True, prc=True, isc_splits=10,
+        kid_subset_size=min(1000, len(gen) // 2), cuda=False, verbose=False, save_cpu_ram=True, batch_size=256,
+        **extractor_kwargs(DIGITS_EXTRACTOR, evaluator[0]))
+    assert ours == {"fid": theirs["frechet_inception_distance"], "isc_mean": theirs["inception_score_mean"],
+                    "isc_std": theirs["inception_score_std"], "kid_mean": theirs["kernel_inception_distance_mean"],
+                    "kid_std": theirs["kernel_inception_distance_std"], "precision": theirs["precision"],
+                    "recall": theirs["recall"]}
+
+
+def test_a_damaged_reference_cache_is_moved_aside_and_recomputed(digits, evaluator, tmp_path):
+    ref = load_imageset(digits / "test.npz").images
+    gen = ref[::-1].copy()
+    kwargs = dict(cache_root=tmp_path, reference_cache_name="ref")
+    first = calculate(gen, ref, DIGITS_EXTRACTOR, evaluator[0], **kwargs)
+    cache = tmp_path / "ref.npz"
+    assert cache.exists() and [p.name for p in tmp_path.iterdir()] == ["ref.npz"]  # no torch pickle beside it
+    assert calculate(gen, np.zeros_like(ref), DIGITS_EXTRACTOR, evaluator[0], **kwargs) == first  # read, not recomputed
+    cache.write_bytes(cache.read_bytes()[:500])  # truncated, as a killed copy would leave it
+    assert calculate(gen, ref, DIGITS_EXTRACTOR, evaluator[0], **kwargs) == first
+    assert (tmp_path / "ref.npz.corrupt").exists() and cache.exists()
+    from ied.metrics import _read_features
+    _read_features(cache)  # rewritten whole
+
+
+def test_inception_weights_are_read_as_tensors_only(tmp_path):
+    """A weights file whose pickle would run a command is refused, even when its digest matches the config."""
+    import os
+
+    import torch
+
+    from ied.io import sha256_file
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    path = tmp_path / "weights.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": Payload()}, path)
+    gen = np.random.default_rng(0).integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
+    with pytest.raises(MetricsError, match="weights.pth: not a plain tensor file, refused"):
+        calculate(gen, gen, "inception-v3-compat", path, sha256=sha256_file(path))
+    assert not (tmp_path / "ran").exists()

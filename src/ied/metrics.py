@@ -1,12 +1,16 @@
 """FID, Inception Score and KID through torch-fidelity, with Inception or a digits CNN as extractor."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import pickle
 import platform
+import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -14,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ied.data import DIGITS_CNN, INCEPTION, ImageSet, generation_info, load_imageset
-from ied.io import atomic_path, sha256_file
+from ied.io import CorruptFileError, atomic_path, quarantine, sha256_file
 
 DIGITS_EXTRACTOR = DIGITS_CNN
 
@@ -148,23 +152,105 @@ def degenerate(images: np.ndarray) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _tensors_only(weights_path: str | Path) -> Iterator[None]:
+    """torch-fidelity loads Inception weights with weights_only=False, which runs any pickle: allow tensors only."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return original(*args, **kwargs)
+        except pickle.UnpicklingError as err:
+            raise MetricsError(f"{weights_path}: not a plain tensor file, refused "
+                               f"({str(err).splitlines()[0][:200]})") from None
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def _features_digest(features: Mapping[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(features):
+        array = np.ascontiguousarray(features[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _read_features(path: Path) -> dict[str, torch.Tensor]:
+    """Cached reference features (our .npz with its checksum; no pickle is read)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            features = {name: npz[f"feature_{name}"] for name in meta["features"]}
+    except Exception as err:  # zip, key or JSON damage all mean the same
+        raise CorruptFileError(path, f"unreadable or truncated reference features ({type(err).__name__})") from None
+    if _features_digest(features) != meta.get("sha256"):
+        raise CorruptFileError(path, "checksum mismatch; the cached reference features are corrupt")
+    return {name: torch.from_numpy(array) for name, array in features.items()}
+
+
+def _write_features(path: Path, features: Mapping[str, torch.Tensor]) -> None:
+    arrays = {name: tensor.cpu().numpy() for name, tensor in features.items()}
+    meta = {"features": sorted(arrays), "sha256": _features_digest(arrays)}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.array(json.dumps(meta)), **{f"feature_{k}": v for k, v in arrays.items()})
+
+
+def cached_features(path: Path | None, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Reference features from the cache file `path` (None: no cache), computed and cached when absent. A damaged
+    cache file is moved aside to `<name>.corrupt` and computed again, so a truncated cache never stops a job twice."""
+    if path is not None and path.exists():
+        try:
+            return _read_features(path)
+        except CorruptFileError as err:
+            print(json.dumps({"event": "reference features recomputed", "reason": str(err),
+                              "moved_to": str(quarantine(path))}), file=sys.stderr)
+    features = compute()
+    if path is not None:
+        _write_features(path, features)
+    return features
+
+
 def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weights_path: str | Path, *,
               sha256: str | None = None, cache_root: str | Path | None = None,
               reference_cache_name: str | None = None, isc: bool = True, batch_size: int = 256,
               device: str = "auto") -> dict[str, float]:
     """torch-fidelity's FID, IS (10 splits), KID, and precision and recall (k = 3, Kynkäänniemi et al.) of
-    `generated` against `reference` (uint8 N×C×H×W), all on the one extractor's features."""
-    import torch_fidelity
+    `generated` against `reference` (uint8 N×C×H×W), all on the one extractor's features.
+
+    The reference's features are cached under `cache_root` as `<reference_cache_name>.npz` (checksummed)."""
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+    from torch_fidelity.metric_prc import prc_featuresdict_to_metric
+    from torch_fidelity.utils import (create_feature_extractor, extract_featuresdict_from_input_id,
+                                      resolve_feature_layer_for_metric)
 
     from ied.device import choose
 
     subset = min(1000, len(generated) // 2, len(reference) // 2)  # subsets must differ for a KID std
-    result = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, isc=isc, kid=True, prc=True,
-        isc_splits=10, kid_subset_size=subset, cuda=choose(device).type == "cuda", batch_size=batch_size,
-        save_cpu_ram=True, verbose=False, cache=reference_cache_name is not None,
-        cache_root=str(cache_root) if cache_root else None, input2_cache_name=reference_cache_name,
-        **extractor_kwargs(extractor, weights_path, sha256))
+    kwargs = dict(input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, isc=isc, kid=True,
+                  prc=True, isc_splits=10, kid_subset_size=subset, cuda=choose(device).type == "cuda",
+                  batch_size=batch_size, save_cpu_ram=True, verbose=False, cache=False,
+                  **extractor_kwargs(extractor, weights_path, sha256))
+    layers = {metric: resolve_feature_layer_for_metric(metric, **kwargs) for metric in ("isc", "fid", "kid", "prc")}
+    with _tensors_only(weights_path):
+        features = create_feature_extractor(kwargs["feature_extractor"], sorted(set(layers.values())), **kwargs)
+    gen = extract_featuresdict_from_input_id(1, features, **kwargs)
+    cache = Path(cache_root) / f"{reference_cache_name}.npz" if cache_root and reference_cache_name else None
+    ref = cached_features(cache, lambda: extract_featuresdict_from_input_id(2, features, **kwargs))
+    result = fid_statistics_to_metric(fid_featuresdict_to_statistics(gen, layers["fid"]),
+                                      fid_featuresdict_to_statistics(ref, layers["fid"]), False)
+    if isc:
+        result.update(isc_featuresdict_to_metric(gen, layers["isc"], **kwargs))
+    result.update(kid_featuresdict_to_metric(gen, ref, layers["kid"], **kwargs))
+    result.update(prc_featuresdict_to_metric(gen, ref, layers["prc"], **kwargs))
     return {"fid": float(result["frechet_inception_distance"]),
             "isc_mean": float(result.get("inception_score_mean", math.nan)),
             "isc_std": float(result.get("inception_score_std", math.nan)),
@@ -174,9 +260,9 @@ def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weig
 
 
 def reference_cache_name(reference: str | Path, extractor: str, weights_path: str | Path) -> str:
-    """Cached reference statistics are valid for this reference file, extractor and weights file only."""
+    """Cached reference features are valid for this reference file's content, extractor and weights only."""
     return (f"{Path(reference).stem}-{sha256_file(reference)[:12]}-{extractor}-"
-            f"{sha256_file(weights_path)[:12]}")
+            f"{sha256_file(weights_path)[:12]}-features")
 
 
 def evaluate(samples: str | Path, reference: str | Path, extractor: str, weights_path: str | Path, out: str | Path,
