@@ -100,3 +100,24 @@ def test_imagenet32_upstream_format(tmp_path):
 def test_max_images_subset(tmp_path):
     sub = prepare("digits", "train", tmp_path / "s.npz", max_images=100)
     assert len(sub) == 100 and len(load_imageset(tmp_path / "s.npz")) == 100
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_before_its_md5(tmp_path):
+    """The config check opens every batch (shapes, dtypes) on the login node, before the prepare job checks md5s:
+    a batch whose pickle calls os.system is refused by the allow-list unpickler, and nothing runs."""
+    import os
+
+    from ied.data import check_upstream
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    folder = write_fake_cifar(tmp_path)
+    with open(folder / "data_batch_3", "wb") as f:
+        pickle.dump({"data": Payload(), "labels": []}, f)
+    with pytest.raises(DataError, match=r"data_batch_3: refused to unpickle (posix|os)\.system"):
+        check_upstream("cifar10", tmp_path)
+    with pytest.raises(DataError, match="refused to unpickle"):
+        prepare("cifar10", "train", tmp_path / "train.npz", data_root=str(tmp_path), verify=False)
+    assert not (tmp_path / "ran").exists() and not (tmp_path / "train.npz").exists()

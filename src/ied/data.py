@@ -133,6 +133,24 @@ def _cifar_md5s() -> dict[str, str]:
     return dict(CIFAR10.train_list + CIFAR10.test_list)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """A CIFAR-10 python batch holds a dict of bytes, lists, ints and one uint8 array: only numpy's array
+    reconstruction is allowed, so a batch file can never run code (it is read before its md5 is checked)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"{self.path}: refused to unpickle {module}.{name}; a CIFAR-10 batch holds only arrays, "
+                            f"lists and numbers")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 python batch as images N×3×32×32 uint8 and labels; md5 as torchvision when `verify`."""
     if not path.is_file():
@@ -143,8 +161,10 @@ def _read_cifar_batch(path: Path, verify: bool) -> tuple[np.ndarray, np.ndarray]
             raise DataError(f"{path}: md5 differs from torchvision's; the file is corrupt or not CIFAR-10")
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _CifarUnpickler(f, path).load()
         data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"], dtype=np.int64)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"{path}: not a CIFAR-10 python batch ({err})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
