@@ -52,3 +52,28 @@ def test_check_config_names_the_key(tmp_path):
     bad.write_text((REPO / "config" / "config.yaml").read_text().replace("ema: 0.99", "ema: 1.0"))
     result = ied("check-config", bad, cwd=tmp_path)
     assert result.returncode != 0 and "train.ema" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    """A read-only folder (or one the job may not write) is named in one line, like a full disk."""
+    import os
+    from pathlib import Path
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root writes anyway: /sys refuses even root
+        folder = Path("/sys/ied-cli-test")
+    spec = json.dumps({"family": "ve", "sigma_min": 0.002, "sigma_max": 80.0})
+    result = ied("tabulate", "--spec", spec, "--name", "ve", "--out", folder / "ve.parquet", cwd=tmp_path)
+    assert_one_line(result, str(folder))
+    assert any(why in result.stderr for why in ("Permission denied", "Operation not permitted", "Read-only"))
+
+
+def test_the_config_hash_message_names_no_missing_flag(tmp_path, digits):
+    """A checkpoint of another training spec is refused with what to do, not a flag `ied nll` does not have."""
+    from ied.train import train
+    train(tiny_spec(), 0, 1, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=tmp_path / "c.pt")
+    result = ied("nll", "--checkpoint", tmp_path / "c.pt", "--data", digits / "test.npz", "--n-images", 2,
+                 "--expect-config-hash", "0123456789abcdef", "--out", tmp_path / "n.parquet", cwd=tmp_path)
+    assert_one_line(result, "written by a different training config")
+    assert "allow_config_change" not in result.stderr and "delete it and rerun the pipeline" in result.stderr

@@ -162,13 +162,10 @@ DDP_TOLERANCE = 1e-6  # measured 3.7e-9 (2 threads), 6.6e-11 (1): max |Δ| of th
 def torchrun(spec, digits, tmp_path, start, end, name, ranks=2):
     import subprocess
     import sys
-    from pathlib import Path
-
     from conftest import VENV_ENV
     out = tmp_path / f"{name}-{end}.pt"
     resume = ["--resume", str(tmp_path / f"{name}-{start}.pt")] if start else []
-    torchrun_bin = Path(sys.executable).with_name("torchrun")
-    result = subprocess.run([str(torchrun_bin), "--standalone", f"--nproc-per-node={ranks}", "-m", "ied", "train",
+    result = subprocess.run([sys.executable, "-m", "ied", "train", "--gpus", str(ranks),  # torchrun (ied.distributed)
                              "--spec", json.dumps(spec), "--data", str(digits / "train.npz"), "--from-step", str(start),
                              "--to-step", str(end), *resume, "--out", str(out), "--device", "cpu", "--log-every", "2"],
                             env={**VENV_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
@@ -298,3 +295,39 @@ def test_non_finite_ema_weights_are_never_written(digits, tmp_path):
         train(tiny_spec(ema=float("nan")), 0, 2, data_path=digits / "train.npz", checkpoint_in=None,
               checkpoint_out=tmp_path / "c.pt")
     assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_rank_s_error_is_the_last_line(digits, tmp_path):
+    """torchrun buries a rank's error in its ChildFailedError report; the launcher prints it last, on one line."""
+    import subprocess
+    import sys
+
+    from conftest import VENV_ENV
+    result = subprocess.run([sys.executable, "-m", "ied", "train", "--gpus", "2", "--spec", json.dumps(tiny_spec()),
+                             "--data", str(tmp_path / "missing.npz"), "--from-step", "0", "--to-step", "2", "--out",
+                             str(tmp_path / "c.pt"), "--device", "cpu"],
+                            env={**VENV_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"error: rank 0: {tmp_path / 'missing.npz'}: prepared dataset not found", result.stderr[-2000:]
+    assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.parametrize("family", [{"family": "l2"}, {"family": "gaussian", "sigma_n": 5, "sigma_max": 15},
+                                    {"family": "ve"}])
+def test_training_sigma_follows_the_rationale(family):
+    """σ of 20,000 training examples against the rationale's CDF Φ (KS test); a uniform σ on the same domain, the
+    negative control, is rejected."""
+    from scipy import stats
+
+    from ied.distributed import Context
+    from ied.specs import rationale
+    from ied.train import Plan
+    r = rationale(family)
+    sigma = Plan(r, None, 1000, 0, 200, Context(), torch.device("cpu")).host(range(100))["sigma"].numpy()
+    assert len(sigma) == 20_000 and (sigma >= r.sigma_min).all() and (sigma <= r.sigma_max).all()
+    assert stats.kstest(sigma, r.cdf).pvalue > 1e-3
+    uniform = np.random.default_rng(0).uniform(r.sigma_min, r.sigma_max, len(sigma))
+    assert stats.kstest(uniform, r.cdf).pvalue < 1e-6
+    assert len(np.unique(sigma)) == len(sigma)  # 53-bit t: no two examples share a σ

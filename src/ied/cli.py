@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-table", help="Parquet: the segment's ε-loss per log-σ bin")
     p.add_argument("--log-every", type=POSITIVE, default=100)
     _runtime(p)
+    p.add_argument("--gpus", type=COUNT, default=0, help="> 1: data-parallel ranks on this node (torchrun)")
     p.add_argument("--allow-config-change", action="store_true")
 
     p = sub.add_parser("train-evaluator", help="train the digits CNN feature extractor")
@@ -185,14 +186,27 @@ def main(argv: list[str] | None = None) -> int:
         from ied.bench import main as bench_main
         return bench_main(argv[1:])
     args = _parser().parse_args(argv)
+    if args.command == "train" and args.gpus > 1:
+        from ied import distributed
+        if not distributed.inside_ranks():
+            return distributed.launch(argv, args.gpus)
     try:
         return COMMANDS[args.command](args) or 0
     except Exception as err:  # noqa: BLE001 — known failures become one line; anything else keeps its traceback
         message = _known(err)
+        _report_rank(message or f"{type(err).__name__}: {err}")
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 1
+
+
+def _report_rank(message: str) -> None:
+    """Inside a multi-GPU job, leave this rank's error for the launcher to print last (ied.distributed.launch)."""
+    import os
+    if "WORLD_SIZE" in os.environ:
+        from ied.distributed import report_rank_error
+        report_rank_error(message)
 
 
 def _known(err: Exception) -> str | None:

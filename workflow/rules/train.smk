@@ -26,12 +26,11 @@ rule train_segment:
         device=config["train"]["device"],
         precision=config["train"]["precision"],
         compile=int(config["train"]["compile"]),
-        # one process, or torchrun with one rank per GPU of this node (ied.distributed)
-        launcher=launcher(res("train_segment")["gpus"]),
     conda:
         ENV
     shell:
-        "{resources.launcher} -m ied train --spec {params.spec:q} --data {input.data:q} --from-step {params.start}"
+        # --gpus > 1: one rank per GPU of this node (ied.distributed.launch, torchrun)
+        "python -m ied train --gpus {resources.gpu} --spec {params.spec:q} --data {input.data:q} --from-step {params.start}"
         " --to-step {wildcards.step}"
         " {params.resume} --out {output.checkpoint:q} --loss-table {output.loss:q} --log-file {log.jsonl:q}"
         " --log-every {resources.log_every}"
