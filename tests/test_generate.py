@@ -280,3 +280,26 @@ def test_finished_shards_are_reused_only_for_the_same_spec_and_seed_set(checkpoi
     leave_shards(spec, 0)
     done, other_spec = images_generated(sampling_spec(steps=4), 0)
     assert done == 6 and not np.array_equal(other_spec, first)
+
+
+def test_shards_of_a_retrained_checkpoint_at_the_same_path_are_not_reused(checkpoint, digits, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Shards are keyed by the checkpoint's content, not its path: a checkpoint retrained under the same name makes
+    every shard again, and the images are those of the new checkpoint."""
+    import shutil
+
+    import ied.generate as gen
+    ckpt, out, spec = tmp_path / "ckpt-20.pt", tmp_path / "s.npz", sampling_spec(steps=3)
+    shutil.copy(checkpoint, ckpt)
+    with monkeypatch.context() as m:
+        m.setattr(gen, "save_grid", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError, match="killed"):
+            generate(ckpt, spec, out, n_samples=6, shard_size=2, batch_size=2, grid=tmp_path / "g.png")
+    assert len(list(out.with_name("s.npz.parts").iterdir())) == 3
+    train(tiny_spec(seed=1), 0, 20, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=ckpt)
+    capsys.readouterr()
+    retrained = generate(ckpt, spec, out, n_samples=6, shard_size=2, batch_size=2).images
+    assert json.loads(capsys.readouterr().err.splitlines()[-1])["images"] == 6  # none of the old shards reused
+    fresh = generate(ckpt, spec, tmp_path / "fresh.npz", n_samples=6, shard_size=6, batch_size=6).images
+    assert np.array_equal(retrained, fresh)
+    assert not np.array_equal(retrained, generate(checkpoint, spec, tmp_path / "old.npz", n_samples=6).images)

@@ -197,3 +197,44 @@ def test_a_checkpoint_with_a_nan_ema_tensor_is_refused_naming_it(tiny_checkpoint
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert f"{bad}: the EMA weights hold non-finite values (first in {name!r})" in lines[0]
     assert not (tmp_path / "n.parquet").exists() and bad.exists()  # not corrupt: kept, not moved aside
+
+
+# --- the likelihood's conventions, against their definitions -----------------------------------------------
+def test_the_default_prior_is_n_0_sigma_max_squared():
+    from scipy import stats
+
+    from ied.nll import gaussian_logp
+    x = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * 20
+    expected = stats.norm(0, 20.0).logpdf(x.flatten(1).numpy()).sum(1)  # N(0, σ_max² I), σ_max = 20
+    np.testing.assert_allclose(gaussian_logp(x, 20.0).numpy(), expected, rtol=1e-12)
+    # ode_logp uses it when no prior is passed: the same answer as passing it written out
+    args = dict(estimator="exact", rtol=1e-6, atol=1e-6)
+    x0 = MU + S * torch.randn(2, 1, 2, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    default, _ = ode_logp(gaussian_denoiser, x0, SIGMA_MIN, SIGMA_MAX, **args)
+    written, _ = ode_logp(gaussian_denoiser, x0, SIGMA_MIN, SIGMA_MAX, **args,
+                          prior=lambda z: torch.from_numpy(stats.norm(0, SIGMA_MAX).logpdf(z.flatten(1).numpy()).sum(1)))
+    np.testing.assert_allclose(default, written, rtol=1e-12)
+
+
+def test_dequantization_stays_inside_each_pixels_bin():
+    """x = (i + u)/127.5 − 1, u ∈ [0, 1): pixel i's values lie in its own bin, and the bins tile [−1, 1 + 1/127.5)."""
+    from ied.nll import dequantize
+    images = np.tile(np.arange(256, dtype=np.uint8), (40, 1)).reshape(40, 1, 16, 16)
+    x = dequantize(images, torch.arange(40, dtype=torch.int64), 0).numpy()
+    u = (x + 1) * 127.5 - images
+    assert (u >= -1e-9).all() and (u < 1 + 1e-9).all()
+    assert u.min() < 0.01 and u.max() > 0.99 and abs(u.mean() - 0.5) < 0.01  # spread over the whole bin
+    assert x.min() >= -1 and x.max() < 1 + 1 / 127.5 and x.max() > 1
+    again = dequantize(images, torch.arange(40, dtype=torch.int64), 1).numpy()
+    assert not np.array_equal(x, again)  # another probe index, another dequantisation
+
+
+def test_probes_are_rademacher_or_gaussian_as_named():
+    from ied.nll import _probes
+    keys = torch.arange(500, dtype=torch.int64)
+    rademacher = _probes(keys, 0, (500, 1, 4, 4), "rademacher")
+    gaussian = _probes(keys, 0, (500, 1, 4, 4), "gaussian")
+    assert set(rademacher.unique().tolist()) == {-1.0, 1.0} and abs(rademacher.mean()) < 0.05
+    assert len(gaussian.unique()) == gaussian.numel() and abs(gaussian.std() - 1) < 0.05
+    assert _probes(keys, 0, (500, 1, 4, 4), "exact") is None
+    assert not torch.equal(_probes(keys, 1, (500, 1, 4, 4), "gaussian"), gaussian)

@@ -337,3 +337,15 @@ def test_nll_table_without_a_usable_best_fid_cell_says_so(tmp_path):
     assert "nan" not in text and "900.0" not in text and "`no usable cell`: every single-set" in text
     assert "nan" not in (tmp_path / "nll.tex").read_text()
     assert pd.read_parquet(tmp_path / "nll.parquet")["best_fid_step"].isna().all()
+
+
+def test_a_degenerate_checkpoint_is_never_the_best_even_with_the_lowest_fid():
+    from ied.tables import best_checkpoints, per_checkpoint
+    rows = pd.DataFrame([row("ve", "ve", 10, 1.0, degenerate="constant"), row("ve", "ve", 20, 9.0),
+                         row("ve", "ve", 30, 7.0), row("l2", "ve", 10, 2.0, degenerate="all alike")])
+    best = best_checkpoints(per_checkpoint(rows)).set_index("train_rationale")
+    assert best.loc["ve", "checkpoint_step"] == 30 and best.loc["ve", "fid_mean"] == 7.0
+    assert best.loc["l2", "degenerate"] == "all alike"  # nothing usable left: shown, flagged, never ranked
+    table = single_table(pd.DataFrame([{**r, "sampler_name": "em"} for r in rows.to_dict("records")]), {
+        **GRID, "single": {**GRID["single"], "steps": [10, 20, 30]}})
+    assert table.set_index("train_rationale").loc["ve", "checkpoint_step"] == 30

@@ -75,9 +75,10 @@ def normal(keys: torch.Tensor, counters: torch.Tensor, stream: int, n: int, dtyp
 
 
 def uniform(keys: torch.Tensor, counters: torch.Tensor, stream: int) -> torch.Tensor:
-    """One float64 uniform in [0, 1) per row, with 53 random bits."""
+    """One float64 uniform in [0, 1) per row, with 53 random bits (27 of one word, 26 of another)."""
     w0, w1, _, _ = _words(keys, counters, stream, 1)
-    return ((w0[:, 0] >> 5) * 2.0**26 + (w1[:, 0] >> 6)).double() * 2.0**-53
+    # in int64: an int64 tensor times a Python float is float32 in torch, which would keep 24 of the 53 bits
+    return ((w0[:, 0] >> 5) * (1 << 26) + (w1[:, 0] >> 6)).double() * 2.0**-53
 
 
 class PerImageNoise:
