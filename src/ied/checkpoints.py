@@ -94,7 +94,7 @@ def load_ema_denoiser(path: str | Path, device: torch.device | str = "cpu", **ex
     """The EMA denoiser of a checkpoint, ready for sampling, and its step, shape, spec and content digest.
 
     `expect` (step=, config_hash=) is checked as in `load`."""
-    from ied.networks import build_denoiser
+    from ied.networks import build_network
 
     state = load(path, **expect)
     bad = first_non_finite(state["ema"])
@@ -102,7 +102,7 @@ def load_ema_denoiser(path: str | Path, device: torch.device | str = "cpu", **ex
         raise CheckpointError(f"{path}: the EMA weights hold non-finite values (first in {bad!r}); nothing can be "
                               f"sampled or scored from it. Retrain it (check train.lr, train.ema, train.weighting)")
     spec = training_spec(state)
-    denoiser = build_denoiser(spec["network"], state["resolution"], state["channels"], state["num_classes"])
+    denoiser = build_network(spec["network"], state["resolution"], state["channels"], state["num_classes"])
     denoiser.load_state_dict(state["ema"])
     info = {k: int(state[k]) for k in ("step", "resolution", "channels", "num_classes")}
     info.update(spec=spec, config_hash=state["config_hash"], sha256=state["sha256"])

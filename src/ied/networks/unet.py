@@ -1,4 +1,5 @@
-"""The paper's σ-conditioned U-Net (Sec. 4.2) wrapped in EDM preconditioning (Karras et al. Table 1)."""
+"""The U-Net this pipeline trains: the paper's σ-conditioned U-Net (Sec. 4.2) in EDM preconditioning (Karras et al.
+Table 1). Its checkpoints name no architecture (`ied.networks.PIPELINE_UNET`)."""
 from __future__ import annotations
 
 import math
@@ -128,7 +129,7 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class EDMPrecond(nn.Module):
+class UNetDenoiser(nn.Module):
     """Denoiser D(x; σ) = c_skip x + c_out F(c_in x; c_noise) (EDM Table 1, c_noise = ¼ ln σ)."""
 
     def __init__(self, net: UNet, sigma_data: float):
@@ -147,13 +148,8 @@ class EDMPrecond(nn.Module):
         return c_skip * x + c_out * f.to(torch.float32)
 
 
-def build_denoiser(network: dict, img_resolution: int, in_channels: int, label_dim: int) -> EDMPrecond:
+def build_denoiser(network: dict, img_resolution: int, in_channels: int, label_dim: int) -> UNetDenoiser:
     """The preconditioned U-Net from a complete `network:` spec (ied.specs.network fills the defaults)."""
     kwargs = dict(network)
     sigma_data = kwargs.pop("sigma_data")
-    return EDMPrecond(UNet(img_resolution, in_channels, label_dim, **kwargs), sigma_data)
-
-
-def parameter_count(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return UNetDenoiser(UNet(img_resolution, in_channels, label_dim, **kwargs), sigma_data)
