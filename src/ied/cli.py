@@ -62,6 +62,17 @@ def _n_images(text: str) -> int | None:
 POSITIVE, COUNT = _integer(1), _integer(0)
 
 
+def _shape(text: str) -> tuple[int, ...]:
+    """'3,32,32' → (3, 32, 32)."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W, got {text!r}") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive numbers C,H,W, got {text!r}")
+    return shape
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ied", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,7 +128,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="FID/IS/KID of a samples file → one Parquet row")
     p.add_argument("--samples", required=True)
-    p.add_argument("--reference", required=True)
+    p.add_argument("--reference", default="", help="a prepared split ('' with --reference-statistics)")
+    p.add_argument("--reference-statistics", default="", help="an .npz with mu and sigma, instead of a split")
+    p.add_argument("--expect-shape", type=_shape, help="C,H,W of the dataset's images (with statistics)")
     p.add_argument("--extractor", required=True)
     p.add_argument("--weights", required=True)
     p.add_argument("--sha256", default="", help="expected sha256 (prefix) of the weights ('' to skip)")
@@ -142,6 +155,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("import-edm", help="a published EDM network pickle as a checkpoint, without running its code")
+    p.add_argument("pickle", help="an NVlabs/edm network pickle (edm-*.pkl)")
+    p.add_argument("--out", required=True, help="the checkpoint to write")
+    p.add_argument("--step", type=COUNT, default=0, help="the checkpoint's step (the pipeline's fixed step: 0)")
+    p.add_argument("--expect-sha256", default="", help="the file's sha256 or its leading digits ('' to skip)")
+    p.add_argument("--expect-shape", type=_shape, help="C,H,W of the dataset's images")
+    p.add_argument("--expect-classes", type=COUNT, help="the dataset's classes (an unconditional network fits any)")
+
     p = sub.add_parser("aggregate", help="concatenate metric rows")
     p.add_argument("--out", required=True)
     p.add_argument("rows", nargs="+")
@@ -156,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", required=True)
     p.add_argument("--grid", type=_json, required=True, help="names, labels, ablation, paper tables (JSON)")
     p.add_argument("--schedules", nargs="+", required=True)
-    p.add_argument("--losses", nargs="+", required=True, help="training segments' loss tables (ied.layout.LOSS)")
+    p.add_argument("--losses", nargs="*", default=[], help="training segments' loss tables (ied.layout.LOSS)")
     p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
     p.add_argument("--root", required=True, help="the experiment folder (sample grids are found there)")
     p.add_argument("--outdir", required=True)
@@ -219,6 +240,7 @@ def _known(err: Exception) -> str | None:
     from ied.io import CorruptFileError, quarantine
     from ied.metrics import MetricsError
     from ied.nll import NLLError
+    from ied.pretrained import PretrainedError
     from ied.rationales import RationaleError
     from ied.samplers import OptionError
     from ied.train import TrainingError
@@ -231,7 +253,7 @@ def _known(err: Exception) -> str | None:
     if isinstance(err, OSError) and err.filename is not None:  # a read-only folder, a missing mount, a quota
         return f"{err.filename}: {err.strerror or err}"
     known = (CheckpointError, ConfigError, DataError, DeviceError, GenerationError, MetricsError, NLLError,
-             RationaleError, OptionError, TrainingError)
+             PretrainedError, RationaleError, OptionError, TrainingError)
     return str(err) if isinstance(err, known) else None
 
 
@@ -271,8 +293,9 @@ def _generate(a):
 
 def _evaluate(a):
     from ied.metrics import evaluate
-    row = evaluate(a.samples, a.reference, a.extractor, a.weights, a.out, cell=a.cell, sha256=a.sha256 or None,
-                   cache_root=a.cache_root, batch_size=a.batch_size, device=a.device)
+    row = evaluate(a.samples, a.reference or None, a.extractor, a.weights, a.out, cell=a.cell, sha256=a.sha256 or None,
+                   cache_root=a.cache_root, batch_size=a.batch_size, device=a.device,
+                   reference_statistics=a.reference_statistics or None, expect_shape=a.expect_shape)
     print(json.dumps({k: row[k] for k in ("fid", "isc_mean", "kid_mean", "degenerate")}), file=sys.stderr)
 
 
@@ -281,6 +304,13 @@ def _nll(a):
     summary = nll(a.checkpoint, a.data, a.out, n_images=a.n_images, probes=a.probes, estimator=a.estimator,
                   rtol=a.rtol, atol=a.atol, batch_size=a.batch_size, device=a.device, expect_step=a.expect_step,
                   expect_config_hash=a.expect_config_hash, max_nfe=a.max_nfe)
+    print(json.dumps(summary), file=sys.stderr)
+
+
+def _import_edm(a):
+    from ied.pretrained import import_edm
+    summary = import_edm(a.pickle, a.out, step=a.step, expect_sha256=a.expect_sha256 or None,
+                         expect_shape=a.expect_shape, expect_classes=a.expect_classes)
     print(json.dumps(summary), file=sys.stderr)
 
 
@@ -315,7 +345,7 @@ def _check_config(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "aggregate": _aggregate, "tables": _tables,
+            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "aggregate": _aggregate, "tables": _tables,
             "figures": _figures, "report": _report, "check-config": _check_config}
 
 if __name__ == "__main__":

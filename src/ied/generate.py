@@ -23,7 +23,9 @@ SEED_SET_STRIDE = 10_000_000  # image i of seed set k has the noise key k·strid
 
 
 def balanced_labels(n: int, num_classes: int, seed_set: int) -> np.ndarray:
-    """Labels i mod classes, shuffled by the seed set."""
+    """Labels i mod classes, shuffled by the seed set (all 0 for an unconditional network, num_classes = 0)."""
+    if num_classes == 0:
+        return np.zeros(n, dtype=np.int64)
     return np.random.default_rng([seed_set, 12345]).permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
@@ -76,7 +78,7 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
     def sample(idx: list[int]) -> np.ndarray:
         rnd = PerImageNoise([seed_set * SEED_SET_STRIDE + i for i in idx], dev)
         latents = rnd.randn((len(idx), *shape))
-        labels = torch.as_tensor(labels_all[idx], device=dev)
+        labels = torch.as_tensor(labels_all[idx], device=dev) if ckpt["num_classes"] else None
         with torch.no_grad():
             x = SAMPLERS[spec["sampler"]](call, latents, schedule, spec["steps"], class_labels=labels, generator=rnd,
                                           **options)
