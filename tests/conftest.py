@@ -47,7 +47,22 @@ VENV_ENV = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).pare
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 DEFAULT = REPO / "config" / "config.yaml"
-E2E = ["--configfile", str(DEFAULT), str(REPO / "tests" / "configs" / "e2e.yaml")]
+# the reduced default, plus a tiny published-format EDM network that e2e_run writes into its working directory
+E2E = ["--configfile", str(DEFAULT), str(REPO / "tests" / "configs" / "e2e.yaml"), "pretrained.yaml"]
+TINY_EDM = dict(img_resolution=8, img_channels=1, label_dim=10, model_type="SongUNet", embedding_type="positional",
+                encoder_type="standard", decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1],
+                model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0, augment_dim=9)
+
+
+def write_tiny_edm(workdir: Path) -> None:
+    """An EDM network pickle of a tiny 8×8 EDMPrecond(SongUNet) (tests/edm_pickle.py) and the config entry naming it."""
+    import edm_pickle
+    from ied.networks import EDMPrecond
+    torch.manual_seed(0)
+    net = EDMPrecond(**TINY_EDM)
+    edm_pickle.write(workdir / "edm-tiny.pkl", net.eval(), TINY_EDM)
+    (workdir / "pretrained.yaml").write_text(yaml.safe_dump({"pretrained": {"edm-tiny": {
+        "format": "edm", "path": "edm-tiny.pkl", "label": "EDM tiny"}}}))
 
 
 def snakemake(*args, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -64,6 +79,7 @@ def e2e_run(tmp_path_factory) -> Path:
     """The reduced embedded default (tests/configs/e2e.yaml), run once for every test that needs a finished
     pipeline; returns the working directory (results under results/e2e/)."""
     workdir = tmp_path_factory.mktemp("e2e")
+    write_tiny_edm(workdir)
     snakemake("--cores", "2", *E2E, cwd=workdir)
     return workdir
 

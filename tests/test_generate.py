@@ -289,7 +289,8 @@ def test_shards_of_a_retrained_checkpoint_at_the_same_path_are_not_reused(checkp
     import shutil
 
     import ied.generate as gen
-    ckpt, out, spec = tmp_path / "ckpt-20.pt", tmp_path / "s.npz", sampling_spec(steps=3)
+    spec = sampling_spec({"family": "ve", "sigma_min": 0.002, "sigma_max": 2.0}, "heun", 4)  # images far from 0/255
+    ckpt, out = tmp_path / "ckpt-20.pt", tmp_path / "s.npz"
     shutil.copy(checkpoint, ckpt)
     with monkeypatch.context() as m:
         m.setattr(gen, "save_grid", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))

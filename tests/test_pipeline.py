@@ -73,16 +73,19 @@ EDITS = {
     "nll run-time settings": ({"nll": {"max_nfe": 500, "batch_size": 7, "device": "cpu"}}, {}),
     "batch and shard size": ({"sample": {"batch_size": 7, "shard_size": 5}, "evaluate": {"batch_size": 16}}, {}),
     "paper results path": ({"paper_results": str(REPO / "config" / "paper_results.yaml")}, {}),
-    # 2 train × 2 checkpoints × 2 samplers, one set, with ve (defined, so already tabulated)
+    # (2 trained × 2 checkpoints + the pretrained model's one) × 2 samplers, one set, with ve (already tabulated)
     "add a sampling rationale": ({"sample": {"single": {"rationales": ["l2", "gauss5", "ve"]}}},
-                                 {"generate": 8, "evaluate": 8, **AGGREGATION}),
+                                 {"generate": 10, "evaluate": 10, **AGGREGATION}),
     # its two segments; single: 2 checkpoints × 2 rationales × 2 samplers; repeated: 3 rationales × 2 sets,
     # less the 2 single sets of step 20 with em
     "add a training rationale": ({"train": {"rationales": ["ve", "l2", "gauss5"]}},
                                  {"train_segment": 2, "generate": 12, "evaluate": 12, "nll": 2, **AGGREGATION}),
-    # heun's single sets (2 train × 2 checkpoints × 2 rationales); its sweep points (2, 8 steps) stay as they are
+    # heun's single sets ((2 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (2, 8 steps) stay
     "sampler steps": ({"sample": {"samplers": {"heun": {"steps": 5}}}},
-                      {"generate": 8, "evaluate": 8, **AGGREGATION}),
+                      {"generate": 10, "evaluate": 10, **AGGREGATION}),
+    # the pretrained model's label is a label; its file moved (same content) is the same model
+    "pretrained label and path": ({"pretrained": {"edm-tiny": {"label": "tiny EDM", "path": "moved/edm-tiny.pkl"}}},
+                                  {"tables": 1, "figures": 1, "report": 1, "all": 1}),
 }
 
 
@@ -90,6 +93,9 @@ EDITS = {
 @pytest.mark.parametrize("edit", EDITS, ids=lambda e: e.replace(" ", "-").replace(",", ""))
 def test_a_config_edit_reruns_only_what_it_changes(e2e_run, tmp_path, edit):
     patch, expected = EDITS[edit]
+    if edit == "pretrained label and path":
+        (e2e_run / "moved").mkdir(exist_ok=True)
+        (e2e_run / "moved" / "edm-tiny.pkl").write_bytes((e2e_run / "edm-tiny.pkl").read_bytes())
     extra = tmp_path / "edit.yaml"
     extra.write_text(yaml.safe_dump(patch, allow_unicode=True))
     assert job_counts(*E2E, extra, cwd=e2e_run) == expected
@@ -183,24 +189,29 @@ def test_slurm_profile_dry_run_from_the_repository_root():
 def test_end_to_end_reduced_default(e2e_run):
     exp = e2e_run / "results" / "e2e"
     metrics = pd.read_parquet(exp / "metrics.parquet")
-    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's em-2, heun-2, heun-8
-    assert len(metrics) == 16 + 8 + 1 + 3
+    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's em-2, heun-2, heun-8; the pretrained
+    # model: single 2 × 2, repeated 3 × 2 − 2 shared
+    assert len(metrics) == 16 + 8 + 1 + 3 + 4 + 4
+    assert (metrics.loc[metrics["train_rationale"] == "edm-tiny", "checkpoint_step"] == 0).all()
     for column in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall"):
         assert metrics[column].map(math.isfinite).all(), column
     assert (metrics["degenerate"] == "").all() and set(metrics["reference_split"]) == {"test"}
     assert sorted(p.name for p in (exp / "tables").iterdir()) == sorted(
         f"{name}.{ext}" for name in ("table1", "table3", "fid_nfe", "nll") for ext in ("parquet", "md", "tex"))
     table3 = pd.read_parquet(exp / "tables" / "table3.parquet")
-    assert table3["fid_std"].notna().all() and len(table3) == 2 * 3 and (table3["sets"] == 2).all()
-    assert (table3["checkpoint_step"] == 20).all()  # the repeated range ends at 20
+    assert table3["fid_std"].notna().all() and len(table3) == 3 * 3 and (table3["sets"] == 2).all()
+    trained = table3["train_rationale"] != "edm-tiny"
+    assert (table3.loc[trained, "checkpoint_step"] == 20).all()  # the repeated range ends at 20
+    assert (table3.loc[~trained, "checkpoint_step"] == 0).all()  # the pretrained model's one checkpoint
     for row in table3.itertuples():  # mean and sample std of the two sets' FIDs, from the metrics rows
         fids = metrics.query("train_rationale == @row.train_rationale and sample_rationale == @row.sample_rationale"
-                             " and sampler_name == 'em' and checkpoint_step == 20")["fid"].to_numpy()
-        assert len(fids) == 2
+                             " and sampler_name == 'em' and checkpoint_step == @row.checkpoint_step")["fid"].to_numpy()
+        assert len(fids) == 2 and row.fid_min == min(fids)
         assert row.fid_mean == pytest.approx((fids[0] + fids[1]) / 2, rel=1e-12)
         assert row.fid_std == pytest.approx(abs(fids[0] - fids[1]) / math.sqrt(2), rel=1e-12)
     table1 = pd.read_parquet(exp / "tables" / "table1.parquet")
-    assert len(table1) == 2 * 2 * 2 and set(table1["checkpoint_step"]) <= {20, 40}
+    assert len(table1) == 3 * 2 * 2 and set(table1["checkpoint_step"]) <= {0, 20, 40}
+    assert "EDM tiny" in (exp / "tables" / "table1.md").read_text()
     best = metrics[(metrics["n_samples"] == 40) & (metrics["seed_set"] == 0)].groupby(
         ["sampler_name", "train_rationale", "sample_rationale"])["fid"].min()
     assert (table1.set_index(["sampler_name", "train_rationale", "sample_rationale"])["fid"] == best.loc[
@@ -211,7 +222,7 @@ def test_end_to_end_reduced_default(e2e_run):
     assert figures == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     assert all((exp / "figures" / f).stat().st_size > 1000 for f in figures)
     nll = pd.read_parquet(exp / "tables" / "nll.parquet")
-    assert len(nll) == 2 and nll[["bpd_best_fid", "bpd_last"]].notna().all().all()
+    assert len(nll) == 3 and nll[["bpd_best_fid", "bpd_last"]].notna().all().all()
     assert ((nll["bpd_last"] > 0) & (nll["bpd_last"] < 16)).all()  # bits/dim of 8-bit digits
     assert (exp / "report.md").read_text().count("![") == len(stems)
     logs = list((exp / "logs").rglob("*.log"))
@@ -223,3 +234,39 @@ def test_end_to_end_reduced_default(e2e_run):
     assert "the best FID recorded during training" in html  # the captions of workflow/report/
     # a second invocation has nothing left to do
     assert "Nothing to be done" in snakemake("--cores", "2", *E2E, cwd=e2e_run).stderr
+
+
+@pytest.mark.parametrize("name, counts", [
+    # the reproduction (1 single set + 2 more repeated sets of 50K) and the study (5 rationales × 2 samplers × 4 steps)
+    ("edm-pretrained-cifar10", {"import_network": 1, "generate": 3 + 40, "evaluate": 3 + 40, "nll": 1,
+                                "prepare_data": 2}),
+    ("edm-pretrained-ffhq-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
+    ("edm-pretrained-afhqv2-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
+    ("edm-pretrained-imagenet64", {"import_network": 1, "generate": 3 + 2, "evaluate": 3 + 2}),
+])
+def test_pretrained_configs_plan_no_training(tmp_path, name, counts):
+    """The published-network configs dry-run on local stand-ins of their files: one import, the sample sets and the
+    study, and no training job."""
+    import numpy as np
+
+    from test_data import write_fake_cifar
+    from ied.io import sha256_file
+    config = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+    (pretrained,) = config["pretrained"].values()
+    pickle_file = tmp_path / pretrained["path"]
+    pickle_file.parent.mkdir(parents=True)
+    pickle_file.write_bytes(b"a stand-in: the dry run plans the import, it does not read the file")
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"stand-in")
+    override = {"evaluate": {"feature_extractor_weights_path": str(weights),
+                             "feature_extractor_sha256": sha256_file(weights)}}
+    if config["dataset"].get("data_root"):
+        override["dataset"] = {"data_root": str(write_fake_cifar(tmp_path / "cifar").parent), "verify_checksums": False}
+    else:
+        refs = tmp_path / "refs.npz"
+        np.savez(refs, mu=np.zeros(2048), sigma=np.eye(2048))
+        override["evaluate"]["reference_statistics"] = str(refs)
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(override))
+    planned = job_counts("--configfile", REPO / "config" / f"{name}.yaml", tmp_path / "local.yaml", cwd=tmp_path)
+    assert "train_segment" not in planned
+    assert {k: planned.get(k) for k in counts} == counts

@@ -77,15 +77,16 @@ def test_latex_bold_stars_and_non_ascii():
 
 
 def test_reference_split_is_test_for_cifar10_and_digits_val_for_imagenet32():
-    assert {name: d.reference_split for name, d in DATASETS.items()} == {"digits": "test", "cifar10": "test",
-                                                                           "imagenet32": "val"}
+    assert {name: d.reference_split for name, d in DATASETS.items()} == {
+        "digits": "test", "cifar10": "test", "imagenet32": "val",
+        "ffhq64": None, "afhqv2_64": None, "imagenet64": None}  # scored against published statistics
 
 
 def test_nll_table_at_the_best_fid_and_last_checkpoints(tmp_path):
     from ied.tables import _write_nll, nll_table
     summary = pd.DataFrame({"train_rationale": ["ve", "ve", "ve", "l2"], "checkpoint_step": [10, 20, 30, 30],
                             "bpd": [4.0, 3.5, 3.6, 3.2], "bpd_se": [0.1, 0.1, 0.1, 0.1]})
-    grid = {**GRID, "nll_steps": [10, 20, 30]}
+    grid = {**GRID, "nll_steps": {"ve": [10, 20, 30], "l2": [10, 20, 30]}}
     table = nll_table(summary, single_table(metrics(), grid), grid).set_index("train_rationale")
     assert table.loc["ve", "best_fid_step"] == 20 and table.loc["ve", "bpd_best_fid"] == 3.5  # FID is lowest at 20
     assert table.loc["ve", "last_step"] == 30 and table.loc["ve", "bpd_last"] == 3.6
@@ -103,7 +104,7 @@ def test_per_checkpoint_statistics_follow_their_definitions():
                          row("ve", "g", 10, 7.0, seed=0, isc=1.5, isc_std=0.4)])
     summary = per_checkpoint(rows).set_index("sample_rationale")
     three, one = summary.loc["ve"], summary.loc["g"]
-    assert three["sets"] == 3 and three["fid_mean"] == pytest.approx(35 / 3)
+    assert three["sets"] == 3 and three["fid_mean"] == pytest.approx(35 / 3) and three["fid_min"] == 10.0
     assert three["fid_std"] == pytest.approx(pd.Series([10.0, 12.0, 13.0]).std(ddof=1))  # sample std over sets
     assert three["isc_std"] == pytest.approx(pd.Series([2.0, 2.6, 2.3]).std(ddof=1))  # over sets, not splits
     assert three["degenerate"] == "all black; constant"
@@ -124,8 +125,8 @@ def test_write_tables_files_by_the_papers_numbers(tmp_path):
     nll.parent.mkdir(parents=True)
     pd.DataFrame({"image": [0, 1, 2, 3], "probe": 0, "bpd": [3.0, 3.2, 3.4, 3.4], "nfe": 50,
                   "checkpoint_step": 30}).to_parquet(nll)
-    grid = {**GRID, "nll_steps": [30],
-            "sweep": {"train": ["ve"], "rationales": ["g"], "samplers": ["em"], "checkpoint": 30, "n_samples": 40,
+    grid = {**GRID, "nll_steps": {"ve": [30], "l2": [30]},
+            "sweep": {"train": ["ve"], "rationales": ["g"], "samplers": ["em"], "checkpoint": {"ve": 30}, "n_samples": 40,
                       "points": {"em-4": {"sampler": "em", "steps": 4}, "em": {"sampler": "em", "steps": 8}}},
             "artefacts": {"tables": {"single": "table1", "repeated": "table3", "nfe": "fid_nfe", "nll": "nll"}}}
     write_tables(tmp_path / "metrics.parquet", grid, tmp_path / "tables", [nll])
@@ -139,7 +140,13 @@ def test_write_tables_files_by_the_papers_numbers(tmp_path):
         "|:----------------------|:-----------------|:-------------|:-------------|",
         "| VE                    | **10.20** ± 0.28 | 12.20 ± 0.28 | 20.20 ± 0.28 |",
         "| L2                    | 11.20 ± 0.28     | 13.20 ± 0.28 | 21.20 ± 0.28 |", "",
-        "`*`: mean ± std overlaps the best's (bold). `degenerate`: constant or all-alike samples, never ranked."]
+        "### FID, the lowest of the 2 sets ↓ — sampler `em`", "",
+        "| Training \\ Sampling   | VE        | N(0,5²)   | EDM (ρ=7)   |",
+        "|:----------------------|:----------|:----------|:------------|",
+        "| VE                    | **10.00** | 12.00     | 20.00       |",
+        "| L2                    | 11.00     | 13.00     | 21.00       |", "",
+        "`*`: mean ± std overlaps the best's (bold). The lowest of the sets is how EDM reports FID. `degenerate`: "
+        "constant or all-alike samples, never ranked."]
     assert (tmp_path / "tables" / "table3.tex").read_text().splitlines()[:3] == [
         r"\begin{table}[t]", r"\centering", r"\caption{FID mean $\pm$ std over 2 sets of 100 samples at each "
         r"cell's best checkpoint (up to step 20). FID $\downarrow$, sampler em.}"]
@@ -200,7 +207,8 @@ def test_empty_protocols_and_unlabelled_names():
     empty = per_checkpoint(metrics().iloc[:0])
     assert empty.empty and list(empty.columns) == ["sampler_name", "train_rationale", "sample_rationale",
                                                    "checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
-                                                   "isc_mean", "isc_std", "kid_mean", "precision", "recall"]
+                                                   "fid_min", "isc_mean", "isc_std", "kid_mean", "precision",
+                                                   "recall"]
     assert best_checkpoints(empty).empty
     grid = {**GRID, "labels": {"ve": "VE"}}  # g has no label: its name is shown
     table = single_table(metrics(), grid)
@@ -275,7 +283,7 @@ def test_table1_bolds_the_highest_is_precision_and_recall(tmp_path):
         frame.loc[~at_best, column] = 0.95 if column != "isc_mean" else 9.5  # never at a best-FID checkpoint
     frame["steps"], frame["nfe"] = 8, 8
     frame.to_parquet(tmp_path / "metrics.parquet")
-    grid = {**GRID, "nll_steps": [], "artefacts": {"tables": {"single": "table1", "repeated": "table3"}}}
+    grid = {**GRID, "nll_steps": {}, "artefacts": {"tables": {"single": "table1", "repeated": "table3"}}}
     write_tables(tmp_path / "metrics.parquet", grid, tmp_path / "tables", [])
     md = (tmp_path / "tables" / "table1.md").read_text()
     for title, expected_row, bold in (("IS ↑", "| L2", "**9.00**"), ("Precision ↑", "| VE", "**0.90**"),
@@ -300,7 +308,8 @@ def test_nll_table_takes_the_best_fid_of_its_own_usable_cells_of_the_first_sampl
                       "checkpoint_step": step}).to_parquet(paths[-1])
     summary = nll_summary(paths)
     assert math.isnan(summary.loc[0, "bpd_se"]) and summary.loc[1, "bpd_se"] == pytest.approx(0.5 / math.sqrt(3))
-    grid = {"train": ["ve", "xyz"], "labels": {"ve": "VE"}, "single": {"samplers": ["em", "heun"]}, "nll_steps": [10, 40]}
+    grid = {"train": ["ve", "xyz"], "labels": {"ve": "VE"}, "single": {"samplers": ["em", "heun"]},
+            "nll_steps": {"ve": [10, 40], "xyz": [10, 40]}}
     table = nll_table(summary, single, grid).set_index("train_rationale")
     assert table.loc["ve", "best_fid_step"] == 40 and table.loc["ve", "bpd_best_fid"] == pytest.approx(2.5)
     assert table.loc["xyz", "train_label"] == "xyz" and pd.isna(table.loc["xyz", "best_fid_step"])
@@ -328,7 +337,8 @@ def test_nll_table_without_a_usable_best_fid_cell_says_so(tmp_path):
     single = pd.DataFrame([("ve", "em", 900, 5.0, "constant")],
                           columns=["train_rationale", "sampler_name", "checkpoint_step", "fid", "degenerate"])
     summary = pd.DataFrame({"train_rationale": ["ve"], "checkpoint_step": [900], "bpd": [3.2], "bpd_se": [0.1]})
-    grid = {"train": ["ve"], "labels": {"ve": "VE"}, "single": {"samplers": ["em"]}, "nll_steps": [300, 600, 900]}
+    grid = {"train": ["ve"], "labels": {"ve": "VE"}, "single": {"samplers": ["em"]},
+            "nll_steps": {"ve": [300, 600, 900]}}
     table = nll_table(summary, single, grid)
     _write_nll(tmp_path / "nll", table)
     text = (tmp_path / "nll.md").read_text()

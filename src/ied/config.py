@@ -16,11 +16,12 @@ import numpy as np
 import yaml
 
 from ied import latex, layout, specs
-from ied.data import DATASETS, EXTRACTORS, DataError, check_upstream
+from ied.data import DATASETS, EXTRACTORS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.expressions import FormulaError, compile_formula
-from ied.io import sha256_file
+from ied.io import content_sha256, sha256_file
 from ied.nll import ESTIMATORS, EXACT_MAX_DIMS
+from ied.pretrained import FORMATS
 from ied.rationales import FAMILIES, KG_WEIGHTINGS, RationaleError, build, check_numerics
 from ied.samplers import SAMPLERS, OptionError, resolve_options
 
@@ -306,22 +307,44 @@ def _check_names(key: str, names: list, allowed: Mapping | list, what: str) -> N
             fail(key, f"{name!r} is not {what}")
 
 
-def _check_step(key: str, step: Any, config: dict) -> None:
+def _check_step(key: str, step: Any, config: dict, model: str | None = None) -> None:
+    """`step` is "last" or a checkpoint of `model` (default: of the trained models)."""
+    if step == "last":
+        return
+    if model is not None and model not in config["train"]["rationales"]:
+        fail(key, f"step {step}: {model!r} is a pretrained model with one checkpoint; use last")
     train = config["train"]
-    if step != "last" and (step % train["checkpoint_every"] or step > train["total_steps"]):
+    if not train["rationales"]:
+        fail(key, f"step {step}: nothing is trained here; use last")
+    if step % train["checkpoint_every"] or step > train["total_steps"]:
         fail(key, f"step {step} is not a checkpoint (multiples of {train['checkpoint_every']} up to "
                   f"{train['total_steps']})")
 
 
-def _check_lists(config: dict) -> None:
-    train = config["train"]
+def _check_models(config: dict) -> None:
+    """The models of the grid: trained rationales and pretrained networks, one namespace, at least one."""
+    train, pretrained = config["train"], config["pretrained"]
+    _check_names("train.rationales", train["rationales"], config["rationales"], "defined under rationales")
+    if not train["rationales"] and not pretrained:
+        fail("train.rationales", "no model to sample: list a training rationale or add a pretrained: model")
+    for name, entry in pretrained.items():
+        if name in config["rationales"]:
+            fail(f"pretrained.{name}", "is also a rationale's name; give the model a name of its own")
+        if entry["format"] not in FORMATS:
+            fail(f"pretrained.{name}.format", f"{entry['format']!r} is not one of {list(FORMATS)}")
+    if not train["rationales"]:
+        return
     if train["total_steps"] % train["checkpoint_every"]:
         fail("train.total_steps", f"must be a multiple of checkpoint_every ({train['checkpoint_every']})")
     if train["total_steps"] // train["checkpoint_every"] > MAX_CHECKPOINTS:
         fail("train.checkpoint_every", f"total_steps / checkpoint_every = "
                                        f"{train['total_steps'] // train['checkpoint_every']} checkpoints, one training "
                                        f"job each; at most {MAX_CHECKPOINTS}")
-    _check_names("train.rationales", train["rationales"], config["rationales"], "defined under rationales")
+
+
+def _check_lists(config: dict) -> None:
+    _check_models(config)
+    trained = layout.trained_models(config)
     for purpose in ("single", "repeated"):
         protocol = config["sample"][purpose]
         _check_names(f"sample.{purpose}.rationales", protocol["rationales"], config["rationales"],
@@ -330,7 +353,7 @@ def _check_lists(config: dict) -> None:
                      "under sample.samplers")
         for step in [] if protocol["checkpoints"] == "all" else protocol["checkpoints"]:
             _check_step(f"sample.{purpose}.checkpoints", step, config)
-        if not layout.protocol_steps(config, purpose):
+        if trained and not layout.protocol_steps(config, purpose, trained[0]):
             fail(f"sample.{purpose}.up_to", f"no checkpoint at or below step {protocol['up_to']}")
         if protocol["n_samples"] < MIN_SAMPLES:
             fail(f"sample.{purpose}.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
@@ -348,11 +371,12 @@ def _check_sweep(config: dict) -> None:
             fail(f"nfe_sweep.{key}", "required when nfe_sweep.steps is given")
     _check_names("nfe_sweep.rationales", sweep["rationales"], config["rationales"], "defined under rationales")
     _check_names("nfe_sweep.samplers", sweep["samplers"], config["sample"]["samplers"], "under sample.samplers")
-    _check_names("nfe_sweep.train_rationales", sweep.get("train_rationales", []), config["train"]["rationales"],
-                 "a training rationale")
+    _check_names("nfe_sweep.train_rationales", sweep.get("train_rationales", []), layout.models(config),
+                 "a model (a training rationale or a pretrained model)")
     if len(set(sweep["steps"])) != len(sweep["steps"]):
         fail("nfe_sweep.steps", f"lists a step count twice: {sweep['steps']}")
-    _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config)
+    for model in layout.sweep_models(config):
+        _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config, model)
     if sweep["n_samples"] < MIN_SAMPLES:
         fail("nfe_sweep.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
 
@@ -391,13 +415,13 @@ def _check_ablation(config: dict) -> None:
     ablation = config["ablation"]
     if not ablation["sigma_n"]:
         return
-    for key, allowed in (("rationale", config["rationales"]), ("train_rationale", config["train"]["rationales"]),
+    for key, allowed in (("rationale", config["rationales"]), ("train_rationale", layout.models(config)),
                          ("sampler", config["sample"]["samplers"])):
         if ablation.get(key) not in allowed:
             fail(f"ablation.{key}", f"{ablation.get(key)!r} is not one of {sorted(allowed)}")
     if config["rationales"][ablation["rationale"]]["family"] != "gaussian":
         fail("ablation.rationale", f"{ablation['rationale']!r} must be a gaussian rationale (σ_N is varied)")
-    _check_step("ablation.checkpoint", ablation["checkpoint"], config)
+    _check_step("ablation.checkpoint", ablation["checkpoint"], config, ablation["train_rationale"])
     if len(set(ablation["sigma_n"])) != len(ablation["sigma_n"]):
         fail("ablation.sigma_n", f"lists a σ_N twice: {ablation['sigma_n']}")
     configured = specs.configured_rationales(config)
@@ -418,6 +442,9 @@ def _check_nll(config: dict, given: Any) -> None:
     if "n_images" not in nll:
         return
     info = DATASETS[config["dataset"]["name"]]
+    if not info.splits:
+        fail("nll.n_images", f"the likelihood needs images of the dataset; {config['dataset']['name']} is known here "
+                             f"only by its reference statistics")
     available = info.sizes[info.reference_split]
     if nll["n_images"] != "all" and nll["n_images"] > available:
         fail("nll.n_images", f"{nll['n_images']} images asked for, but the {info.reference_split} split of "
@@ -434,11 +461,12 @@ def _check_nll(config: dict, given: Any) -> None:
 
 def _check_labels(config: dict) -> None:
     """Every label typesets in the tables' LaTeX (checked here, not after the sampling it would label)."""
-    for name, entry in config["rationales"].items():
-        try:
-            latex.escape(entry.get("label", name))
-        except ValueError as err:
-            fail(f"rationales.{name}.label", str(err))
+    for section in ("rationales", "pretrained"):
+        for name, entry in config[section].items():
+            try:
+                latex.escape(entry.get("label", name))
+            except ValueError as err:
+                fail(f"{section}.{name}.label", str(err))
 
 
 def _check_file_names(config: dict) -> None:
@@ -460,7 +488,7 @@ def _check_gpus(config: dict) -> None:
             fail(f"resources.{rule}.gpus", f"{gpus} GPUs requested, but a {rule} job is one process on one GPU "
                                            f"(only train_segment runs data-parallel); use 1")
     gpus = ((config["resources"].get("train_segment") or {}).get("gpus", 0))
-    if gpus > 1 and config["train"]["batch_size"] % gpus:
+    if gpus > 1 and config["train"]["rationales"] and config["train"]["batch_size"] % gpus:
         fail("train.batch_size", f"{config['train']['batch_size']} does not split evenly across the {gpus} GPUs of "
                                  f"resources.train_segment.gpus")
 
@@ -468,7 +496,13 @@ def _check_gpus(config: dict) -> None:
 def _check_evaluation(config: dict, deep: bool) -> None:
     dataset = config["dataset"]
     info = DATASETS[dataset["name"]]
-    if not info.embedded:
+    _check_reference(config, deep)
+    _check_pretrained_files(config, deep)
+    if not info.splits:
+        if config["train"]["rationales"]:
+            fail("train.rationales", f"{dataset['name']} is known here only by its reference statistics: nothing can "
+                                     f"be trained on it (sample its pretrained models)")
+    elif not info.embedded:
         root = dataset["data_root"]
         if not root:
             fail("dataset.data_root", f"dataset {dataset['name']!r} needs a local data_root")
@@ -494,6 +528,47 @@ def _check_evaluation(config: dict, deep: bool) -> None:
             fail("evaluate.feature_extractor_weights_path",
                  f"{path}: sha256 {sha256_file(path)[:12]}… does not start with evaluate.feature_extractor_sha256 "
                  f"({expected}): not the expected weights file")
+
+
+def _check_reference(config: dict, deep: bool) -> None:
+    """FID's reference: a split of the dataset, or published statistics of the extractor's features."""
+    evaluate, info = config["evaluate"], DATASETS[config["dataset"]["name"]]
+    split, statistics = evaluate["reference_split"], evaluate["reference_statistics"]
+    if split != "auto" and split not in info.splits:
+        fail("evaluate.reference_split", f"{split!r} is not a split of {config['dataset']['name']} "
+                                         f"({', '.join(info.splits) or 'none: use evaluate.reference_statistics'})")
+    if statistics is None:
+        if not info.splits:
+            fail("evaluate.reference_statistics", f"{config['dataset']['name']} has no images here: give the "
+                                                  f"published reference statistics (.npz with mu and sigma)")
+        return
+    if not Path(statistics).is_file():
+        fail("evaluate.reference_statistics", f"{statistics}: no such file")
+    if deep:
+        try:
+            read_fid_statistics(statistics, FID_FEATURES[extractor(config)])
+        except DataError as err:
+            fail("evaluate.reference_statistics", str(err))
+
+
+def _check_pretrained_files(config: dict, deep: bool) -> None:
+    for name, entry in config["pretrained"].items():
+        if not Path(entry["path"]).is_file():
+            fail(f"pretrained.{name}.path", f"{entry['path']}: no such file (the published networks are never "
+                                            f"downloaded: fetch it once, see README)")
+        expected = entry.get("sha256")
+        if deep and expected and not content_sha256(entry["path"]).startswith(expected):
+            fail(f"pretrained.{name}.sha256", f"{entry['path']}: sha256 {content_sha256(entry['path'])[:12]}… does "
+                                              f"not start with {expected}: not the expected file")
+
+
+def reference_split(config: Mapping[str, Any]) -> str | None:
+    """The split FID is computed against (None: against evaluate.reference_statistics)."""
+    evaluate = config["evaluate"]
+    if evaluate["reference_statistics"]:
+        return None
+    split = evaluate["reference_split"]
+    return DATASETS[config["dataset"]["name"]].reference_split if split == "auto" else split
 
 
 def check_resources(config: Mapping[str, Any], rules: Iterable[str]) -> None:

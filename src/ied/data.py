@@ -27,8 +27,8 @@ DIGITS_CNN = "ied-digits-cnn"  # the pipeline's own digits evaluator (ied.metric
 class Dataset:
     """What the pipeline needs to know of a dataset: splits, FID reference, classes, default extractor."""
 
-    splits: tuple[str, ...]
-    reference_split: str
+    splits: tuple[str, ...]  # () for a dataset known only by its reference statistics
+    reference_split: str | None
     num_classes: int
     extractor: str
     embedded: bool
@@ -44,8 +44,15 @@ DATASETS = {
                        shape=(3, 32, 32), sizes={"train": 50_000, "test": 10_000}),
     "imagenet32": Dataset(("train", "val"), "val", 1000, INCEPTION, embedded=False, paper_style="imagenet32",
                           shape=(3, 32, 32), sizes={"train": 1_281_167, "val": 50_000}),
+    # EDM's 64×64 datasets, for their published networks: scored against NVlabs' reference statistics
+    # (evaluate.reference_statistics), nothing prepared, nothing trained
+    "ffhq64": Dataset((), None, 0, INCEPTION, embedded=False, paper_style="cifar10", shape=(3, 64, 64), sizes={}),
+    "afhqv2_64": Dataset((), None, 0, INCEPTION, embedded=False, paper_style="cifar10", shape=(3, 64, 64), sizes={}),
+    "imagenet64": Dataset((), None, 1000, INCEPTION, embedded=False, paper_style="cifar10", shape=(3, 64, 64),
+                          sizes={}),
 }
 EXTRACTORS = (INCEPTION, DIGITS_CNN)
+FID_FEATURES = {INCEPTION: 2048, DIGITS_CNN: 128}  # the dimension of each extractor's FID features
 
 
 class DataError(RuntimeError):
@@ -103,6 +110,27 @@ def load_imageset_meta(path: str | Path) -> tuple[ImageSet, dict]:
     if checksum(images, labels) != info.get("sha256"):
         raise CorruptDataError(path, "checksum mismatch; the file is corrupt")
     return ImageSet(images, labels.astype(np.int64), int(info["num_classes"])), info
+
+
+def read_fid_statistics(path: str | Path, dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`mu` and `sigma` of reference features from an .npz (NVlabs' fid-refs format), as float64; no pickle is read.
+
+    DataError names the file if a key is missing, the shapes are not d and d × d (d = `dims` if given), or a value
+    is not finite."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            mu, sigma = np.asarray(npz["mu"], np.float64), np.asarray(npz["sigma"], np.float64)
+    except Exception as err:  # a missing key, a truncated zip, a pickled array
+        raise DataError(f"{path}: not reference statistics (an .npz with arrays mu and sigma): "
+                        f"{type(err).__name__}: {str(err)[:200]}") from None
+    d = mu.shape[0] if mu.ndim == 1 else -1
+    if mu.ndim != 1 or sigma.shape != (d, d) or (dims is not None and d != dims):
+        raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not the statistics of "
+                        f"{dims or 'd'}-dimensional features")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DataError(f"{path}: mu or sigma holds non-finite values")
+    return mu, sigma
 
 
 def generation_info(path: str | Path) -> dict:

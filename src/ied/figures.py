@@ -103,12 +103,13 @@ def fig_marginals(schedules: dict[str, pd.DataFrame], config: Grid, outdir: Path
 # --- Figs. 3/4 and 6/7: scores over training ---------------------------------------------------------------
 def _over_training(summary: pd.DataFrame, config: Grid, panels: list[tuple[str, str, str]], outdir: Path,
                    name: str, title: str) -> None:
-    """Rows of panels (metric, sampler, row title) × a column per training rationale; std bands; shared y per row."""
+    """Rows of panels (metric, sampler, row title) × a column per model; std bands; shared y per row. A pretrained
+    model's column holds its one checkpoint (its published weights) as one point per sampling rationale."""
     trains, samples = config["train"], config["single"]["rationales"] + [
         s for s in config["repeated"]["rationales"] if s not in config["single"]["rationales"]]
     palette = _palette(samples)
     fig, axes = plt.subplots(len(panels), len(trains), figsize=(3.6 * len(trains) + 1.6, 3.0 * len(panels)),
-                             sharey="row", sharex=True, squeeze=False, layout="constrained")
+                             sharey="row", squeeze=False, layout="constrained")
     for r, (metric, sampler, row_title) in enumerate(panels):
         for c, train in enumerate(trains):
             ax = axes[r][c]
@@ -121,8 +122,12 @@ def _over_training(summary: pd.DataFrame, config: Grid, panels: list[tuple[str, 
                 ax.plot(line["checkpoint_step"], mean, marker="o", ms=3, color=palette[sample],
                         label=_label(config, sample))
                 ax.fill_between(line["checkpoint_step"], mean - std, mean + std, color=palette[sample], alpha=0.2)
-            ax.set_title(f"trained with {_label(config, train)}", fontsize=9)
-            ax.set_xlabel("training step" if r == len(panels) - 1 else "")
+            if train in config.get("pretrained", []):
+                ax.set_title(f"{_label(config, train)} (pretrained)", fontsize=9)
+                ax.set_xticks([0], ["published weights"] if r == len(panels) - 1 else [""])
+            else:
+                ax.set_title(f"trained with {_label(config, train)}", fontsize=9)
+                ax.set_xlabel("training step" if r == len(panels) - 1 else "")
         axes[r][0].set_ylabel(row_title)
         if metric == "fid":
             _fid_axis(axes[r][0], summary[summary["sampler_name"] == sampler]["fid_mean"])
@@ -264,8 +269,8 @@ def fig_fid_nfe(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) ->
                 ["base_sampler", "sample_rationale"], sort=False):
             ax.plot(line["nfe"], line["fid"], styles.get(sampler, "-"), marker="o", ms=3, color=palette[sample],
                     label=f"{_label(config, sample)}, {sampler}")
-        ax.set(xscale="log", xlabel="NFE per image", title=f"trained with {_label(config, train)}, "
-                                                            f"step {config['sweep']['checkpoint']}")
+        ax.set(xscale="log", xlabel="NFE per image", title=f"{_label(config, train)}, "
+                                                            f"step {config['sweep']['checkpoint'][train]}")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("FID ↓")
     _fid_axis(axes[0][0], table["fid"])
@@ -273,8 +278,9 @@ def fig_fid_nfe(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) ->
 
 
 def fig_loss_by_sigma(losses: Mapping[str, pd.DataFrame], config: Grid, outdir: Path, name: str) -> None:
-    """Training ε-loss against σ (log-σ bins) per training rationale, a line per log interval (darker: later)."""
-    trains = config["train"]
+    """Training ε-loss against σ (log-σ bins) per training rationale, a line per log interval (darker: later).
+    Pretrained models have no training here, and no column."""
+    trains = [t for t in config["train"] if t not in config.get("pretrained", [])]
     fig, axes = plt.subplots(1, len(trains), figsize=(4.2 * len(trains) + 1.5, 3.6), squeeze=False, sharey=True,
                              layout="constrained")
     last = max((int(t["step"].max()) for t in losses.values() if len(t)), default=1)
@@ -301,11 +307,17 @@ def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, config: Grid, outdir: 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for train in trains:
         line = summary[summary["train_rationale"] == train].sort_values("checkpoint_step")
-        axes[0].errorbar(line["checkpoint_step"], line["bpd"], yerr=line["bpd_se"], marker="o", ms=3, capsize=2,
-                         color=palette[train], label=_label(config, train))
         own = train if train in single["rationales"] else single["rationales"][0]
         curve = fid[(fid["train_rationale"] == train) & (fid["sample_rationale"] == own)
                     & (fid["sampler_name"] == sampler)].sort_values("checkpoint_step")
+        if train in config.get("pretrained", []):  # one checkpoint: a level across the training axis
+            for ax, values in ((axes[0], line["bpd"]), (axes[1], curve["fid_mean"])):
+                if len(values):
+                    ax.axhline(float(values.iloc[0]), ls="--", color=palette[train],
+                               label=f"{_label(config, train)} (pretrained)")
+            continue
+        axes[0].errorbar(line["checkpoint_step"], line["bpd"], yerr=line["bpd_se"], marker="o", ms=3, capsize=2,
+                         color=palette[train], label=_label(config, train))
         axes[1].plot(curve["checkpoint_step"], curve["fid_mean"], marker="o", ms=3, color=palette[train],
                      label=f"{_label(config, train)} → {_label(config, own)}")
     axes[0].set(xlabel="training step", ylabel="NLL (bits/dim) ↓", title="(a) likelihood, probability-flow ODE")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -82,6 +83,18 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """sha256_file, computed once per process for a file of a given size and modification time (the Snakefile asks
+    for the digest of the same weights or network file for every job it plans)."""
+    stat = os.stat(path)
+    return _cached_sha256(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -72,46 +72,84 @@ def cell_path(pattern: str, cell: Cell) -> str:
     return pattern.format(**cell.wildcards())
 
 
+PRETRAINED_STEP = 0  # a pretrained model's one checkpoint: its published weights, nothing trained here
+
+
+def trained_models(config: Mapping[str, Any]) -> list[str]:
+    """The models this pipeline trains, one per training rationale."""
+    return list(config["train"]["rationales"])
+
+
+def pretrained_models(config: Mapping[str, Any]) -> list[str]:
+    """The published models it imports (`pretrained:`)."""
+    return list(config.get("pretrained") or {})
+
+
+def models(config: Mapping[str, Any]) -> list[str]:
+    """Every model of the grid, trained first, in the config's order: the rows of every table."""
+    return trained_models(config) + pretrained_models(config)
+
+
 def checkpoint_steps(config: Mapping[str, Any]) -> list[int]:
     """Every checkpoint the training writes: multiples of checkpoint_every up to total_steps."""
     train = config["train"]
+    if not train["rationales"]:
+        return []
     return list(range(train["checkpoint_every"], train["total_steps"] + 1, train["checkpoint_every"]))
 
 
-def protocol_steps(config: Mapping[str, Any], purpose: str) -> list[int]:
-    """The checkpoints a sample-set protocol (`single` or `repeated`) evaluates."""
+def model_steps(config: Mapping[str, Any], model: str) -> list[int]:
+    """A model's checkpoints: the training's, or a pretrained model's one."""
+    return checkpoint_steps(config) if model in config["train"]["rationales"] else [PRETRAINED_STEP]
+
+
+def protocol_steps(config: Mapping[str, Any], purpose: str, model: str | None = None) -> list[int]:
+    """The checkpoints a sample-set protocol (`single` or `repeated`) evaluates of `model`: a trained model's listed
+    checkpoints up to `up_to`, a pretrained model's one; without `model`, those of every model."""
+    if model is None:
+        return sorted({step for m in models(config) for step in protocol_steps(config, purpose, m)})
+    if model not in config["train"]["rationales"]:
+        return [PRETRAINED_STEP]
     protocol = config["sample"][purpose]
     wanted = checkpoint_steps(config) if protocol["checkpoints"] == "all" else sorted(protocol["checkpoints"])
     return [s for s in wanted if protocol["up_to"] is None or s <= protocol["up_to"]]
 
 
-def nll_steps(config: Mapping[str, Any]) -> list[int]:
-    """The checkpoints whose likelihood is computed ([] without an `nll:` section)."""
+def nll_steps(config: Mapping[str, Any], model: str) -> list[int]:
+    """The checkpoints of `model` whose likelihood is computed ([] without an `nll:` section)."""
     nll = config["nll"]
     if "n_images" not in nll:
         return []
+    if model not in config["train"]["rationales"]:
+        return [PRETRAINED_STEP]
     wanted = nll["checkpoints"]
     steps = checkpoint_steps(config)
     return steps[-1:] if wanted == "last" else steps if wanted == "all" else sorted(wanted)
 
 
-def _step(config: Mapping[str, Any], step: int | str) -> int:
-    return checkpoint_steps(config)[-1] if step == "last" else int(step)
+def _step(config: Mapping[str, Any], step: int | str, model: str) -> int:
+    return model_steps(config, model)[-1] if step == "last" else int(step)
 
 
 def ablation_step(config: Mapping[str, Any]) -> int:
-    return _step(config, config["ablation"]["checkpoint"])
+    ablation = config["ablation"]
+    return _step(config, ablation["checkpoint"], ablation["train_rationale"])
 
 
-def sweep_step(config: Mapping[str, Any]) -> int:
-    return _step(config, config["nfe_sweep"]["checkpoint"])
+def sweep_models(config: Mapping[str, Any]) -> list[str]:
+    """The models of the NFE sweep: its `train_rationales`, or every model."""
+    return config["nfe_sweep"].get("train_rationales") or models(config)
+
+
+def sweep_step(config: Mapping[str, Any], model: str) -> int:
+    return _step(config, config["nfe_sweep"]["checkpoint"], model)
 
 
 def protocol_cells(config: Mapping[str, Any], purpose: str) -> list[Cell]:
-    """Training rationale × checkpoint × sampling rationale × sampler × set of one protocol."""
+    """Model × checkpoint × sampling rationale × sampler × set of one protocol."""
     protocol = config["sample"][purpose]
-    return [Cell(t, step, s, sampler, protocol["n_samples"], k) for t in config["train"]["rationales"]
-            for step in protocol_steps(config, purpose) for s in protocol["rationales"]
+    return [Cell(t, step, s, sampler, protocol["n_samples"], k) for t in models(config)
+            for step in protocol_steps(config, purpose, t) for s in protocol["rationales"]
             for sampler in protocol_samplers(config, purpose) for k in range(protocol["sets"])]
 
 
@@ -123,6 +161,8 @@ def protocol_samplers(config: Mapping[str, Any], purpose: str) -> list[str]:
 def ablation_cells(config: Mapping[str, Any]) -> list[Cell]:
     """Fig. 5: one model, one sampler, N(0, σ_N²) for each σ_N; as many images as the single sets."""
     ablation = config["ablation"]
+    if not ablation["sigma_n"]:
+        return []
     return [Cell(ablation["train_rationale"], ablation_step(config), name, ablation["sampler"],
                  config["sample"]["single"]["n_samples"], 0) for name in specs.ablation_rationales(config)]
 
@@ -132,9 +172,9 @@ def sweep_cells(config: Mapping[str, Any]) -> list[Cell]:
     sweep = config["nfe_sweep"]
     if not sweep["steps"]:
         return []
-    trains = sweep.get("train_rationales") or config["train"]["rationales"]
-    return [Cell(t, sweep_step(config), s, specs.sweep_sampler(config, sampler, steps), sweep["n_samples"], 0)
-            for t in trains for s in sweep["rationales"] for sampler in sweep["samplers"] for steps in sweep["steps"]]
+    return [Cell(t, sweep_step(config, t), s, specs.sweep_sampler(config, sampler, steps), sweep["n_samples"], 0)
+            for t in sweep_models(config) for s in sweep["rationales"] for sampler in sweep["samplers"]
+            for steps in sweep["steps"]]
 
 
 def cells(config: Mapping[str, Any]) -> list[Cell]:
@@ -153,8 +193,10 @@ def artefacts(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         del figures["ablation"]  # the paper's σ_N ablation is a CIFAR-10 study
     if config["nfe_sweep"]["steps"]:
         tables["nfe"] = figures["nfe"] = "fid_nfe"
-    if nll_steps(config):
+    if "n_images" in config["nll"]:
         tables["nll"], figures["nll"] = "nll", "nll_over_training"
+    if not trained_models(config):
+        del figures["loss_by_sigma"]  # nothing trained here: no training loss
     return {"tables": tables, "figures": figures}
 
 

@@ -217,14 +217,17 @@ def cached_features(path: Path | None, compute: Callable[[], dict[str, torch.Ten
     return features
 
 
-def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weights_path: str | Path, *,
+def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor: str, weights_path: str | Path, *,
               sha256: str | None = None, cache_root: str | Path | None = None,
               reference_cache_name: str | None = None, isc: bool = True, batch_size: int = 256,
-              device: str = "auto") -> dict[str, float]:
+              device: str = "auto", reference_statistics: tuple[np.ndarray, np.ndarray] | None = None
+              ) -> dict[str, float]:
     """torch-fidelity's FID, IS (10 splits), KID, and precision and recall (k = 3, Kynkäänniemi et al.) of
     `generated` against `reference` (uint8 N×C×H×W), all on the one extractor's features.
 
-    The reference's features are cached under `cache_root` as `<reference_cache_name>.npz` (checksummed)."""
+    The reference's features are cached under `cache_root` as `<reference_cache_name>.npz` (checksummed). With
+    `reference_statistics` (mu, sigma) instead of reference images, FID is computed against them (in float64, as
+    published statistics are) and KID, precision and recall, which need the reference's features, are NaN."""
     from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_featuresdict_to_metric
     from torch_fidelity.metric_kid import kid_featuresdict_to_metric
@@ -234,23 +237,34 @@ def calculate(generated: np.ndarray, reference: np.ndarray, extractor: str, weig
 
     from ied.device import choose
 
-    subset = min(1000, len(generated) // 2, len(reference) // 2)  # subsets must differ for a KID std
-    kwargs = dict(input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, isc=isc, kid=True,
-                  prc=True, isc_splits=10, kid_subset_size=subset, cuda=choose(device).type == "cuda",
-                  batch_size=batch_size, save_cpu_ram=True, verbose=False, cache=False,
-                  **extractor_kwargs(extractor, weights_path, sha256))
+    paired = reference is not None
+    kwargs = dict(input1=UInt8Images(generated), fid=True, isc=isc, kid=paired, prc=paired, isc_splits=10,
+                  cuda=choose(device).type == "cuda", batch_size=batch_size, save_cpu_ram=True, verbose=False,
+                  cache=False, **extractor_kwargs(extractor, weights_path, sha256))
+    if paired:  # KID subsets must differ for a standard deviation
+        kwargs.update(input2=UInt8Images(reference), kid_subset_size=min(1000, len(generated) // 2, len(reference) // 2))
     layers = {metric: resolve_feature_layer_for_metric(metric, **kwargs) for metric in ("isc", "fid", "kid", "prc")}
     with _tensors_only(weights_path):
         features = create_feature_extractor(kwargs["feature_extractor"], sorted(set(layers.values())), **kwargs)
     gen = extract_featuresdict_from_input_id(1, features, **kwargs)
-    cache = Path(cache_root) / f"{reference_cache_name}.npz" if cache_root and reference_cache_name else None
-    ref = cached_features(cache, lambda: extract_featuresdict_from_input_id(2, features, **kwargs))
-    result = fid_statistics_to_metric(fid_featuresdict_to_statistics(gen, layers["fid"]),
-                                      fid_featuresdict_to_statistics(ref, layers["fid"]), False)
+    result = {"kernel_inception_distance_mean": math.nan, "kernel_inception_distance_std": math.nan,
+              "precision": math.nan, "recall": math.nan}
+    if paired:
+        cache = Path(cache_root) / f"{reference_cache_name}.npz" if cache_root and reference_cache_name else None
+        ref = cached_features(cache, lambda: extract_featuresdict_from_input_id(2, features, **kwargs))
+        result.update(fid_statistics_to_metric(fid_featuresdict_to_statistics(gen, layers["fid"]),
+                                               fid_featuresdict_to_statistics(ref, layers["fid"]), False))
+        result.update(kid_featuresdict_to_metric(gen, ref, layers["kid"], **kwargs))
+        result.update(prc_featuresdict_to_metric(gen, ref, layers["prc"], **kwargs))
+    else:
+        ours = {k: np.asarray(v, np.float64) for k, v in fid_featuresdict_to_statistics(gen, layers["fid"]).items()}
+        mu, sigma = reference_statistics
+        if mu.shape != ours["mu"].shape:
+            raise MetricsError(f"the reference statistics are of {mu.shape[0]}-dimensional features, {extractor}'s "
+                               f"FID features have {ours['mu'].shape[0]}")
+        result.update(fid_statistics_to_metric(ours, {"mu": mu, "sigma": sigma}, False))
     if isc:
         result.update(isc_featuresdict_to_metric(gen, layers["isc"], **kwargs))
-    result.update(kid_featuresdict_to_metric(gen, ref, layers["kid"], **kwargs))
-    result.update(prc_featuresdict_to_metric(gen, ref, layers["prc"], **kwargs))
     return {"fid": float(result["frechet_inception_distance"]),
             "isc_mean": float(result.get("inception_score_mean", math.nan)),
             "isc_std": float(result.get("inception_score_std", math.nan)),
@@ -265,28 +279,50 @@ def reference_cache_name(reference: str | Path, extractor: str, weights_path: st
             f"{sha256_file(weights_path)[:12]}-features")
 
 
-def evaluate(samples: str | Path, reference: str | Path, extractor: str, weights_path: str | Path, out: str | Path,
-             *, cell: Mapping[str, Any] | None = None, sha256: str | None = None,
-             cache_root: str | Path | None = None, batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
-    """Score one samples file against the reference split and write the result row as Parquet.
+def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, weights_path: str | Path,
+             out: str | Path, *, cell: Mapping[str, Any] | None = None, sha256: str | None = None,
+             cache_root: str | Path | None = None, batch_size: int = 256, device: str = "auto",
+             reference_statistics: str | Path | None = None, expect_shape: tuple[int, ...] | None = None
+             ) -> dict[str, Any]:
+    """Score one samples file against the reference split (or published reference statistics) and write the result
+    row as Parquet.
 
-    A degenerate set (constant or all-alike images) is scored but flagged, so the tables never rank it."""
+    The samples must be images as the reference's are: uint8 (quantised as the dataset's images were) of the same
+    channels and size (`expect_shape` when only statistics are given). A degenerate set (constant or all-alike
+    images) is scored but flagged, so the tables never rank it."""
     import pandas as pd
     import torch_fidelity
 
+    from ied.data import FID_FEATURES, DataError, read_fid_statistics
+
+    if (reference is None) == (reference_statistics is None):
+        raise MetricsError("score against a reference split or reference statistics, one of the two")
     tick = time.perf_counter()
-    gen, ref = load_imageset(samples), load_imageset(reference)
+    gen = load_imageset(samples)
     info = generation_info(samples)
-    cache_name = reference_cache_name(reference, extractor, weights_path) if cache_root else None
-    scores = calculate(gen.images, ref.images, extractor, weights_path, sha256=sha256, cache_root=cache_root,
-                       reference_cache_name=cache_name, batch_size=batch_size, device=device)
+    ref = None if reference is None else load_imageset(reference)
+    expected = tuple(expect_shape) if ref is None else ref.images.shape[1:]
+    if gen.images.dtype != np.uint8 or (expected and gen.images.shape[1:] != tuple(expected)):
+        raise MetricsError(f"{samples}: {gen.images.dtype} images of shape {gen.images.shape[1:]}, but the reference "
+                           f"is uint8 {tuple(expected)}: not images of this dataset")
+    statistics = None
+    if reference_statistics is not None:
+        try:
+            statistics = read_fid_statistics(reference_statistics, FID_FEATURES.get(extractor))
+        except DataError as err:
+            raise MetricsError(str(err)) from None
+    cache_name = reference_cache_name(reference, extractor, weights_path) if cache_root and ref is not None else None
+    scores = calculate(gen.images, None if ref is None else ref.images, extractor, weights_path, sha256=sha256,
+                       cache_root=cache_root, reference_cache_name=cache_name, batch_size=batch_size, device=device,
+                       reference_statistics=statistics)
     problem = degenerate(gen.images)
-    if problem is None and not all(math.isfinite(scores[k]) for k in ("fid", "kid_mean")):
+    if problem is None and not math.isfinite(scores["fid"]):
         problem = "non-finite score"
+    source = Path(reference).stem if ref is not None else f"statistics:{Path(reference_statistics).name}"
     row = {**dict(cell or {}), "sampler": info.get("sampler"), "steps": info.get("steps"), "nfe": info.get("nfe"),
            "sampler_options": json.dumps(info.get("options", {}), sort_keys=True),
            "checkpoint_step": info.get("checkpoint_step"), "seed_set": info.get("seed_set"),
-           "n_samples": len(gen), "reference_split": Path(reference).stem, "extractor": extractor, **scores,
+           "n_samples": len(gen), "reference_split": source, "extractor": extractor, **scores,
            "degenerate": problem or "", "seconds": time.perf_counter() - tick,
            "versions": json.dumps({"torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
                                    "python": platform.python_version()})}

@@ -103,8 +103,10 @@ def all_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
 
 
 def labels(config: Mapping[str, Any]) -> dict[str, str]:
-    """Display names for tables and figures: `label`, else the name; N(0,σ_N²) for the ablation."""
+    """Display names for tables and figures: `label`, else the name; N(0,σ_N²) for the ablation; a pretrained
+    model's label (it may share a name with a rationale only when that rationale is not trained)."""
     out = {name: entry.get("label", name) for name, entry in config["rationales"].items()}
+    out.update({name: entry.get("label", name) for name, entry in (config.get("pretrained") or {}).items()})
     for name, spec in ablation_rationales(config).items():
         out.setdefault(name, f"N(0,{short_number(spec['sigma_n'])}²)")
     return out
@@ -133,6 +135,24 @@ def training_spec(config: Mapping[str, Any], name: str) -> dict:
             "lr": float(train["lr"]), "ema": float(train["ema"]),
             "grad_clip": None if train["grad_clip"] is None else float(train["grad_clip"]),
             "seed": int(train["seed"]), "weighting": train["weighting"]}
+
+
+def pretrained_identity(sha256: str) -> dict:
+    """What determines a pretrained model's checkpoint: the format and the content of its file (not its path)."""
+    return {"format": "edm", "sha256": sha256}
+
+
+def pretrained_spec(config: Mapping[str, Any], name: str) -> dict:
+    """A `pretrained:` entry's identity; the file is hashed (once per process)."""
+    from ied.io import content_sha256
+    return pretrained_identity(content_sha256(config["pretrained"][name]["path"]))
+
+
+def model_hash(config: Mapping[str, Any], model: str) -> str:
+    """The config hash a model's checkpoints carry: of its training spec, or of its pretrained file."""
+    if model in config["train"]["rationales"]:
+        return identity_hash(training_spec(config, model))
+    return identity_hash(pretrained_spec(config, model))
 
 
 def sweep_sampler(config: Mapping[str, Any], sampler: str, steps: int) -> str:

@@ -43,11 +43,12 @@ def per_checkpoint(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.Series({
             "sets": len(g), "degenerate": "; ".join(sorted({d for d in g["degenerate"] if d})),
             "fid_mean": g["fid"].mean(), "fid_std": math.nan if one else g["fid"].std(ddof=1),
+            "fid_min": g["fid"].min(),
             "isc_mean": g["isc_mean"].mean(), "isc_std": g["isc_std"].iloc[0] if one else g["isc_mean"].std(ddof=1),
             "kid_mean": g["kid_mean"].mean(), "precision": g["precision"].mean(), "recall": g["recall"].mean()})
     if rows.empty:
         return pd.DataFrame(columns=CELL_KEYS + ["checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
-                                                 "isc_mean", "isc_std", "kid_mean", "precision", "recall"])
+                                                 "fid_min", "isc_mean", "isc_std", "kid_mean", "precision", "recall"])
     return rows.groupby(CELL_KEYS + ["checkpoint_step"]).apply(summarize, include_groups=False).reset_index()
 
 
@@ -84,8 +85,8 @@ def single_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame
 def repeated_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
     """Table 3/4: FID mean ± std over the repeated sets at each cell's best checkpoint in the repeated range."""
     best = best_checkpoints(per_checkpoint(protocol_rows(metrics, grid["repeated"], grid["train"])))
-    columns = CELL_KEYS + ["checkpoint_step", "sets", "fid_mean", "fid_std", "isc_mean", "isc_std", "precision",
-                           "recall", "degenerate"]
+    columns = CELL_KEYS + ["checkpoint_step", "sets", "fid_mean", "fid_std", "fid_min", "isc_mean", "isc_std",
+                           "precision", "recall", "degenerate"]
     return _ordered(best[columns], grid, grid["repeated"]["rationales"])
 
 
@@ -93,7 +94,8 @@ def nfe_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
     """FID against the number of denoiser evaluations per image: one row per sweep point."""
     sweep = grid["sweep"]
     points = sweep["points"]
-    rows = metrics[(metrics["checkpoint_step"] == sweep["checkpoint"]) & (metrics["n_samples"] == sweep["n_samples"])
+    at_its_checkpoint = metrics["checkpoint_step"] == metrics["train_rationale"].map(sweep["checkpoint"])
+    rows = metrics[at_its_checkpoint & (metrics["n_samples"] == sweep["n_samples"])
                    & (metrics["seed_set"] == 0) & metrics["sampler_name"].isin(points)
                    & metrics["train_rationale"].isin(sweep["train"]) & metrics["sample_rationale"].isin(sweep["rationales"])]
     rows = rows.assign(base_sampler=rows["sampler_name"].map(lambda n: points[n]["sampler"]))
@@ -215,7 +217,7 @@ def nll_table(summary: pd.DataFrame, single: pd.DataFrame, grid: Mapping[str, An
         cells = single[(single["train_rationale"] == train) & (single["sampler_name"] == sampler)
                        & (single["degenerate"] == "")]
         best = int(cells.loc[cells["fid"].idxmin(), "checkpoint_step"]) if len(cells) else None
-        last = max(grid["nll_steps"])
+        last = max(grid["nll_steps"][train])
         row = {"train_rationale": train, "train_label": grid["labels"].get(train, train), "best_fid_step": best,
                "last_step": last}
         for key, step in (("best_fid", best), ("last", last)):
@@ -265,21 +267,26 @@ def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str 
     metrics, outdir, names = pd.read_parquet(metrics_path), Path(outdir), grid["artefacts"]["tables"]
     single = single_table(metrics, grid)
     n, k, m = grid["single"]["n_samples"], grid["repeated"]["sets"], grid["repeated"]["n_samples"]
-    _write(outdir, names["single"], single,
-           [(TITLES["fid"], grids(single, "fid", None, "fid_std_repeated", True)),
-            (TITLES["isc"], grids(single, "isc_mean", "isc_std", "isc_std_repeated", False)),
-            (TITLES["precision"], grids(single, "precision", None, None, False)),
-            (TITLES["recall"], grids(single, "recall", None, None, False))],
+    pretrained = ("A pretrained model has one checkpoint, its published weights (step 0). "
+                  if grid.get("pretrained") else "")
+    sections = [(TITLES["fid"], grids(single, "fid", None, "fid_std_repeated", True)),
+                (TITLES["isc"], grids(single, "isc_mean", "isc_std", "isc_std_repeated", False))]
+    # against published reference statistics there are no reference features: no precision or recall
+    sections += [(TITLES[key], grids(single, key, None, None, False)) for key in ("precision", "recall")
+                 if single[key].notna().any()]
+    _write(outdir, names["single"], single, sections,
            f"Best FID recorded during training ({n} samples, one set per checkpoint), and IS, precision and "
            f"recall at that checkpoint.",
-           f"IS: mean ± std over 10 splits. `*`: within the standard deviations (over the {k} repeated sets of "
-           f"{m}) of the best score (bold). `degenerate`: constant or all-alike samples, never ranked.")
+           f"{pretrained}IS: mean ± std over 10 splits. `*`: within the standard deviations (over the {k} repeated "
+           f"sets of {m}) of the best score (bold). `degenerate`: constant or all-alike samples, never ranked.")
     repeated = repeated_table(metrics, grid)
     _write(outdir, names["repeated"], repeated,
-           [(TITLES["fid"], grids(repeated, "fid_mean", "fid_std", "fid_std", True))],
+           [(TITLES["fid"], grids(repeated, "fid_mean", "fid_std", "fid_std", True)),
+            (f"FID, the lowest of the {k} sets ↓", grids(repeated, "fid_min", None, None, True))],
            f"FID mean ± std over {k} sets of {m} samples at each cell's best checkpoint "
            f"(up to step {max(grid['repeated']['steps'])}).",
-           "`*`: mean ± std overlaps the best's (bold). `degenerate`: constant or all-alike samples, never ranked.")
+           f"{pretrained}`*`: mean ± std overlaps the best's (bold). The lowest of the sets is how EDM reports FID. "
+           f"`degenerate`: constant or all-alike samples, never ranked.")
     if "nfe" in names:
         _write_nfe(outdir / names["nfe"], nfe_table(metrics, grid))
     if "nll" in names:

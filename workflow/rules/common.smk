@@ -5,15 +5,17 @@
 # batch and shard sizes, data_root) reach the jobs as Snakemake *resources*, which no rerun trigger watches.
 import json
 import os
+import re
 import shlex
 import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from ied import layout, specs
-from ied.config import ConfigError, check_resources, extractor, merge, parse_overrides, read_yaml, resource, validate
+from ied.config import (ConfigError, check_resources, extractor, merge, parse_overrides, read_yaml, reference_split,
+                        resource, validate)
 from ied.data import DATASETS
-from ied.io import sha256_file
+from ied.io import content_sha256
 
 DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
 
@@ -46,18 +48,24 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTH
 EXP = layout.experiment_root(config)
 RATIONALES = specs.all_rationales(config)
 CELLS = layout.cells(config)
-EVERY = config["train"]["checkpoint_every"]
+EVERY = config["train"].get("checkpoint_every", 0)
 EXTRACTOR = extractor(config)
-REFERENCE = DATASETS[config["dataset"]["name"]].reference_split
+REFERENCE = reference_split(config)  # None: FID against reference statistics (evaluate.reference_statistics)
+HELD_OUT = DATASETS[config["dataset"]["name"]].reference_split  # the likelihood's images: the held-out split
 ENV = "../../envs/ied.yaml"
 CELL_JOB = layout.CELL_JOB  # one file name per cell for logs and benchmarks
+
+
+def names_pattern(names):
+    """A wildcard constraint matching exactly these names (none: nothing)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 wildcard_constraints:
     step=r"\d+",
     seed=r"\d+",
     n=r"\d+",
-    split="|".join(DATASETS[config["dataset"]["name"]].splits),
+    split=names_pattern(DATASETS[config["dataset"]["name"]].splits),
     train=layout.NAME_PATTERN,
     sample=layout.NAME_PATTERN,
     sampler=layout.SAMPLER_PATTERN,
@@ -110,7 +118,9 @@ def extractor_weights(w):
 # evaluation), the path a resource (moving the same file reruns nothing), and how the config spells the expected
 # digest (8 hex digits or 64) does not matter.
 WEIGHTS = config["evaluate"]["feature_extractor_weights_path"] if EXTRACTOR != DATASETS["digits"].extractor else None
-WEIGHTS_SHA256 = sha256_file(WEIGHTS) if WEIGHTS else ""
+WEIGHTS_SHA256 = content_sha256(WEIGHTS) if WEIGHTS else ""
+STATISTICS = config["evaluate"]["reference_statistics"]
+STATISTICS_SHA256 = content_sha256(STATISTICS) if STATISTICS else ""
 
 
 def protocol_slice(purpose):
@@ -127,16 +137,18 @@ def sweep_slice():
         return {}
     points = {specs.sweep_sampler(config, s, k): {"sampler": s, "steps": k} for s in sweep["samplers"]
               for k in sweep["steps"]}
-    return {"train": sweep.get("train_rationales") or config["train"]["rationales"],
-            "rationales": sweep["rationales"], "samplers": sweep["samplers"], "points": points,
-            "checkpoint": layout.sweep_step(config), "n_samples": sweep["n_samples"]}
+    models = layout.sweep_models(config)
+    return {"train": models, "rationales": sweep["rationales"], "samplers": sweep["samplers"], "points": points,
+            "checkpoint": {m: layout.sweep_step(config, m) for m in models}, "n_samples": sweep["n_samples"]}
 
 
 def table_slice():
     """What the tables read of the config: names and their order, labels, protocols, the artefact names."""
-    return {"train": config["train"]["rationales"], "samplers": list(config["sample"]["samplers"]),
-            "labels": specs.labels(config), "single": protocol_slice("single"), "repeated": protocol_slice("repeated"),
-            "sweep": sweep_slice(), "artefacts": layout.artefacts(config), "nll_steps": layout.nll_steps(config)}
+    return {"train": layout.models(config), "pretrained": layout.pretrained_models(config),
+            "samplers": list(config["sample"]["samplers"]), "labels": specs.labels(config),
+            "single": protocol_slice("single"), "repeated": protocol_slice("repeated"), "sweep": sweep_slice(),
+            "artefacts": layout.artefacts(config),
+            "nll_steps": {m: layout.nll_steps(config, m) for m in layout.models(config)}}
 
 
 def figure_slice():
@@ -153,7 +165,7 @@ def figure_slice():
 
 
 def nll_tables():
-    return [out(layout.NLL, train=t, step=s) for t in config["train"]["rationales"] for s in layout.nll_steps(config)]
+    return [out(layout.NLL, train=t, step=s) for t in layout.models(config) for s in layout.nll_steps(config, t)]
 
 
 def loss_tables():

@@ -2,7 +2,7 @@ rule evaluate:
     """FID, IS and KID of one samples file (torch-fidelity) → one Parquet row."""
     input:
         samples=out(layout.SAMPLES),
-        reference=out(layout.DATA, split=REFERENCE),
+        reference=[out(layout.DATA, split=REFERENCE)] if REFERENCE else [],
         weights=extractor_weights,
     output:
         out(layout.METRIC_ROW),
@@ -10,6 +10,10 @@ rule evaluate:
         cell=lambda w: dumps({"train_rationale": w.train, "sample_rationale": w.sample, "sampler_name": w.sampler}),
         extractor=EXTRACTOR,
         weights_sha256=WEIGHTS_SHA256,
+        # published reference statistics enter by their content, like the weights
+        statistics_sha256=STATISTICS_SHA256,
+        reference=lambda w, input: f"--reference {shlex.quote(input.reference[0])}" if input.reference else "",
+        shape=",".join(map(str, DATASETS[config["dataset"]["name"]].shape)),
     benchmark:
         bench("evaluate", CELL_JOB)
     log:
@@ -25,10 +29,12 @@ rule evaluate:
         device=config["evaluate"]["device"],
         cache=out(layout.FIDELITY_CACHE),
         weights=WEIGHTS or out(layout.EVALUATOR),
+        statistics=STATISTICS or "",
     conda:
         ENV
     shell:
-        "python -m ied evaluate --samples {input.samples:q} --reference {input.reference:q} --extractor {params.extractor}"
+        "python -m ied evaluate --samples {input.samples:q} {params.reference}"
+        " --reference-statistics={resources.statistics:q} --expect-shape {params.shape} --extractor {params.extractor}"
         " --weights {resources.weights:q} --sha256={params.weights_sha256:q} --cell {params.cell:q}"
         " --cache-root {resources.cache:q}"
         " --batch-size {resources.batch_size} --device {resources.device} --out {output:q} > {log:q} 2>&1"

@@ -1,8 +1,8 @@
 rule nll:
-    """Bits/dim of a fixed subset of the reference split under one checkpoint (probability-flow ODE)."""
+    """Bits/dim of a fixed subset of the held-out split under one checkpoint (probability-flow ODE)."""
     input:
         checkpoint=out(layout.CHECKPOINT),
-        data=out(layout.DATA, split=REFERENCE),
+        data=out(layout.DATA, split=HELD_OUT),
     output:
         out(layout.NLL),
     params:
@@ -11,7 +11,7 @@ rule nll:
         estimator=config["nll"]["estimator"],
         rtol=config["nll"]["rtol"],
         atol=config["nll"]["atol"],
-        config_hash=lambda w: specs.identity_hash(specs.training_spec(config, w.train)),
+        config_hash=lambda w: specs.model_hash(config, w.train),
     benchmark:
         bench("nll", "{train}-{step}")
     log:

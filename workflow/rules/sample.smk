@@ -8,7 +8,7 @@ rule generate:
     params:
         spec=lambda w: dumps(specs.sampling_spec(config, w.sample, w.sampler)),
         # the checkpoint must hold this step of this training spec (a copied file is refused)
-        config_hash=lambda w: specs.identity_hash(specs.training_spec(config, w.train)),
+        config_hash=lambda w: specs.model_hash(config, w.train),
     benchmark:
         bench("generate", CELL_JOB)
     log:

@@ -1,5 +1,7 @@
 rule train_segment:
     """Train one segment (checkpoint_every steps), resuming from the previous segment's checkpoint."""
+    wildcard_constraints:
+        train=names_pattern(layout.trained_models(config)),
     input:
         data=out(layout.DATA, split="train"),
         resume=previous_checkpoint,
@@ -36,3 +38,29 @@ rule train_segment:
         " --log-every {resources.log_every}"
         " --device {resources.device} --precision {resources.precision} --compile {resources.compile}"
         " 2> {log.stderr:q}"
+
+
+rule import_network:
+    """A published network (`pretrained:`) as a checkpoint of this project, read without running its pickle's code."""
+    wildcard_constraints:
+        train=names_pattern(layout.pretrained_models(config)),
+        step=str(layout.PRETRAINED_STEP),
+    output:
+        out(layout.CHECKPOINT),
+    params:
+        # the file's content is the model's identity; its path is a resource (moving the file reruns nothing)
+        sha256=lambda w: specs.pretrained_spec(config, w.train)["sha256"],
+        shape=",".join(map(str, DATASETS[config["dataset"]["name"]].shape)),
+        classes=DATASETS[config["dataset"]["name"]].num_classes,
+    resources:
+        path=lambda w: config["pretrained"][w.train]["path"],
+    benchmark:
+        bench("import_network", "{train}-{step}")
+    log:
+        log("import_network", "{train}-{step}"),
+    conda:
+        ENV
+    shell:
+        "python -m ied import-edm {resources.path:q} --out {output:q} --step {wildcards.step}"
+        " --expect-sha256 {params.sha256} --expect-shape {params.shape} --expect-classes {params.classes}"
+        " > {log:q} 2>&1"
