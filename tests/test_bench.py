@@ -1,6 +1,8 @@
 """`ied bench` runs and reports every section (the numbers themselves are not asserted: no timed tests)."""
 import json
 
+import pytest
+
 from ied.bench import main, stage_times
 
 
@@ -33,3 +35,12 @@ def test_stage_times_sum_snakemake_benchmark_files(tmp_path):
     stages = stage_times(str(tmp_path))
     assert stages == {"generate": {"jobs": 1, "job_seconds": 2.0},
                       "train_segment": {"jobs": 2, "job_seconds": 20.0}}
+
+
+@pytest.mark.slow
+def test_bench_presets_of_the_published_networks(capsys):
+    """The EDM presets build the published architectures and sample through the same path as the pipeline."""
+    assert main(["--device", "cpu", "--preset", "edm-cifar10-ddpmpp", "--sample-batch", "1", "--sample-steps", "2",
+                 "--samplers", "heun", "--only", "sampling", "flops"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["sampling"][0]["heun"]["nfe"] == 3 and report["flops_per_forward_per_image"] > 1e10

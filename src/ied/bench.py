@@ -21,13 +21,25 @@ import numpy as np
 import torch
 
 from ied import device as devices, specs
-from ied.networks import build_denoiser, parameter_count
+from ied.networks import build_network, parameter_count
 from ied.rationales import ClosedForm, Tabulated
 from ied.samplers import SAMPLERS, nfe
 
-PRESETS = {  # network, resolution, channels, classes
+_SONG = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
+             channel_mult_noise=1, resample_filter=[1, 1], model_channels=128)
+PRESETS = {  # network spec (ied.networks.build_network), resolution, channels, classes
     "tiny": ({"base_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.0}, 8, 1, 10),
     "paper": ({}, 32, 3, 10),
+    # the published EDM networks (ied.pretrained): CIFAR-10 DDPM++ (cond.), 64×64 DDPM++ (FFHQ), ImageNet-64 ADM
+    "edm-cifar10-ddpmpp": ({"architecture": "EDMPrecond", "kwargs": dict(
+        img_resolution=32, img_channels=3, label_dim=10, channel_mult=[2, 2, 2], augment_dim=9, dropout=0.13,
+        **_SONG)}, 32, 3, 10),
+    "edm-64-ddpmpp": ({"architecture": "EDMPrecond", "kwargs": dict(
+        img_resolution=64, img_channels=3, label_dim=0, channel_mult=[1, 2, 2, 2], augment_dim=9, dropout=0.05,
+        **_SONG)}, 64, 3, 0),
+    "edm-imagenet64-adm": ({"architecture": "EDMPrecond", "kwargs": dict(
+        img_resolution=64, img_channels=3, label_dim=1000, use_fp16=True, model_type="DhariwalUNet",
+        model_channels=192, channel_mult=[1, 2, 3, 4], dropout=0.1)}, 64, 3, 1000),
 }
 RATIONALES = {
     "ve": {"family": "ve"}, "l2": {"family": "l2"}, "gauss5": {"family": "gaussian", "sigma_n": 5},
@@ -60,7 +72,7 @@ def _timeit(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
 def _model(preset: str, device: torch.device, mode: str):
     """The preset's denoiser on the device, prepared for `mode`, and its autocast."""
     network, res, ch, classes = PRESETS[preset]
-    denoiser = build_denoiser(specs.network(network), res, ch, classes)
+    denoiser = build_network(network if "architecture" in network else specs.network(network), res, ch, classes)
     compile_mode = {"bf16+compile": True, "bf16+cudagraphs": "reduce-overhead"}.get(mode, False)
     net = devices.prepare_module(denoiser, device)
     if compile_mode:
@@ -89,7 +101,7 @@ def bench_training(preset: str, batch: int, steps: int, device: torch.device, mo
     params = list(denoiser.parameters())
     optimizer = torch.optim.RAdam(params, lr=2e-4, foreach=device.type == "cuda")
     x = torch.randn(batch, *shape, device=device).clamp(-1, 1)
-    labels = torch.randint(0, classes, (batch,), device=device)
+    labels = torch.randint(0, classes, (batch,), device=device) if classes else None
     sigma = torch.from_numpy(specs.rationale(RATIONALES["l2"]).sample(batch, np.random.default_rng(0))).to(device)
     eps = torch.randn_like(x)
 
@@ -113,7 +125,7 @@ def bench_sampling(preset: str, batch: int, steps: int, device: torch.device, mo
     _reset_peak(device)
     _, net, shape, classes, autocast = _model(preset, device, mode)
     net.eval().requires_grad_(False)
-    labels = torch.randint(0, classes, (batch,), device=device)
+    labels = torch.randint(0, classes, (batch,), device=device) if classes else None
     schedule = specs.rationale(RATIONALES["edm7"])
     in_denoiser = [0.0]
 
@@ -162,8 +174,9 @@ def bench_flops(preset: str, device: torch.device) -> float:
 
     _, net, shape, _, _ = _model(preset, device, "fp32")
     x = torch.randn(1, *shape, device=device)
+    labels = torch.zeros(1, dtype=torch.long, device=device) if PRESETS[preset][3] else None
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(x, torch.ones(1, device=device), torch.zeros(1, dtype=torch.long, device=device))
+        net(x, torch.ones(1, device=device), labels)
     return float(counter.get_total_flops())
 
 
@@ -212,7 +225,7 @@ def bench_nll(preset: str, batch: int, device: torch.device, rtol: float) -> dic
     net.eval().requires_grad_(False)
     x = torch.rand(batch, *shape, device=device, dtype=torch.float64) * 2 - 1
     probe = torch.where(torch.randn_like(x) >= 0, 1.0, -1.0)
-    labels = torch.randint(0, classes, (batch,), device=device)
+    labels = torch.randint(0, classes, (batch,), device=device) if classes else None
     start = time.perf_counter()
     _, calls = ode_logp(net, x, 0.002, 80.0, labels=labels, probe=probe, rtol=rtol, atol=rtol)
     seconds = time.perf_counter() - start
