@@ -124,3 +124,55 @@ def test_nll_exact_traces_are_refused_on_32x32_images(tmp_path):
     config["nll"].update(estimator="exact", n_images=2)
     with pytest.raises(ConfigError, match=r"config key 'nll.estimator': .*3072 for cifar10 \(the limit is 256\)"):
         validate(config)
+
+
+def statistics_config(tmp_path, **changes):
+    """config/edm-pretrained-ffhq-64.yaml on local stand-ins: a network file, weights and reference statistics."""
+    config = load([REPO / "config" / "edm-pretrained-ffhq-64.yaml"], check=False)
+    network = tmp_path / "net.pkl"
+    network.write_bytes(b"stand-in")
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"stand-in weights")
+    np.savez(tmp_path / "refs.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    config["pretrained"]["edm-uncond-vp"]["path"] = str(network)
+    config["evaluate"].update(feature_extractor_weights_path=str(weights), feature_extractor_sha256=sha256_file(weights),
+                              reference_statistics=str(tmp_path / "refs.npz"))
+    for key, value in changes.items():
+        section, name = key.split(".")
+        config.setdefault(section, {})[name] = value
+    return config
+
+
+def test_a_dataset_known_by_its_statistics(tmp_path):
+    validate(statistics_config(tmp_path))
+    config = statistics_config(tmp_path)
+    np.savez(tmp_path / "refs.npz", mu=np.zeros(2048), sigma=np.eye(2048) * np.nan)
+    with pytest.raises(ConfigError, match=r"config key 'evaluate.reference_statistics': .*refs.npz: mu or sigma holds "
+                                          r"non-finite values"):
+        validate(config)
+    config = statistics_config(tmp_path)
+    np.savez(tmp_path / "refs.npz", mu=np.zeros(128), sigma=np.eye(128))
+    with pytest.raises(ConfigError, match=r"not the statistics of 2048-dimensional features"):
+        validate(config)
+    config = statistics_config(tmp_path, **{"evaluate.reference_statistics": None})
+    with pytest.raises(ConfigError, match=r"config key 'evaluate.reference_statistics': ffhq64 has no images here"):
+        validate(config)
+    with pytest.raises(ConfigError, match=r"config key 'nll.n_images': the likelihood needs images of the dataset"):
+        validate(statistics_config(tmp_path, **{"nll.n_images": 100}))
+    trained = statistics_config(tmp_path)
+    trained["train"] = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+    with pytest.raises(ConfigError, match=r"config key 'train.rationales': ffhq64 is known here only by its "
+                                          r"reference statistics"):
+        validate(trained)
+
+
+def test_a_pretrained_file_is_checked_against_its_digest(tmp_path):
+    config = statistics_config(tmp_path)
+    config["pretrained"]["edm-uncond-vp"]["sha256"] = "0123abcd"
+    with pytest.raises(ConfigError, match=r"config key 'pretrained.edm-uncond-vp.sha256': .*net.pkl: sha256 .* does "
+                                          r"not start with 0123abcd"):
+        validate(config)
+    config["pretrained"]["edm-uncond-vp"]["sha256"] = sha256_file(tmp_path / "net.pkl")
+    validate(config)
+    validate({**config, "pretrained": {"edm-uncond-vp": {**config["pretrained"]["edm-uncond-vp"],
+                                                          "sha256": "0123abcd"}}}, deep=False)  # jobs do not hash

@@ -5,7 +5,7 @@ import pytest
 
 from ied.data import load_imageset
 from ied.generate import generate
-from ied.metrics import DIGITS_EXTRACTOR, MetricsError, calculate, evaluate, extractor_kwargs, train_digits_cnn
+from ied.metrics import DIGITS_EXTRACTOR, MetricsError, UInt8Images, calculate, evaluate, extractor_kwargs, train_digits_cnn
 from ied.train import train
 
 from conftest import L2, sampling_spec, tiny_spec
@@ -148,3 +148,51 @@ def test_inception_weights_are_read_as_tensors_only(tmp_path):
     with pytest.raises(MetricsError, match="weights.pth: not a plain tensor file, refused"):
         calculate(gen, gen, "inception-v3-compat", path, sha256=sha256_file(path))
     assert not (tmp_path / "ran").exists()
+
+
+def test_fid_against_published_statistics_equals_fid_against_the_images(digits, evaluator, tmp_path):
+    """Statistics (mu, sigma) of the reference's features in an .npz, as NVlabs publishes them, give the FID the
+    images give; KID, precision and recall need the reference's features and are NaN."""
+    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
+
+    from ied.metrics import evaluate
+    ref = load_imageset(digits / "test.npz").images
+    gen = np.clip(ref + 40 * np.random.default_rng(2).standard_normal(ref.shape), 0, 255).astype(np.uint8)
+    paired = calculate(gen, ref, DIGITS_EXTRACTOR, evaluator[0])
+    from ied.metrics import extractor_kwargs as kw
+    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
+    kwargs = dict(input1=None, input2=UInt8Images(ref), cuda=False, batch_size=256, save_cpu_ram=True, verbose=False,
+                  **kw(DIGITS_EXTRACTOR, evaluator[0]))
+    features = create_feature_extractor(DIGITS_EXTRACTOR, ["features", "logits"], **kwargs)
+    stats = fid_featuresdict_to_statistics(extract_featuresdict_from_input_id(2, features, **kwargs), "features")
+    np.savez(tmp_path / "refs.npz", mu=stats["mu"].astype(np.float64), sigma=stats["sigma"])
+    alone = calculate(gen, None, DIGITS_EXTRACTOR, evaluator[0], reference_statistics=(
+        stats["mu"].astype(np.float64), stats["sigma"]))
+    assert alone["fid"] == pytest.approx(paired["fid"], rel=1e-5) and alone["isc_mean"] == paired["isc_mean"]
+    assert all(np.isnan(alone[k]) for k in ("kid_mean", "kid_std", "precision", "recall"))
+    # through evaluate(): the row names the statistics; images of another shape are refused
+    from ied.data import ImageSet, save_imageset
+    save_imageset(tmp_path / "s.npz", ImageSet(gen, np.zeros(len(gen), np.int64), 10), generation="{}")
+    row = evaluate(tmp_path / "s.npz", None, DIGITS_EXTRACTOR, evaluator[0], tmp_path / "row.parquet",
+                   reference_statistics=tmp_path / "refs.npz", expect_shape=(1, 8, 8))
+    assert row["reference_split"] == "statistics:refs.npz" and row["fid"] == pytest.approx(paired["fid"], rel=1e-5)
+    with pytest.raises(MetricsError, match=r"images of shape \(1, 8, 8\), but the reference is uint8 \(3, 32, 32\)"):
+        evaluate(tmp_path / "s.npz", None, DIGITS_EXTRACTOR, evaluator[0], tmp_path / "x.parquet",
+                 reference_statistics=tmp_path / "refs.npz", expect_shape=(3, 32, 32))
+    np.savez(tmp_path / "bad.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(MetricsError, match=r"bad.npz: mu \(2048,\) and sigma \(2048, 2048\) are not the statistics "
+                                           r"of 128-dimensional features"):
+        evaluate(tmp_path / "s.npz", None, DIGITS_EXTRACTOR, evaluator[0], tmp_path / "x.parquet",
+                 reference_statistics=tmp_path / "bad.npz", expect_shape=(1, 8, 8))
+
+
+def test_samples_are_quantised_as_the_datasets_images():
+    """Generated images are rounded as EDM saves them (floor of x·127.5 + 128, clipped), which maps each dataset
+    value i/127.5 − 1 back to i: samples and reference share one quantisation."""
+    import torch
+
+    from ied.data import to_model_range, to_uint8
+    values = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_uint8(to_model_range(values)), values)
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.999, 1.0, 3.0])
+    assert to_uint8(x).tolist() == [0, 0, 64, 128, 255, 255, 255]
