@@ -30,3 +30,17 @@ try:
     check_resources(config, [r.name for r in workflow.rules])
 except ConfigError as err:
     sys.exit(f"Config error: {err}")
+
+# The bill (ied.cost) of the whole workflow: one line before any job, dry runs included, and the budget. Not in
+# jobs re-entering the Snakefile on a cluster node, nor in the `snakemake --summary` that tells it what is done.
+if workflow.is_main_process and not os.environ.get(cost.NO_BILL):
+    try:
+        budget = config["budget"]
+        throughput = cost.read_throughput(budget["throughput"]) if budget["throughput"] else cost.PAPER_A100
+        plan = cost.snakemake_plan(workflow.main_snakefile, os.getcwd(), workflow.overwrite_configfiles,
+                                   workflow.config_settings.config_args or [])
+        bill = cost.bill(config, throughput, plan)
+        print(cost.line(bill, throughput), file=sys.stderr)
+        cost.check_budget(bill, budget["gpu_hours"], throughput)
+    except cost.CostError as err:
+        sys.exit(f"Config error: {err}")

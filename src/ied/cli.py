@@ -187,6 +187,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", nargs="+", required=True)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("cost", help="the GPU bill of a config: jobs, work and GPU-hours, done and to do")
+    p.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config/config.yaml)")
+    p.add_argument("--config", nargs="+", default=[], help="key=value overrides, as snakemake's")
+    p.add_argument("--throughput", help="a JSON `ied bench` wrote on the target GPU (default: budget.throughput, "
+                                        "else the paper's A100 figures)")
+    p.add_argument("--directory", "-d", default=".", help="snakemake's working directory (where results/ is)")
+    p.add_argument("--table", help="also write the bill as TABLE.md and TABLE.parquet")
+
     p = sub.add_parser("check-config", help="validate a pipeline config file")
     p.add_argument("configfiles", nargs="+")
 
@@ -234,6 +242,7 @@ def _known(err: Exception) -> str | None:
     """The one-line message of an expected failure, or None for a bug (which keeps its traceback)."""
     from ied.checkpoints import CheckpointError
     from ied.config import ConfigError
+    from ied.cost import CostError
     from ied.data import DataError
     from ied.device import DeviceError
     from ied.generate import GenerationError
@@ -252,7 +261,7 @@ def _known(err: Exception) -> str | None:
         return f"no space left on device writing {err.filename or 'an output'}; free space and rerun"
     if isinstance(err, OSError) and err.filename is not None:  # a read-only folder, a missing mount, a quota
         return f"{err.filename}: {err.strerror or err}"
-    known = (CheckpointError, ConfigError, DataError, DeviceError, GenerationError, MetricsError, NLLError,
+    known = (CheckpointError, ConfigError, CostError, DataError, DeviceError, GenerationError, MetricsError, NLLError,
              PretrainedError, RationaleError, OptionError, TrainingError)
     return str(err) if isinstance(err, known) else None
 
@@ -338,6 +347,31 @@ def _report(a):
     write_report(a.tables, a.figures, a.out)
 
 
+def _cost(a):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ied import cost
+    from ied.config import load_for_snakemake
+    from ied.io import atomic_path, write_text
+    config = load_for_snakemake(a.configfile, a.config)
+    path = a.throughput or config["budget"]["throughput"]
+    throughput = cost.read_throughput(path) if path else cost.PAPER_A100
+    snakefile = Path(__file__).resolve().parents[2] / "Snakefile"
+    plan = cost.snakemake_plan(snakefile, Path(a.directory).resolve(), [str(Path(p).resolve()) for p in a.configfile],
+                               a.config)
+    rows = cost.bill(config, throughput, plan)
+    title = f"The bill of {config['experiment']} ({', '.join(a.configfile) or 'config/config.yaml'})"
+    text = cost.markdown(rows, throughput, title)
+    print(text)
+    print(cost.line(rows, throughput), file=sys.stderr)
+    if a.table:
+        write_text(f"{a.table}.md", text)
+        with atomic_path(f"{a.table}.parquet") as tmp:
+            pd.DataFrame(rows).assign(throughput=throughput.source).to_parquet(tmp, index=False)
+
+
 def _check_config(a):
     from ied.config import load
     load(a.configfiles)
@@ -345,7 +379,7 @@ def _check_config(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "aggregate": _aggregate, "tables": _tables,
+            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "cost": _cost, "aggregate": _aggregate, "tables": _tables,
             "figures": _figures, "report": _report, "check-config": _check_config}
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 import yaml
 
 from ied import latex, layout, specs
+from ied.cost import CostError, read_throughput
 from ied.data import DATASETS, EXTRACTORS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.expressions import FormulaError, compile_formula
@@ -141,6 +142,18 @@ def merge(base: dict, override: Mapping) -> dict:
         out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) \
             else copy.deepcopy(value)
     return out
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
+
+
+def load_for_snakemake(configfiles: Iterable[str | Path], overrides: Iterable[str], deep: bool = False) -> dict:
+    """The config snakemake would run: the --configfile files (config/config.yaml if none) merged in order, then
+    the --config key=value overrides, validated."""
+    merged: dict = {}
+    for path in list(configfiles) or [DEFAULT_CONFIG]:
+        merged = merge(merged, read_yaml(path))  # strict YAML: a key given twice is an error
+    return validate(merge(merged, parse_overrides(overrides)), deep=deep)
 
 
 def load(paths: Iterable[str | Path], check: bool = True, **options) -> dict:
@@ -280,10 +293,11 @@ def validate(config: Mapping[str, Any], *, rules: Iterable[str] | None = None, d
     _check_training(config)
     _check_ablation(config)
     _check_nll(config, given_nll)
-    _check_evaluation(config, deep)
     _check_labels(config)
     _check_file_names(config)
     _check_gpus(config)
+    _check_evaluation(config, deep)  # last: it opens the files
+    _check_budget(config)
     if rules is not None:
         check_resources(config, rules)
     return config
@@ -560,6 +574,15 @@ def _check_pretrained_files(config: dict, deep: bool) -> None:
         if deep and expected and not content_sha256(entry["path"]).startswith(expected):
             fail(f"pretrained.{name}.sha256", f"{entry['path']}: sha256 {content_sha256(entry['path'])[:12]}… does "
                                               f"not start with {expected}: not the expected file")
+
+
+def _check_budget(config: dict) -> None:
+    path = config["budget"]["throughput"]
+    if path is not None:
+        try:
+            read_throughput(path)
+        except CostError as err:
+            fail("budget.throughput", str(err))
 
 
 def reference_split(config: Mapping[str, Any]) -> str | None:

@@ -11,25 +11,19 @@ import sys
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from ied import layout, specs
-from ied.config import (ConfigError, check_resources, extractor, merge, parse_overrides, read_yaml, reference_split,
-                        resource, validate)
+from ied import cost, layout, specs
+from ied.config import ConfigError, check_resources, extractor, load_for_snakemake, read_yaml, reference_split, resource
 from ied.data import DATASETS
 from ied.io import content_sha256
-
-DEFAULT_CONFIG = Path(workflow.basedir) / "config" / "config.yaml"
-
 
 def _validated_config():
     """config/config.yaml applies only when no --configfile is given: a paper config replaces it rather than
     being merged into it. --config key=value (nested: key='{sub: value}') overrides either; the values are
     read again as typed YAML (Snakemake reads nested ones as strings)."""
-    merged = {}
-    for path in list(workflow.overwrite_configfiles) or [DEFAULT_CONFIG]:
-        merged = merge(merged, read_yaml(path))  # strict YAML: a key given twice is an error
-    merged = merge(merged, parse_overrides(workflow.config_settings.config_args or []))
-    # Opening the data files and hashing the Inception weights happens once, not in every cluster job.
-    return validate(merged, deep=workflow.is_main_process)
+    # Opening the data files and hashing the Inception weights happens once: not in every cluster job, nor in the
+    # `snakemake --summary` the bill runs (ied.cost.NO_BILL).
+    return load_for_snakemake(workflow.overwrite_configfiles, workflow.config_settings.config_args or [],
+                              deep=workflow.is_main_process and not os.environ.get(cost.NO_BILL))
 
 
 try:

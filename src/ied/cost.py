@@ -1,0 +1,202 @@
+"""The bill of a config before it is paid: GPU jobs, their work and GPU-hours, done and to do, and a budget.
+
+The jobs are the DAG's (ied.layout: every training segment, generation, evaluation and likelihood job); whether
+a job is done is Snakemake's own decision, read from `snakemake --summary` (its output exists and is current).
+Work per job: training images (steps × batch), generated images × NFE, likelihood images × probes × the expected
+NFE of one ODE solve, evaluated images. GPU-hours = work ÷ throughput, the throughput from a JSON `ied bench`
+wrote on the target GPU, or else the paper's A100 figures. Job start-up is not counted.
+
+Torch-free: the Snakefile prints the bill and applies the budget while it parses, before any job.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from ied import layout, specs
+from ied.data import DATASETS
+from ied.samplers import nfe
+
+GPU_RULES = ("train_segment", "generate", "evaluate", "nll")  # import_network, prepare, tables… run on CPUs
+UNITS = {"train_segment": "training images", "generate": "images × NFE", "evaluate": "images",
+         "nll": "images × NFE"}
+NO_BILL = "IED_NO_BILL"  # set in the `snakemake --summary` the bill runs, so that it does not run one itself
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Rates of one GPU: training images/s, sampler NFE/s, evaluated images/s, likelihood NFE/s (an NFE of the
+    likelihood is a forward and a vector–Jacobian product) and the expected NFE of one likelihood solve per image."""
+
+    train_images_per_s: float
+    nfe_per_s: float
+    eval_images_per_s: float
+    nll_nfe_per_s: float
+    nll_nfe_per_image: float
+    source: str
+
+
+# The paper's A100 figures: ≈ 593 training images/s at batch 128 and ≈ 2,800 NFE/s sampling its U-Net. Not in the
+# paper, assumed and stated: Inception features at 2,000 images/s, a likelihood NFE at a third of the sampling
+# rate, 200 NFE per image at score_sde's tolerances.
+PAPER_A100 = Throughput(593.0, 2800.0, 2000.0, 2800.0 / 3, 200.0,
+                        "the paper's A100 figures (593 training images/s, 2,800 NFE/s; assumed: 2,000 evaluated "
+                        "images/s, likelihood NFE at a third of that rate, 200 per image)")
+
+
+class CostError(ValueError):
+    """A throughput file that cannot be read, or a budget the run exceeds; the message is one line."""
+
+
+def _best(entries: Iterable[Mapping[str, Any]], rate) -> float | None:
+    values = [rate(e) for e in entries if isinstance(e, Mapping) and not e.get("out_of_memory")]
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
+    return max(values) if values else None
+
+
+def read_throughput(path: str | Path) -> Throughput:
+    """The rates in a JSON `ied bench` wrote (its best mode and batch), the paper's where it measured none."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CostError(f"{path}: not a JSON file of `ied bench` ({type(err).__name__})") from None
+    if not isinstance(report, Mapping) or not any(isinstance(report.get(k), list) for k in ("training", "sampling")):
+        raise CostError(f"{path}: no training or sampling measurements (write it with `python -m ied bench`)")
+    train = _best(report.get("training") or [], lambda e: e.get("images_per_s"))
+    sample = _best(report.get("sampling") or [], lambda e: max(
+        (v.get("nfe_per_s") or 0 for v in e.values() if isinstance(v, Mapping)), default=None))
+    if train is None and sample is None:
+        raise CostError(f"{path}: no usable training images/s or sampling NFE/s in it")
+    features = report.get("features") if isinstance(report.get("features"), Mapping) else {}
+    nll = report.get("nll") if isinstance(report.get("nll"), Mapping) else {}
+    measured_nll = (nll.get("images_per_s") or 0) * (nll.get("nfe_per_image") or 0)
+    default = PAPER_A100
+    return Throughput(train or default.train_images_per_s, sample or default.nfe_per_s,
+                      features.get("images_per_s") or default.eval_images_per_s,
+                      measured_nll or (sample / 3 if sample else default.nll_nfe_per_s),
+                      nll.get("nfe_per_image") or default.nll_nfe_per_image,
+                      f"ied bench on {report.get('device', 'an unnamed device')} (preset {report.get('preset')!r}, "
+                      f"{path.name})")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One GPU job of the DAG: its rule, primary output (relative to the working directory) and work."""
+
+    rule: str
+    output: str
+    work: float
+
+
+def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
+    """Every GPU job the config's DAG holds, with its work in the rule's unit (UNITS)."""
+    root = layout.experiment_root(config)
+    out: list[Job] = []
+    train = config["train"]
+    for model in layout.trained_models(config):
+        for step in layout.checkpoint_steps(config):
+            out.append(Job("train_segment", f"{root}/{layout.CHECKPOINT.format(train=model, step=step)}",
+                           train["checkpoint_every"] * train["batch_size"]))
+    for cell in layout.cells(config):
+        entry = specs.sampler_entry(config, cell.sampler)
+        out.append(Job("generate", f"{root}/{layout.cell_path(layout.SAMPLES, cell)}",
+                       cell.n * nfe(entry["sampler"], entry["steps"])))
+        out.append(Job("evaluate", f"{root}/{layout.cell_path(layout.METRIC_ROW, cell)}", cell.n))
+    nll = config["nll"]
+    if "n_images" in nll:
+        info = DATASETS[config["dataset"]["name"]]
+        images = info.sizes[info.reference_split] if nll["n_images"] == "all" else nll["n_images"]
+        for model in layout.models(config):
+            for step in layout.nll_steps(config, model):
+                out.append(Job("nll", f"{root}/{layout.NLL.format(train=model, step=step)}",
+                               images * nll["probes"] * throughput.nll_nfe_per_image))
+    return out
+
+
+def hours(job: Job, throughput: Throughput) -> float:
+    """GPU-hours of one job: its work over the rule's rate."""
+    rate = {"train_segment": throughput.train_images_per_s, "generate": throughput.nfe_per_s,
+            "evaluate": throughput.eval_images_per_s, "nll": throughput.nll_nfe_per_s}[job.rule]
+    return job.work / rate / 3600
+
+
+def snakemake_plan(snakefile: str | Path, workdir: str | Path, configfiles: Iterable[str], config_args: Iterable[str],
+                   targets: Iterable[str] = ()) -> dict[str, bool]:
+    """Snakemake's own view of every output: True where it would (re)make it. From `snakemake --summary` in a
+    child process (which parses the workflow once more, without a bill of its own)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), "--summary",
+               "--quiet", "all", *targets]
+    if configfiles:
+        command += ["--configfile", *configfiles]
+    if config_args:
+        command += ["--config", *config_args]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, NO_BILL: "1"},
+                            cwd=workdir, timeout=3600)
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CostError(f"snakemake --summary failed: {tail}")
+    rows = csv.DictReader(io.StringIO(result.stdout[result.stdout.find("output_file"):]), delimiter="\t")
+    return {row["output_file"]: row["plan"] != "no update" for row in rows if row.get("output_file")}
+
+
+def bill(config: Mapping[str, Any], throughput: Throughput, plan: Mapping[str, bool] | None = None) -> list[dict]:
+    """Per GPU rule: jobs, work and GPU-hours, done and to do (`plan`: Snakemake's, None: all to do). A job of the
+    layout that the plan does not mention is not part of this invocation (another target) and is left out."""
+    rows = {rule: {"rule": rule, "unit": UNITS[rule], "jobs_done": 0, "jobs_to_do": 0, "work_done": 0.0,
+                   "work_to_do": 0.0, "gpu_hours_done": 0.0, "gpu_hours_to_do": 0.0} for rule in GPU_RULES}
+    for job in jobs(config, throughput):
+        if plan is not None and job.output not in plan:
+            continue
+        part = "to_do" if plan is None or plan[job.output] else "done"
+        row = rows[job.rule]
+        row[f"jobs_{part}"] += 1
+        row[f"work_{part}"] += job.work
+        row[f"gpu_hours_{part}"] += hours(job, throughput)
+    total = {"rule": "total", "unit": ""}
+    for key in ("jobs_done", "jobs_to_do", "gpu_hours_done", "gpu_hours_to_do"):
+        total[key] = sum(r[key] for r in rows.values())
+    return list(rows.values()) + [{**total, "work_done": math.nan, "work_to_do": math.nan}]
+
+
+def line(rows: list[dict], throughput: Throughput) -> str:
+    """The one line every snakemake invocation prints before any job."""
+    total = rows[-1]
+    return (f"to run: {total['jobs_to_do']} GPU jobs, ≈ {total['gpu_hours_to_do']:,.1f} GPU-hours at "
+            f"{throughput.source}; done: {total['jobs_done']} jobs, {total['gpu_hours_done']:,.1f} GPU-hours")
+
+
+def check_budget(rows: list[dict], budget: float | None, throughput: Throughput) -> None:
+    """CostError when the GPU-hours to do exceed the budget, naming the three largest contributors."""
+    if budget is None or rows[-1]["gpu_hours_to_do"] <= budget:
+        return
+    largest = sorted(rows[:-1], key=lambda r: r["gpu_hours_to_do"], reverse=True)[:3]
+    parts = ", ".join(f"{r['rule']} × {r['jobs_to_do']} ({r['gpu_hours_to_do']:,.1f} h)" for r in largest
+                      if r["jobs_to_do"])
+    raise CostError(f"config key 'budget.gpu_hours': this run needs ≈ {rows[-1]['gpu_hours_to_do']:,.1f} GPU-hours "
+                    f"at {throughput.source}, over the budget of {budget:,g}; the largest: {parts}")
+
+
+def markdown(rows: list[dict], throughput: Throughput, title: str) -> str:
+    """The bill as a Markdown table."""
+    def work(v: float) -> str:
+        return "" if math.isnan(v) else f"{v:,.0f}"
+
+    def gpu_hours(v: float) -> str:
+        return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}" if v >= 1 else f"{v:.3f}"
+
+    lines = [f"## {title}", "", f"Throughput: {throughput.source}.", "",
+             "| rule | unit | jobs done | jobs to do | work done | work to do | GPU-hours done | GPU-hours to do |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['rule']} | {r['unit']} | {r['jobs_done']} | {r['jobs_to_do']} | {work(r['work_done'])} | "
+              f"{work(r['work_to_do'])} | {gpu_hours(r['gpu_hours_done'])} | {gpu_hours(r['gpu_hours_to_do'])} |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
