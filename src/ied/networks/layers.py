@@ -150,6 +150,16 @@ class UNetBlock(nn.Module):
         return h
 
 
+def decoder_level_start(dec: nn.ModuleDict, res: int, lowest: bool, channels: int, block: dict) -> None:
+    """How a decoder level of DDPM++, NCSN++ and ADM begins: at the lowest resolution with two blocks, the first
+    with attention (`{r}x{r}_in0`, `_in1`), at the others with an upsampling block (`_up`)."""
+    if lowest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+
+
 class PositionalEmbedding(nn.Module):
     """[cos(x ω_j), sin(x ω_j)], ω_j = (1/max_positions)^(j / (C/2 − endpoint)), j < C/2 (DDPM++, ADM)."""
 
