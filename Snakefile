@@ -37,10 +37,11 @@ if workflow.is_main_process and not os.environ.get(cost.NO_BILL):
     try:
         budget = config["budget"]
         throughput = cost.read_throughput(budget["throughput"]) if budget["throughput"] else cost.PAPER_A100
+        # nothing of this experiment is there yet: every job is to do, no need to ask Snakemake
         plan = cost.snakemake_plan(workflow.main_snakefile, os.getcwd(), workflow.overwrite_configfiles,
-                                   workflow.config_settings.config_args or [])
+                                   workflow.config_settings.config_args or []) if Path(EXP).exists() else None
         bill = cost.bill(config, throughput, plan)
-        print(cost.line(bill, throughput), file=sys.stderr)
+        print(cost.line(bill, throughput, config), file=sys.stderr)
         cost.check_budget(bill, budget["gpu_hours"], throughput)
     except cost.CostError as err:
         sys.exit(f"Config error: {err}")

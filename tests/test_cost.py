@@ -79,12 +79,13 @@ def test_gpu_hours_are_work_over_throughput(tmp_path):
 
 
 @pytest.mark.slow
-def test_done_moves_to_the_done_column_after_a_run(e2e_run):
+def test_done_moves_to_the_done_column_after_a_run(e2e_run, monkeypatch):
+    monkeypatch.chdir(e2e_run)  # the pretrained model's path is relative to the working directory
     bill = the_bill([DEFAULT, REPO / "tests" / "configs" / "e2e.yaml", e2e_run / "pretrained.yaml"], e2e_run)
     assert bill["total"]["jobs_to_do"] == 0 and bill["total"]["gpu_hours_to_do"] == 0
     assert (bill["train_segment"]["jobs_done"], bill["generate"]["jobs_done"], bill["evaluate"]["jobs_done"],
             bill["nll"]["jobs_done"]) == (4, 36, 36, 5)
-    result = subprocess.run([sys.executable, "-m", "ied", "cost", "--configfile", *E2E, "--table", "bill"],
+    result = subprocess.run([sys.executable, "-m", "ied", "cost", *E2E, "--table", "bill"],
                             cwd=e2e_run, env=VENV_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("to run: 0 GPU jobs, ≈ 0.0 GPU-hours at the paper's")

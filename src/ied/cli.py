@@ -365,7 +365,7 @@ def _cost(a):
     title = f"The bill of {config['experiment']} ({', '.join(a.configfile) or 'config/config.yaml'})"
     text = cost.markdown(rows, throughput, title)
     print(text)
-    print(cost.line(rows, throughput), file=sys.stderr)
+    print(cost.line(rows, throughput, config), file=sys.stderr)
     if a.table:
         write_text(f"{a.table}.md", text)
         with atomic_path(f"{a.table}.parquet") as tmp:

@@ -167,11 +167,20 @@ def bill(config: Mapping[str, Any], throughput: Throughput, plan: Mapping[str, b
     return list(rows.values()) + [{**total, "work_done": math.nan, "work_to_do": math.nan}]
 
 
-def line(rows: list[dict], throughput: Throughput) -> str:
+def caveat(config: Mapping[str, Any], throughput: Throughput) -> str:
+    """What the default rates do not know: a published network costs more per evaluation than the paper's U-Net."""
+    if throughput is PAPER_A100 and layout.pretrained_models(config):
+        return (" (the paper's U-Net rates: a published EDM network costs 3.7× (CIFAR-10) to 19× (ADM) its FLOPs per "
+                "evaluation; measure with `ied bench --preset edm-…` and set budget.throughput)")
+    return ""
+
+
+def line(rows: list[dict], throughput: Throughput, config: Mapping[str, Any] | None = None) -> str:
     """The one line every snakemake invocation prints before any job."""
     total = rows[-1]
     return (f"to run: {total['jobs_to_do']} GPU jobs, ≈ {total['gpu_hours_to_do']:,.1f} GPU-hours at "
-            f"{throughput.source}; done: {total['jobs_done']} jobs, {total['gpu_hours_done']:,.1f} GPU-hours")
+            f"{throughput.source}; done: {total['jobs_done']} jobs, {total['gpu_hours_done']:,.1f} GPU-hours"
+            + (caveat(config, throughput) if config is not None else ""))
 
 
 def check_budget(rows: list[dict], budget: float | None, throughput: Throughput) -> None:
