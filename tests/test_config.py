@@ -176,3 +176,37 @@ def test_a_pretrained_file_is_checked_against_its_digest(tmp_path):
     validate(config)
     validate({**config, "pretrained": {"edm-uncond-vp": {**config["pretrained"]["edm-uncond-vp"],
                                                           "sha256": "0123abcd"}}}, deep=False)  # jobs do not hash
+
+
+def test_file_names_too_long_for_the_file_system_are_refused_naming_the_key():
+    """Names within the schema's 64 characters can still make a cell's log name exceed 255 bytes through an
+    ablation rationale's σ_N; the check names the key before any job."""
+    from ied.config import merge
+    long = "a" * 64
+    raw = merge(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), {
+        "rationales": {long: {"family": "gaussian", "sigma_n": 5, "sigma_max": 15}},
+        "train": {"rationales": [long], "total_steps": 20_000_000, "checkpoint_every": 10_000_000},
+        "sample": {"samplers": {"s" * 64: {"sampler": "euler_maruyama", "steps": 10}},
+                   "single": {"rationales": [long], "samplers": ["s" * 64], "n_samples": 360},
+                   "repeated": {"rationales": [long], "samplers": ["s" * 64], "n_samples": 360, "up_to": None}},
+        "nfe_sweep": {"steps": []}, "nll": {"n_images": 2},
+        "ablation": {"rationale": long, "train_rationale": long, "sampler": "s" * 64,
+                     "sigma_n": [2.0000000000000004]}})
+    del raw["sample"]["samplers"]["em"], raw["sample"]["samplers"]["heun"]
+    with pytest.raises(ConfigError, match=r"config key 'ablation.sigma_n': the cell's log file name .* would be "
+                                          r"2\d\d bytes, more than 240"):
+        validate(raw)
+
+
+def test_the_ablation_and_the_sweep_run_on_a_pretrained_model(tmp_path):
+    from ied import layout
+    config = statistics_config(tmp_path)
+    config["ablation"] = {"rationale": "gauss5", "train_rationale": "edm-uncond-vp", "sampler": "heun",
+                          "sigma_n": [1, 3]}
+    config["nfe_sweep"] = {"rationales": ["edm7"], "samplers": ["heun"], "steps": [10, 20], "n_samples": 100}
+    config = validate(config)
+    assert {(c.train, c.step) for c in layout.ablation_cells(config) + layout.sweep_cells(config)} == {
+        ("edm-uncond-vp", layout.PRETRAINED_STEP)}
+    config["ablation"]["checkpoint"] = 100
+    with pytest.raises(ConfigError, match="a pretrained model with one checkpoint; use last"):
+        validate(config)

@@ -72,3 +72,13 @@ def test_weighted_rationale_with_a_named_base_trains_and_samples_through_the_job
     assert main(["generate", "--checkpoint", str(ckpt), "--spec", sampling, "--n-samples", "4", "--expect-step", "2",
                  "--expect-config-hash", specs.identity_hash(spec), "--out", str(tmp_path / "s.npz")]) == 0
     assert (tmp_path / "s.npz").exists()
+
+
+def test_close_sigma_n_values_keep_their_own_names():
+    """Names are the shortest text that reads back as the number: 2.0000001 and 2.0000002 are two cells."""
+    raw = default()
+    raw["ablation"]["sigma_n"] = [2.0000001, 2.0000002, 10, 0.5]
+    names = list(specs.ablation_rationales(validate(raw)))
+    assert names == ["gauss5-sn2.0000001", "gauss5-sn2.0000002", "gauss5-sn10", "gauss5-sn0.5"]
+    assert specs.short_number(1e-05) == "1e-05"
+    assert specs.short_number(1e16) == "1e16" and specs.short_number(5.0) == "5"
