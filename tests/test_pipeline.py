@@ -183,6 +183,7 @@ def test_slurm_profile_dry_run_from_the_repository_root():
                             cwd=REPO, env=VENV_ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"^train_segment\s+9$", result.stdout, re.M), result.stdout[-2000:]
+    assert re.search(r"^to run: \d+ GPU jobs, ≈ [\d.,]+ GPU-hours at ", result.stderr, re.M)  # the bill, under SLURM
 
 
 @pytest.mark.slow
