@@ -200,7 +200,7 @@ def bench_schedules(intervals: int) -> dict:
 
 
 def bench_features(n: int, device: torch.device, inception_weights: str | None) -> dict:
-    from ied.metrics import DIGITS_EXTRACTOR, DigitsCNN, extractor_kwargs
+    from ied.metrics import DIGITS_EXTRACTOR, DigitsCNN, extractor_kwargs, tensors_only
 
     model = DigitsCNN().to(device).eval()
     x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, device=device)
@@ -209,8 +209,9 @@ def bench_features(n: int, device: torch.device, inception_weights: str | None) 
     if inception_weights:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         kw = extractor_kwargs("inception-v3-compat", inception_weights)
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                          feature_extractor_weights_path=kw["feature_extractor_weights_path"])
+        with tensors_only(inception_weights):
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                              feature_extractor_weights_path=kw["feature_extractor_weights_path"])
         x = torch.randint(0, 256, (min(n, 256), 3, 32, 32), dtype=torch.uint8, device=device)
         with torch.no_grad():
             out["inception-v3-compat"] = {"images_per_s": len(x) / _timeit(lambda: net.to(device)(x), device, 3)}

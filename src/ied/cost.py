@@ -77,6 +77,7 @@ def read_throughput(path: str | Path) -> Throughput:
     if train is None and sample is None:
         raise CostError(f"{path}: no usable training images/s or sampling NFE/s in it")
     features = report.get("features") if isinstance(report.get("features"), Mapping) else {}
+    features = features.get("inception-v3-compat") or features.get("ied-digits-cnn") or {}  # per extractor
     nll = report.get("nll") if isinstance(report.get("nll"), Mapping) else {}
     measured_nll = (nll.get("images_per_s") or 0) * (nll.get("nfe_per_image") or 0)
     default = PAPER_A100

@@ -153,7 +153,7 @@ def degenerate(images: np.ndarray) -> str | None:
 
 
 @contextlib.contextmanager
-def _tensors_only(weights_path: str | Path) -> Iterator[None]:
+def tensors_only(weights_path: str | Path) -> Iterator[None]:
     """torch-fidelity loads Inception weights with weights_only=False, which runs any pickle: allow tensors only."""
     original = torch.load
 
@@ -244,7 +244,7 @@ def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor: st
     if paired:  # KID subsets must differ for a standard deviation
         kwargs.update(input2=UInt8Images(reference), kid_subset_size=min(1000, len(generated) // 2, len(reference) // 2))
     layers = {metric: resolve_feature_layer_for_metric(metric, **kwargs) for metric in ("isc", "fid", "kid", "prc")}
-    with _tensors_only(weights_path):
+    with tensors_only(weights_path):
         features = create_feature_extractor(kwargs["feature_extractor"], sorted(set(layers.values())), **kwargs)
     gen = extract_featuresdict_from_input_id(1, features, **kwargs)
     result = {"kernel_inception_distance_mean": math.nan, "kernel_inception_distance_std": math.nan,
