@@ -238,3 +238,76 @@ def test_probes_are_rademacher_or_gaussian_as_named():
     assert len(gaussian.unique()) == gaussian.numel() and abs(gaussian.std() - 1) < 0.05
     assert _probes(keys, 0, (500, 1, 4, 4), "exact") is None
     assert not torch.equal(_probes(keys, 1, (500, 1, 4, 4), "gaussian"), gaussian)
+
+
+# --- the estimator and the job against their definitions (in-process, where mutation testing reaches) ------------
+def test_hutchinson_is_z_transpose_jacobian_z_and_the_exact_trace_is_the_trace():
+    from ied.nll import _divergence
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(12, 12, generator=g, dtype=F64)
+
+    def linear(x, sigma, labels=None):
+        return (x.flatten(1) @ a.T).reshape(x.shape)
+
+    x = torch.randn(2, 3, 2, 2, generator=g, dtype=F64)
+    z = torch.randn(2, 3, 2, 2, generator=g, dtype=F64)
+    _, trace = _divergence(linear, x, torch.ones(2, dtype=F64), None, "gaussian", z)
+    expected = torch.einsum("bi,ij,bj->b", z.flatten(1), a, z.flatten(1))
+    torch.testing.assert_close(trace, expected)
+    _, exact = _divergence(linear, x, torch.ones(2, dtype=F64), None, "exact", None)
+    torch.testing.assert_close(exact, torch.full((2,), a.trace().item(), dtype=F64))
+
+
+def test_probes_and_dequantization_cover_every_channel_in_float64():
+    from ied.nll import _probes, dequantize
+    keys = torch.arange(4, dtype=torch.int64)
+    for estimator in ("rademacher", "gaussian"):
+        probe = _probes(keys, 0, (4, 3, 2, 2), estimator)
+        assert probe.shape == (4, 3, 2, 2) and probe.dtype == torch.float64
+        expected = noise_normal(keys, 12).reshape(4, 3, 2, 2)
+        torch.testing.assert_close(probe, expected if estimator == "gaussian" else torch.sign(expected))
+    x = dequantize(np.zeros((4, 3, 2, 2), np.uint8), keys, 0)
+    assert x.dtype == torch.float64 and len(torch.unique(x)) == 48
+
+
+def noise_normal(keys, n):
+    from ied import noise
+    from ied.nll import STREAM_PROBE
+    return noise.normal(keys, torch.zeros_like(keys), STREAM_PROBE, n, torch.float64)
+
+
+def test_argument_bounds_are_inclusive():
+    from ied.nll import NLLError, check_arguments
+    check_arguments(1, 1, "rademacher", 1, 3072, 10)  # one image, one probe, batch 1
+    check_arguments(10, 1, "exact", 1, 256, 10)  # the whole split; exact traces at the limit
+    check_arguments(None, 2, "gaussian", 8, 3072, 10)  # all
+    for args in ((0, 1, "rademacher", 1, 64, 10), (11, 1, "rademacher", 1, 64, 10), (2, 0, "rademacher", 1, 64, 10),
+                 (2, 1, "rademacher", 0, 64, 10), (2, 1, "exact", 1, 257, 10), (2, 1, "hutchinson", 1, 64, 10)):
+        with pytest.raises(NLLError):
+            check_arguments(*args)
+
+
+def test_gaussian_logp_of_a_single_row():
+    from ied.nll import gaussian_logp
+    x = torch.ones(1, 1, 2, 2, dtype=F64)
+    assert gaussian_logp(x, 2.0).item() == pytest.approx(-2 * math.log(2 * math.pi * 4) - 4 / 8)
+
+
+def test_the_job_in_process_rows_subset_and_provenance(tiny_checkpoint, digits, tmp_path):
+    """nll() itself: the fixed seeded subset (rng 0), one image, exact traces, and the columns it records."""
+    import pandas as pd
+
+    from ied.data import load_imageset
+    from ied.nll import NLLError, nll
+    summary = nll(tiny_checkpoint, digits / "test.npz", tmp_path / "a.parquet", n_images=3, estimator="exact",
+                  rtol=1e-3, atol=1e-3, batch_size=2, expect_step=2)
+    rows = pd.read_parquet(tmp_path / "a.parquet")
+    n = len(load_imageset(digits / "test.npz"))
+    assert rows["image"].tolist() == sorted(np.random.default_rng(0).permutation(n)[:3].tolist())
+    assert (rows["checkpoint_step"] == 2).all() and (rows["estimator"] == "exact").all()
+    assert (rows["rtol"] == 1e-3).all() and (rows["atol"] == 1e-3).all() and summary["images"] == 3
+    nll(tiny_checkpoint, digits / "test.npz", tmp_path / "one.parquet", n_images=1, rtol=1e-3, atol=1e-3)
+    assert len(pd.read_parquet(tmp_path / "one.parquet")) == 1
+    with pytest.raises(NLLError, match="between 1 and the split's 360 images"):
+        nll(tiny_checkpoint, digits / "test.npz", tmp_path / "b.parquet", n_images=361)
+    assert not (tmp_path / "b.parquet").exists()

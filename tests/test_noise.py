@@ -109,3 +109,42 @@ def test_uniforms_are_uniform_with_53_bits():
     for i in range(3):  # the definition: (w0 >> 5) · 2^26 + (w1 >> 6), over 2^53
         assert u[i] == ((int(w0[i, 0]) >> 5) * 2**26 + (int(w1[i, 0]) >> 6)) / 2**53
     assert stats.kstest(u**1.05, "uniform").pvalue < 1e-6  # negative control
+
+
+def test_words_are_philox_of_the_split_key_counter_stream_and_block():
+    """Row b, block j: Philox-4x32-10 of counter (j, stream, counter_lo, counter_hi), key (key_lo, key_hi)."""
+    keys = torch.tensor([3, (7 << 32) | 11, (1 << 63) - 1], dtype=torch.int64)
+    counters = torch.tensor([0, (5 << 32) | 2, 123456789012], dtype=torch.int64)
+    words = noise._words(keys, counters, 4, 3)
+    for b in range(3):
+        k, c = int(keys[b]), int(counters[b])
+        for j in range(3):
+            expected = noise.philox4x32([torch.tensor([v]) for v in (j, 4, c & noise.MASK32, c >> 32)],
+                                        [torch.tensor([v]) for v in (k & noise.MASK32, k >> 32)])
+            assert tuple(int(w[b, j]) for w in words) == tuple(int(e) for e in expected), (b, j)
+
+
+def test_box_muller_written_out():
+    """z = √(−2 ln u₀) cos 2πu₁, √(−2 ln u₀) sin 2πu₁, then the same for u₂, u₃, with u = (w + ½)/2³²; four normals
+    per Philox block, in that order."""
+    keys, counters = torch.tensor([9, 10]), torch.tensor([0, 3])
+    z = noise.normal(keys, counters, noise.STREAM_EPSILON, 7, torch.float64)
+    w = noise._words(keys, counters, noise.STREAM_EPSILON, 2)
+    for b in range(2):
+        expected = []
+        for j in range(2):
+            u = [(int(word[b, j]) + 0.5) / 2**32 for word in w]
+            r01, r23 = math.sqrt(-2 * math.log(u[0])), math.sqrt(-2 * math.log(u[2]))
+            expected += [r01 * math.cos(2 * math.pi * u[1]), r01 * math.sin(2 * math.pi * u[1]),
+                         r23 * math.cos(2 * math.pi * u[3]), r23 * math.sin(2 * math.pi * u[3])]
+        np.testing.assert_allclose(z[b].numpy(), expected[:7], rtol=1e-12)
+
+
+def test_each_sampler_draw_is_the_next_counter_in_the_callers_dtype():
+    rnd = noise.PerImageNoise(KEYS)
+    for draw in range(3):
+        x = rnd.randn_like(torch.zeros(64, 5, dtype=torch.float64))
+        assert x.dtype == torch.float64
+        assert torch.equal(x, noise.normal(KEYS, torch.full_like(KEYS, draw), noise.STREAM_SAMPLING, 5,
+                                           torch.float64))
+    assert rnd.randn((64, 2)).dtype == torch.float32 and rnd.draws == 4
