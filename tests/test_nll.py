@@ -311,3 +311,15 @@ def test_the_job_in_process_rows_subset_and_provenance(tiny_checkpoint, digits, 
     with pytest.raises(NLLError, match="between 1 and the split's 360 images"):
         nll(tiny_checkpoint, digits / "test.npz", tmp_path / "b.parquet", n_images=361)
     assert not (tmp_path / "b.parquet").exists()
+
+
+def test_the_reported_nfe_is_the_number_of_denoiser_calls():
+    calls = []
+
+    def counted(x, sigma, labels=None):
+        calls.append(1)
+        return gaussian_denoiser(x, sigma)
+
+    x = MU + S * torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    _, nfe = ode_logp(counted, x, SIGMA_MIN, SIGMA_MAX, estimator="exact", rtol=1e-6, atol=1e-6)
+    assert nfe == len(calls) > 10
