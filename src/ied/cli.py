@@ -76,7 +76,13 @@ def _shape(text: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ied", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _job_commands(sub)
+    _summary_commands(sub)
+    return parser
 
+
+def _job_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands the pipeline's per-cell jobs run."""
     p = sub.add_parser("prepare", help="convert a dataset split to the prepared .npz format")
     p.add_argument("--dataset", required=True)
     p.add_argument("--split", required=True)
@@ -163,6 +169,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--expect-shape", type=_shape, help="C,H,W of the dataset's images")
     p.add_argument("--expect-classes", type=COUNT, help="the dataset's classes (an unconditional network fits any)")
 
+
+def _summary_commands(sub: argparse._SubParsersAction) -> None:
+    """The subcommands that summarise results, check configs and measure."""
     p = sub.add_parser("aggregate", help="concatenate metric rows")
     p.add_argument("--out", required=True)
     p.add_argument("rows", nargs="+")
@@ -199,7 +208,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("configfiles", nargs="+")
 
     sub.add_parser("bench", help="print benchmark numbers as JSON (see ied.bench)", add_help=False)
-    return parser
 
 
 def _runtime(p: argparse.ArgumentParser) -> None:
