@@ -196,3 +196,29 @@ def test_samples_are_quantised_as_the_datasets_images():
     assert torch.equal(to_uint8(to_model_range(values)), values)
     x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.999, 1.0, 3.0])
     assert to_uint8(x).tolist() == [0, 0, 64, 128, 255, 255, 255]
+
+
+def test_a_non_finite_score_flags_the_row(digits, tmp_path, monkeypatch):
+    """A NaN FID, or a NaN KID where a reference split gives one, marks the row degenerate (never ranked); against
+    published statistics KID is NaN by definition and the row stands."""
+    import ied.metrics
+    from ied.data import ImageSet, save_imageset
+    images = np.random.default_rng(0).integers(0, 256, (40, 1, 8, 8), dtype=np.uint8)
+    save_imageset(tmp_path / "s.npz", ImageSet(images, np.zeros(40, np.int64), 10), generation="{}")
+    np.savez(tmp_path / "refs.npz", mu=np.zeros(128), sigma=np.eye(128))
+
+    def scores(fid, kid):
+        return lambda *a, **k: {"fid": fid, "isc_mean": 1.0, "isc_std": 0.0, "kid_mean": kid, "kid_std": 0.0,
+                                "precision": 0.5, "recall": 0.5}
+
+    def flag(reference, fid, kid):
+        monkeypatch.setattr(ied.metrics, "calculate", scores(fid, kid))
+        statistics = tmp_path / "refs.npz" if reference is None else None
+        return evaluate(tmp_path / "s.npz", reference, DIGITS_EXTRACTOR, "weights.pt", tmp_path / "row.parquet",
+                        reference_statistics=statistics, expect_shape=(1, 8, 8))["degenerate"]
+
+    assert flag(digits / "test.npz", 3.0, 0.1) == ""
+    assert flag(digits / "test.npz", 3.0, float("nan")) == "non-finite score"
+    assert flag(digits / "test.npz", float("inf"), 0.1) == "non-finite score"
+    assert flag(None, 3.0, float("nan")) == ""
+    assert flag(None, float("nan"), float("nan")) == "non-finite score"

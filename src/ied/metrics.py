@@ -316,7 +316,8 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
                        cache_root=cache_root, reference_cache_name=cache_name, batch_size=batch_size, device=device,
                        reference_statistics=statistics)
     problem = degenerate(gen.images)
-    if problem is None and not math.isfinite(scores["fid"]):
+    scored = ("fid", "kid_mean") if ref is not None else ("fid",)  # KID needs the reference's features
+    if problem is None and not all(math.isfinite(scores[k]) for k in scored):
         problem = "non-finite score"
     source = Path(reference).stem if ref is not None else f"statistics:{Path(reference_statistics).name}"
     row = {**dict(cell or {}), "sampler": info.get("sampler"), "steps": info.get("steps"), "nfe": info.get("nfe"),
