@@ -20,7 +20,7 @@ from ied.cost import CostError, read_throughput
 from ied.data import DATASETS, EXTRACTORS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.expressions import FormulaError, compile_formula
-from ied.io import content_sha256, sha256_file
+from ied.io import content_sha256
 from ied.nll import ESTIMATORS, EXACT_MAX_DIMS
 from ied.pretrained import FORMATS
 from ied.rationales import FAMILIES, KG_WEIGHTINGS, RationaleError, build, check_numerics
@@ -538,9 +538,10 @@ def _check_evaluation(config: dict, deep: bool) -> None:
         if not Path(path).is_file():
             fail("evaluate.feature_extractor_weights_path", f"{path}: no such file")
         expected = evaluate["feature_extractor_sha256"]
-        if deep and not sha256_file(path).startswith(expected):
+        digest = content_sha256(path) if deep else expected  # the Snakefile keys evaluate by this digest too
+        if not digest.startswith(expected):
             fail("evaluate.feature_extractor_weights_path",
-                 f"{path}: sha256 {sha256_file(path)[:12]}… does not start with evaluate.feature_extractor_sha256 "
+                 f"{path}: sha256 {digest[:12]}… does not start with evaluate.feature_extractor_sha256 "
                  f"({expected}): not the expected weights file")
 
 
@@ -571,9 +572,10 @@ def _check_pretrained_files(config: dict, deep: bool) -> None:
             fail(f"pretrained.{name}.path", f"{entry['path']}: no such file (the published networks are never "
                                             f"downloaded: fetch it once, see README)")
         expected = entry.get("sha256")
-        if deep and expected and not content_sha256(entry["path"]).startswith(expected):
-            fail(f"pretrained.{name}.sha256", f"{entry['path']}: sha256 {content_sha256(entry['path'])[:12]}… does "
-                                              f"not start with {expected}: not the expected file")
+        digest = content_sha256(entry["path"]) if deep and expected else expected
+        if expected and not digest.startswith(expected):
+            fail(f"pretrained.{name}.sha256", f"{entry['path']}: sha256 {digest[:12]}… does not start with "
+                                              f"{expected}: not the expected file")
 
 
 def _check_budget(config: dict) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ied.data import DIGITS_CNN, INCEPTION, ImageSet, generation_info, load_imageset
-from ied.io import CorruptFileError, atomic_path, quarantine, sha256_file
+from ied.io import CorruptFileError, atomic_path, content_sha256, quarantine
 
 DIGITS_EXTRACTOR = DIGITS_CNN
 
@@ -127,7 +127,7 @@ def extractor_kwargs(extractor: str, weights_path: str | Path, sha256: str | Non
     if not path.is_file():
         raise MetricsError(f"{path}: feature extractor weights not found (feature_extractor_weights_path)")
     if sha256 is not None:
-        digest = sha256_file(path)
+        digest = content_sha256(path)
         if not digest.startswith(sha256):
             raise MetricsError(f"{path}: sha256 {digest[:12]}… does not start with the expected {sha256}")
     if extractor == INCEPTION:
@@ -275,8 +275,8 @@ def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor: st
 
 def reference_cache_name(reference: str | Path, extractor: str, weights_path: str | Path) -> str:
     """Cached reference features are valid for this reference file's content, extractor and weights only."""
-    return (f"{Path(reference).stem}-{sha256_file(reference)[:12]}-{extractor}-"
-            f"{sha256_file(weights_path)[:12]}-features")
+    return (f"{Path(reference).stem}-{content_sha256(reference)[:12]}-{extractor}-"
+            f"{content_sha256(weights_path)[:12]}-features")
 
 
 def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, weights_path: str | Path,
