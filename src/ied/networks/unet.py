@@ -9,25 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ied.networks.layers import PositionalEmbedding  # [cos, sin] of c_noise, as DDPM++ (endpoint False)
+
 Tensor = torch.Tensor
 
 
 def _groups(channels: int) -> int:
     return math.gcd(channels, min(32, max(1, channels // 4)))
-
-
-class PositionalEmbedding(nn.Module):
-    """Sinusoidal embedding of a scalar (here c_noise = ¼ ln σ), as in DDPM++/NVlabs edm."""
-
-    def __init__(self, channels: int, max_positions: int = 10000):
-        super().__init__()
-        self.channels, self.max_positions = channels, max_positions
-
-    def forward(self, x: Tensor) -> Tensor:
-        freqs = torch.arange(self.channels // 2, dtype=torch.float32, device=x.device) / (self.channels // 2)
-        freqs = (1 / self.max_positions) ** freqs
-        x = x.float()[:, None] * freqs[None]
-        return torch.cat([x.cos(), x.sin()], dim=1)
 
 
 class ResBlock(nn.Module):
