@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from ied import layout, specs
-from ied.data import DATASETS
+from ied.data import DATASETS, DIGITS_CNN, INCEPTION
 from ied.samplers import nfe
 
 GPU_RULES = ("train_segment", "generate", "evaluate", "nll")  # import_network, prepare, tables… run on CPUs
@@ -77,7 +77,7 @@ def read_throughput(path: str | Path) -> Throughput:
     if train is None and sample is None:
         raise CostError(f"{path}: no usable training images/s or sampling NFE/s in it")
     features = report.get("features") if isinstance(report.get("features"), Mapping) else {}
-    features = features.get("inception-v3-compat") or features.get("ied-digits-cnn") or {}  # per extractor
+    features = features.get(INCEPTION) or features.get(DIGITS_CNN) or {}  # per extractor
     nll = report.get("nll") if isinstance(report.get("nll"), Mapping) else {}
     measured_nll = (nll.get("images_per_s") or 0) * (nll.get("nfe_per_image") or 0)
     default = PAPER_A100
