@@ -387,8 +387,9 @@ def _check_config(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "cost": _cost, "aggregate": _aggregate, "tables": _tables,
-            "figures": _figures, "report": _report, "check-config": _check_config}
+            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "cost": _cost,
+            "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
+            "check-config": _check_config}
 
 if __name__ == "__main__":
     sys.exit(main())
