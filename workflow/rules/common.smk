@@ -45,7 +45,9 @@ CELLS = layout.cells(config)
 EVERY = config["train"].get("checkpoint_every", 0)
 EXTRACTOR = extractor(config)
 REFERENCE = reference_split(config)  # None: FID against reference statistics (evaluate.reference_statistics)
-HELD_OUT = DATASETS[config["dataset"]["name"]].reference_split  # the likelihood's images: the held-out split
+DATASET = DATASETS[config["dataset"]["name"]]
+IMAGE_SHAPE = ",".join(map(str, DATASET.shape))  # C,H,W: what generated or imported images must be
+HELD_OUT = DATASET.reference_split  # the likelihood's images: the held-out split
 ENV = "../../envs/ied.yaml"
 CELL_JOB = layout.CELL_JOB  # one file name per cell for logs and benchmarks
 
@@ -59,7 +61,7 @@ wildcard_constraints:
     step=r"\d+",
     seed=r"\d+",
     n=r"\d+",
-    split=names_pattern(DATASETS[config["dataset"]["name"]].splits),
+    split=names_pattern(DATASET.splits),
     train=layout.NAME_PATTERN,
     sample=layout.NAME_PATTERN,
     sampler=layout.SAMPLER_PATTERN,

@@ -13,7 +13,7 @@ rule evaluate:
         # published reference statistics enter by their content, like the weights
         statistics_sha256=STATISTICS_SHA256,
         reference=lambda w, input: f"--reference {shlex.quote(input.reference[0])}" if input.reference else "",
-        shape=",".join(map(str, DATASETS[config["dataset"]["name"]].shape)),
+        shape=IMAGE_SHAPE,
     benchmark:
         bench("evaluate", CELL_JOB)
     log:

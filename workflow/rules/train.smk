@@ -50,8 +50,8 @@ rule import_network:
     params:
         # the file's content is the model's identity; its path is a resource (moving the file reruns nothing)
         sha256=lambda w: specs.pretrained_spec(config, w.train)["sha256"],
-        shape=",".join(map(str, DATASETS[config["dataset"]["name"]].shape)),
-        classes=DATASETS[config["dataset"]["name"]].num_classes,
+        shape=IMAGE_SHAPE,
+        classes=DATASET.num_classes,
     resources:
         path=lambda w: config["pretrained"][w.train]["path"],
     benchmark:
