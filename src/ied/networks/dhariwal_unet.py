@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ied.networks.layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, decoder_level_start
+from ied.networks.layers import (Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, decoder_level_start,
+                                drop_labels)
 
 Tensor = torch.Tensor
 
@@ -63,10 +64,7 @@ class DhariwalUNet(nn.Module):
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand(labels.shape[0], 1, device=labels.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = drop_labels(class_labels, self.label_dropout if self.training else 0.0)
             emb = emb + self.map_label(labels)
         return F.silu(emb)
 

@@ -160,6 +160,14 @@ def decoder_level_start(dec: nn.ModuleDict, res: int, lowest: bool, channels: in
         dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
 
 
+def drop_labels(labels: Tensor, p: float) -> Tensor:
+    """Class-label dropout (training only): each example's one-hot labels zeroed with probability p."""
+    if not p:
+        return labels
+    keep = torch.rand(labels.shape[0], 1, device=labels.device) >= p
+    return labels * keep.to(labels.dtype)
+
+
 class PositionalEmbedding(nn.Module):
     """[cos(x ω_j), sin(x ω_j)], ω_j = (1/max_positions)^(j / (C/2 − endpoint)), j < C/2 (DDPM++, ADM)."""
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ied.networks.layers import (Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock,
-                                decoder_level_start)
+                                decoder_level_start, drop_labels)
 
 Tensor = torch.Tensor
 
@@ -91,10 +91,7 @@ class SongUNet(nn.Module):
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # the embedding's [cos, sin] as [sin, cos]
         if self.map_label is not None:
-            labels = class_labels
-            if self.training and self.label_dropout:
-                keep = torch.rand(labels.shape[0], 1, device=labels.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = drop_labels(class_labels, self.label_dropout if self.training else 0.0)
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
