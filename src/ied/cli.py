@@ -148,7 +148,7 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("nll", help="bits/dim of a prepared split under a checkpoint (probability-flow ODE)")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="a prepared split (the FID reference split in the pipeline)")
+    p.add_argument("--data", required=True, help="a prepared split (the held-out split in the pipeline)")
     p.add_argument("--n-images", type=_n_images, default=None, help="a seeded subset of this many images, or all")
     p.add_argument("--probes", type=POSITIVE, default=1)
     p.add_argument("--estimator", default="rademacher", choices=ESTIMATORS)

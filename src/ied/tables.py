@@ -228,7 +228,7 @@ def nll_table(summary: pd.DataFrame, single: pd.DataFrame, grid: Mapping[str, An
     return pd.DataFrame(rows).astype({"best_fid_step": "Int64", "last_step": "int64"})
 
 
-NLL_NOTE = ("Negative log-likelihood of the reference split's images (a fixed subset), log p(x | y), through the "
+NLL_NOTE = ("Negative log-likelihood of the held-out split's images (a fixed subset), log p(x | y), through the "
             "probability-flow ODE (ied.nll): mean ± standard error over images (the probes of an image averaged "
             "first). `not computed`: that checkpoint is not among nll.checkpoints. `no usable cell`: every single-set "
             "sample set of this model is degenerate, so it has no best-FID checkpoint.")
