@@ -95,3 +95,30 @@ def test_sha256_file_reads_every_block(tmp_path):
     data = os.urandom(3 * (1 << 20) + 17)  # several 1 MiB blocks and a partial one
     (tmp_path / "blob").write_bytes(data)
     assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_writers_of_a_shared_file_at_once_all_succeed(tmp_path):
+    """Two evaluation jobs write the reference-feature cache at once: the second's start does not delete the first's
+    temporary file (it did, and the first job failed); a private output's killed-write leftovers are still removed."""
+    import os
+    import time
+
+    from ied.io import SHARED_STALE_S, atomic_path
+    target = tmp_path / "features.npz"
+    with atomic_path(target, shared=True) as first:
+        Path(first).write_text("first")
+        with atomic_path(target, shared=True) as second:
+            Path(second).write_text("second")
+        assert Path(first).exists()
+    assert target.read_text() == "first"
+    old = tmp_path / f".{target.name}.killed.tmp"
+    old.write_text("left by a killed writer")
+    os.utime(old, (time.time() - SHARED_STALE_S - 1,) * 2)
+    fresh = tmp_path / f".{target.name}.running.tmp"
+    fresh.write_text("another writer's")
+    with atomic_path(target, shared=True) as tmp:
+        Path(tmp).write_text("third")
+    assert not old.exists() and fresh.exists()
+    with atomic_path(target) as tmp:  # one job writes a private output: every leftover is stale
+        Path(tmp).write_text("fourth")
+    assert not fresh.exists() and target.read_text() == "fourth"

@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -22,19 +23,28 @@ def _umask() -> int:
     return mask
 
 
+SHARED_STALE_S = 3600.0  # a shared file's temporary file untouched this long was left by a killed writer
+
+
 def _temp_files(path: Path) -> list[Path]:
     return list(path.parent.glob(f".{path.name}.*.tmp"))
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, shared: bool = False) -> Iterator[str]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
 
-    `path` keeps its old content (or stays absent) until the block has finished without an exception."""
+    `path` keeps its old content (or stays absent) until the block has finished without an exception. Temporary
+    files of `path` left by a killed write are removed first; `shared`: several processes may write `path` at once
+    (a cache), so only those untouched for SHARED_STALE_S are another writer's leftovers."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in _temp_files(path):  # left by a write that was killed (one job writes a given output)
-        stale.unlink(missing_ok=True)
+    for stale in _temp_files(path):
+        try:
+            if not shared or time.time() - stale.stat().st_mtime > SHARED_STALE_S:
+                stale.unlink(missing_ok=True)
+        except FileNotFoundError:  # its writer finished meanwhile
+            pass
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)

@@ -197,7 +197,7 @@ def _read_features(path: Path) -> dict[str, torch.Tensor]:
 def _write_features(path: Path, features: Mapping[str, torch.Tensor]) -> None:
     arrays = {name: tensor.cpu().numpy() for name, tensor in features.items()}
     meta = {"features": sorted(arrays), "sha256": _features_digest(arrays)}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, shared=True) as tmp:  # evaluation jobs running at once share the cache
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **{f"feature_{k}": v for k, v in arrays.items()})
 
