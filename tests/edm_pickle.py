@@ -37,10 +37,21 @@ def _stand_in_module() -> types.ModuleType:
     return module
 
 
+class Raw:
+    """An object pickled as the given reduce tuple (a hostile tensor, storage or call), with a BUILD state if given."""
+
+    def __init__(self, function, args: tuple, state: Any = None):
+        self.function, self.args, self.state = function, args, state
+
+    def __reduce__(self):
+        return (self.function, self.args) if self.state is None else (self.function, self.args, self.state)
+
+
 class _Pickler(pickle.Pickler):
-    def __init__(self, file, reconstruct, init_kwargs: dict[int, dict], class_names: dict[int, str]):
+    def __init__(self, file, reconstruct, init_kwargs: dict[int, dict], class_names: dict[int, str],
+                 states: dict[int, dict]):
         super().__init__(file, protocol=4)
-        self.reconstruct, self.init_kwargs, self.class_names = reconstruct, init_kwargs, class_names
+        self.reconstruct, self.init_kwargs, self.class_names, self.states = reconstruct, init_kwargs, class_names, states
 
     def reducer_override(self, obj):
         if isinstance(obj, Persistent):
@@ -50,20 +61,23 @@ class _Pickler(pickle.Pickler):
             # upstream keeps numpy scalars (np.sqrt(0.5), …) in module attributes: exercise those globals too
             state = {k: np.float64(v) if type(v) is float else v for k, v in state.items()}
             name = self.class_names.get(id(obj), type(obj).__name__)
-            return self._meta(name, state, self.init_kwargs.get(id(obj), {}))
+            return self._meta(name, state, self.init_kwargs.get(id(obj), {}), self.states.get(id(obj), {}))
         return NotImplemented
 
-    def _meta(self, class_name: str, state: dict, init_kwargs: dict):
+    def _meta(self, class_name: str, state: dict, init_kwargs: dict, overrides: dict | None = None):
         state.update(_init_args=(), _init_kwargs=init_kwargs)
+        state.update(overrides or {})
         return self.reconstruct, (dict(type="class", version=6, module_src=MODULE_SRC, class_name=class_name,
                                        state=state),)
 
 
 def write(path: str | Path, network: torch.nn.Module, init_kwargs: dict, *, extra: dict | None = None,
-          class_names: dict[torch.nn.Module, str] | None = None, payload: dict | None = None) -> Path:
+          class_names: dict[torch.nn.Module, str] | None = None, payload: dict | None = None,
+          states: dict[torch.nn.Module, dict] | None = None) -> Path:
     """Write `network` (built with `init_kwargs`) as an EDM network pickle at `path`.
 
-    `class_names` renames chosen modules' metas; `payload` replaces the whole pickled dict; `extra` is merged into it."""
+    `class_names` renames chosen modules' metas; `states` updates chosen modules' meta states (their `_parameters`,
+    `_init_kwargs`, …); `payload` replaces the whole pickled dict; `extra` is merged into it."""
     module = _stand_in_module()
     package = types.ModuleType("torch_utils")
     package.persistence = module
@@ -78,7 +92,8 @@ def write(path: str | Path, network: torch.nn.Module, init_kwargs: dict, *, extr
     try:
         with open(path, "wb") as f:
             _Pickler(f, module._reconstruct_persistent_obj, {id(network): dict(init_kwargs)},
-                     {id(m): n for m, n in (class_names or {}).items()}).dump(data)
+                     {id(m): n for m, n in (class_names or {}).items()},
+                     {id(m): s for m, s in (states or {}).items()}).dump(data)
     finally:
         for key, value in saved.items():
             if value is None:

@@ -82,10 +82,12 @@ class VPPrecond(_Preconditioned):
                  model_type: str = "SongUNet", **model_kwargs):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, model_kwargs)
         self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
-        self.sigma_min, self.sigma_max = float(self.sigma(epsilon_t)), float(self.sigma(1))
+        cpu = torch.device("cpu")  # plain numbers, also while the network is built on the meta device
+        self.sigma_min = float(self.sigma(torch.tensor(epsilon_t, device=cpu)))
+        self.sigma_max = float(self.sigma(torch.tensor(1, device=cpu)))
 
     def sigma(self, t: float | Tensor) -> Tensor:
-        t = torch.as_tensor(t)
+        t = t if isinstance(t, Tensor) else torch.as_tensor(t)
         return ((0.5 * self.beta_d * t**2 + self.beta_min * t).exp() - 1).sqrt()
 
     def sigma_inv(self, sigma: Tensor) -> Tensor:
