@@ -112,24 +112,70 @@ def load_imageset_meta(path: str | Path) -> tuple[ImageSet, dict]:
     return ImageSet(images, labels.astype(np.int64), int(info["num_classes"])), info
 
 
+MAX_FEATURES = 8192  # feature dimensions of reference statistics read for no named extractor
+PSD_TOLERANCE = 1e-6  # sigma's smallest eigenvalue may be this far below 0, relative to its largest variance
+
+
+def _statistics_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The shape and dtype of mu and sigma from their .npy headers, before any value is read."""
+    out = {}
+    with zipfile.ZipFile(path) as archive:
+        for key in ("mu", "sigma"):
+            with archive.open(f"{key}.npy") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+                out[key] = (shape, dtype)
+    return out
+
+
+def _check_covariance(path: Path, sigma: np.ndarray) -> None:
+    """sigma is a covariance: symmetric, and positive semi-definite within PSD_TOLERANCE (checked by a Cholesky
+    factorisation of sigma + tolerance · I), not all zero."""
+    variances = np.diag(sigma)
+    scale = float(np.abs(sigma).max()) if sigma.size else 0.0
+    if scale == 0.0:
+        raise DataError(f"{path}: sigma is all zero, not the covariance of features")
+    if np.abs(sigma - sigma.T).max() > PSD_TOLERANCE * scale:
+        raise DataError(f"{path}: sigma is not symmetric (max |sigma - sigmaᵀ| = {np.abs(sigma - sigma.T).max():.3g})")
+    tolerance = PSD_TOLERANCE * float(variances.max())
+    try:
+        if variances.min() < -tolerance:
+            raise np.linalg.LinAlgError
+        np.linalg.cholesky(sigma + tolerance * np.eye(len(sigma)))
+    except np.linalg.LinAlgError:
+        raise DataError(f"{path}: sigma is not positive semi-definite (an eigenvalue below -{PSD_TOLERANCE:g} × its "
+                        f"largest variance): not the covariance of features") from None
+
+
 def read_fid_statistics(path: str | Path, dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`mu` and `sigma` of reference features from an .npz (NVlabs' fid-refs format), as float64; no pickle is read.
 
-    DataError names the file if a key is missing, the shapes are not d and d × d (d = `dims` if given), or a value
-    is not finite."""
+    DataError names the file if a key is missing; the shapes (read from the headers first, before any value) are
+    not d and d × d (d = `dims` if given, else at most MAX_FEATURES) or their dtypes not real numbers; a value is
+    not finite; or sigma is not a covariance (symmetric, positive semi-definite, not zero)."""
     path = Path(path)
+    try:
+        headers = _statistics_headers(path)
+    except Exception as err:  # a missing key, a truncated zip, not a zip
+        raise DataError(f"{path}: not reference statistics (an .npz with arrays mu and sigma): "
+                        f"{type(err).__name__}: {str(err)[:200]}") from None
+    (mu_shape, mu_dtype), (sigma_shape, sigma_dtype) = headers["mu"], headers["sigma"]
+    d = mu_shape[0] if len(mu_shape) == 1 else -1
+    if len(mu_shape) != 1 or sigma_shape != (d, d) or d != (dims or d) or not 1 < d <= (dims or MAX_FEATURES):
+        raise DataError(f"{path}: mu {mu_shape} and sigma {sigma_shape} are not the statistics of "
+                        f"{dims or 'd'}-dimensional features")
+    if mu_dtype.kind not in "fiu" or sigma_dtype.kind not in "fiu":
+        raise DataError(f"{path}: mu ({mu_dtype}) and sigma ({sigma_dtype}) must be real numbers")
     try:
         with np.load(path, allow_pickle=False) as npz:
             mu, sigma = np.asarray(npz["mu"], np.float64), np.asarray(npz["sigma"], np.float64)
-    except Exception as err:  # a missing key, a truncated zip, a pickled array
-        raise DataError(f"{path}: not reference statistics (an .npz with arrays mu and sigma): "
-                        f"{type(err).__name__}: {str(err)[:200]}") from None
-    d = mu.shape[0] if mu.ndim == 1 else -1
-    if mu.ndim != 1 or sigma.shape != (d, d) or (dims is not None and d != dims):
-        raise DataError(f"{path}: mu {mu.shape} and sigma {sigma.shape} are not the statistics of "
-                        f"{dims or 'd'}-dimensional features")
+    except Exception as err:  # a damaged member
+        raise DataError(f"{path}: not reference statistics: {type(err).__name__}: {str(err)[:200]}") from None
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise DataError(f"{path}: mu or sigma holds non-finite values")
+    _check_covariance(path, sigma)
     return mu, sigma
 
 
