@@ -40,12 +40,20 @@ def materialize(path: Path) -> dict:
     return config
 
 
+@pytest.fixture(scope="module")
+def case_files(tmp_path_factory) -> Path:
+    """The folder the cases run in: files/ holds the network, statistics and throughput files they name."""
+    from bad_files import write_all
+    return write_all(tmp_path_factory.mktemp("bad-files"))
+
+
 def test_rules_are_found():
     assert {"train_segment", "generate", "evaluate", "tables"} <= set(RULES)
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
-def test_rejected_with_the_key_named(path):
+def test_rejected_with_the_key_named(path, case_files, monkeypatch):
+    monkeypatch.chdir(case_files)
     with pytest.raises(ConfigError) as info:
         if is_raw(path):
             load([DEFAULT, path], rules=RULES)
@@ -53,11 +61,13 @@ def test_rejected_with_the_key_named(path):
             validate(materialize(path), rules=RULES)
     assert f"config key '{expected_key(path)}" in str(info.value)
     assert "\n" not in str(info.value)
+    assert not (case_files / "pwned").exists()
 
 
-def snakemake_rejects(path: Path, workdir: Path) -> str | None:
+def snakemake_rejects(path: Path, workdir: Path, files: Path) -> str | None:
     """Run snakemake on one malformed config in its own folder; None if it stops as it must, else why not."""
     workdir.mkdir()
+    (workdir / "files").symlink_to(files / "files")
     if is_raw(path):
         configfiles = [str(DEFAULT), str(path)]
     else:
@@ -73,17 +83,17 @@ def snakemake_rejects(path: Path, workdir: Path) -> str | None:
         return f"no single message naming {expected_key(path)}: {result.stderr[-500:]}"
     if "Traceback" in result.stderr:
         return "a traceback"
-    if (workdir / "results").exists() or (workdir / "pwned").exists():
+    if (workdir / "results").exists() or (files / "pwned").exists():
         return "wrote results/"
     return None
 
 
 @pytest.mark.slow
-def test_snakemake_stops_before_any_job(tmp_path):
+def test_snakemake_stops_before_any_job(tmp_path, case_files):
     """Every case through snakemake (two at a time): non-zero exit, one line naming the key, no traceback, no
     results/."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=2) as pool:
         problems = dict(zip((p.stem for p in CORPUS),
-                            pool.map(lambda p: snakemake_rejects(p, tmp_path / p.stem), CORPUS)))
+                            pool.map(lambda p: snakemake_rejects(p, tmp_path / p.stem, case_files), CORPUS)))
     assert {case: why for case, why in problems.items() if why} == {}

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 import yaml
 
@@ -126,11 +127,22 @@ def test_nll_exact_traces_are_refused_on_32x32_images(tmp_path):
         validate(config)
 
 
+def write_stand_in_network(path, **shape):
+    """A tiny EDM network pickle (tests/edm_pickle.py) of the given image shape and classes: what the config check
+    reads of a published network."""
+    import edm_pickle
+    from conftest import TINY_EDM
+    from ied.networks import EDMPrecond
+    kwargs = {**TINY_EDM, "augment_dim": 0, **shape}
+    torch.manual_seed(0)
+    edm_pickle.write(path, EDMPrecond(**kwargs).eval(), kwargs)
+
+
 def statistics_config(tmp_path, **changes):
     """config/edm-pretrained-ffhq-64.yaml on local stand-ins: a network file, weights and reference statistics."""
     config = load([REPO / "config" / "edm-pretrained-ffhq-64.yaml"], check=False)
     network = tmp_path / "net.pkl"
-    network.write_bytes(b"stand-in")
+    write_stand_in_network(network, img_resolution=64, img_channels=3, label_dim=0)
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"stand-in weights")
     np.savez(tmp_path / "refs.npz", mu=np.zeros(2048), sigma=np.eye(2048))

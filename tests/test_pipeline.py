@@ -256,7 +256,11 @@ def test_pretrained_configs_plan_no_training(tmp_path, name, counts):
     (pretrained,) = config["pretrained"].values()
     pickle_file = tmp_path / pretrained["path"]
     pickle_file.parent.mkdir(parents=True)
-    pickle_file.write_bytes(b"a stand-in: the dry run plans the import, it does not read the file")
+    from ied.data import DATASETS
+    from test_config import write_stand_in_network
+    dataset = DATASETS[config["dataset"]["name"]]
+    write_stand_in_network(pickle_file, img_channels=dataset.shape[0], img_resolution=dataset.shape[1],
+                           label_dim=dataset.num_classes)  # the config check reads it
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"stand-in")
     override = {"evaluate": {"feature_extractor_weights_path": str(weights),

@@ -22,7 +22,7 @@ from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.expressions import FormulaError, compile_formula
 from ied.io import content_sha256
 from ied.nll import ESTIMATORS, EXACT_MAX_DIMS
-from ied.pretrained import FORMATS
+from ied.pretrained import FORMATS, PretrainedError, inspect as inspect_network
 from ied.rationales import FAMILIES, KG_WEIGHTINGS, RationaleError, build, check_numerics
 from ied.samplers import SAMPLERS, OptionError, resolve_options
 
@@ -474,13 +474,21 @@ def _check_nll(config: dict, given: Any) -> None:
 
 
 def _check_labels(config: dict) -> None:
-    """Every label typesets in the tables' LaTeX (checked here, not after the sampling it would label)."""
+    """Every label typesets in the tables' LaTeX, and no two names share a label: labels are the rows and columns
+    of the tables and the legends of the figures (checked here, not after the sampling they would label)."""
     for section in ("rationales", "pretrained"):
         for name, entry in config[section].items():
             try:
                 latex.escape(entry.get("label", name))
             except ValueError as err:
                 fail(f"{section}.{name}.label", str(err))
+    named: dict[str, str] = {}
+    for name, label in specs.labels(config).items():
+        if label in named:
+            section = "pretrained" if name in config["pretrained"] else "rationales"
+            key = f"{section}.{name}.label" if name in config[section] else "ablation.sigma_n"
+            fail(key, f"{label!r} is also the label of {named[label]!r}: tables and figures would not tell them apart")
+        named[label] = name
 
 
 def _check_file_names(config: dict) -> None:
@@ -576,6 +584,12 @@ def _check_pretrained_files(config: dict, deep: bool) -> None:
         if expected and not digest.startswith(expected):
             fail(f"pretrained.{name}.sha256", f"{entry['path']}: sha256 {digest[:12]}… does not start with "
                                               f"{expected}: not the expected file")
+        if deep:  # the file's structure, arguments, shape and classes: what import_network would refuse, now
+            info = DATASETS[config["dataset"]["name"]]
+            try:
+                inspect_network(entry["path"], expect_shape=info.shape, expect_classes=info.num_classes)
+            except PretrainedError as err:
+                fail(f"pretrained.{name}.path", str(err).removesuffix("; nothing was written"))
 
 
 def _check_budget(config: dict) -> None:
