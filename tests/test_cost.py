@@ -28,10 +28,11 @@ def local_stand_ins(tmp_path):
     return local
 
 
-def the_bill(configfiles, cwd, throughput=cost.PAPER_A100):
-    config = load_for_snakemake(configfiles, [])
-    plan = cost.snakemake_plan(REPO / "Snakefile", cwd, [str(p) for p in configfiles], [])
-    return {row["rule"]: row for row in cost.bill(config, throughput, plan)}
+def the_bill(configfiles, cwd, *config_args):
+    """The rows the Snakefile bills a dry run of these config files with."""
+    rows, _ = cost.dry_run(REPO / "Snakefile", cwd, [str(p) for p in configfiles], list(config_args),
+                           cwd / ".bill.json")
+    return {row["rule"]: row for row in rows}
 
 
 @pytest.mark.parametrize("name", ["config", "paper-cifar10", "paper-imagenet32"])
@@ -76,7 +77,7 @@ def test_gpu_hours_are_work_over_throughput(tmp_path):
     assert rows["evaluate"]["gpu_hours_to_do"] == pytest.approx(2 * 100 / 5000 / 3600)
     assert rows["nll"]["gpu_hours_to_do"] == pytest.approx(64 * 2 * 150 / 1500 / 3600)
     total = sum(rows[r]["gpu_hours_to_do"] for r in cost.GPU_RULES)
-    assert rows["total"]["gpu_hours_to_do"] == pytest.approx(total) and math.isnan(rows["total"]["work_to_do"])
+    assert rows["total"]["gpu_hours_to_do"] == pytest.approx(total) and rows["total"]["work_to_do"] is None
 
 
 @pytest.mark.slow
@@ -120,3 +121,102 @@ def test_a_malformed_throughput_file_is_one_line(tmp_path):
         load_for_snakemake([DEFAULT], [f"budget={{throughput: {bad}}}"])
     from test_cli import assert_one_line, ied
     assert_one_line(ied("cost", "--throughput", bad, cwd=tmp_path), "bench.json: no training or sampling")
+
+
+# --- what the bill charges, written out ---------------------------------------------------------------------------
+def test_a_heun_cells_work_is_its_calls_of_the_denoiser():
+    """Heun with s steps calls the denoiser 2s − 1 times (no correction on the last step); EM s times."""
+    config = load_for_snakemake([DEFAULT], ["nfe_sweep={steps: []}", "ablation={sigma_n: []}",
+                                            "sample={samplers: {h: {sampler: heun, steps: 7}, em: {sampler: "
+                                            "euler_maruyama, steps: 9}}, single: {samplers: [h]}, "
+                                            "repeated: {samplers: [em]}}"])
+    work = {job.output: job.work for job in cost.jobs(config, cost.PAPER_A100) if job.rule == "generate"}
+    heun = [w for out, w in work.items() if "/h/" in out]
+    em = [w for out, w in work.items() if "/em/" in out]
+    assert heun and set(heun) == {360 * (2 * 7 - 1)} and em and set(em) == {360 * 9}
+
+
+def rows(to_do: float, done: float = 0.0) -> list[dict]:
+    row = {"rule": "generate", "unit": "", "jobs_done": 3, "jobs_to_do": 2, "work_done": 1.0, "work_to_do": 1.0,
+           "gpu_hours_done": done, "gpu_hours_to_do": to_do}
+    return [row, {**row, "rule": "total", "work_done": None, "work_to_do": None}]
+
+
+def test_the_budget_refuses_only_what_is_to_do_over_it():
+    cost.check_budget(rows(1.0), 2.0, cost.PAPER_A100)  # under
+    cost.check_budget(rows(2.0), 2.0, cost.PAPER_A100)  # equal: within the budget
+    cost.check_budget(rows(1.0, done=1e6), 2.0, cost.PAPER_A100)  # done hours are never charged
+    cost.check_budget(rows(1e6), None, cost.PAPER_A100)  # no budget
+    with pytest.raises(cost.CostError, match=r"needs ≈ 2.0 GPU-hours .* over the budget of 1.99; the largest: "
+                                             r"generate × 2 \(2.0 h\)"):
+        cost.check_budget(rows(2.0), 1.99, cost.PAPER_A100)
+
+
+@pytest.mark.parametrize("rate, message", [(-2000.0, "is -2000.0, not a positive finite rate"),
+                                           (0, "is 0, not a positive finite rate"),
+                                           ("fast", "is 'fast', not a positive finite rate"),
+                                           (math.inf, "is inf, not a positive finite rate")])
+def test_a_rate_that_is_not_positive_and_finite_is_refused(tmp_path, rate, message):
+    report = {"training": [{"batch_size": 1, "mode": "fp32", "images_per_s": 100.0}],
+              "sampling": [{"batch_size": 1, "mode": "fp32", "heun": {"nfe_per_s": rate}}]}
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(report))
+    with pytest.raises(cost.CostError, match=r"bench.json: sampling\[0\].heun.nfe_per_s " + message.replace(".", r"\.")):
+        cost.read_throughput(path)
+
+
+# --- the bill is Snakemake's plan for this invocation: forced runs billed, commands that run nothing free ----------
+def finished_copy(e2e_run, tmp_path):
+    """A copy of the finished shared run (times kept), to force and touch without disturbing it."""
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(e2e_run, copy, symlinks=True)
+    return copy
+
+
+def bill_line(stderr: str) -> str:
+    lines = [l for l in stderr.splitlines() if l.startswith("to run: ")]
+    assert len(lines) == 1, stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_forced_runs_are_billed_and_refused_over_the_budget(e2e_run, tmp_path):
+    run = finished_copy(e2e_run, tmp_path)
+    tiny = ["--config", "budget={gpu_hours: 1.0e-9}"]
+    nothing = snakemake("-n", *E2E, *tiny, cwd=run)
+    assert "Nothing to be done" in nothing.stdout + nothing.stderr
+    assert bill_line(nothing.stderr).startswith("to run: 0 GPU jobs, ≈ 0.0 GPU-hours")
+    forced = snakemake("-n", "--forceall", *E2E, *tiny, cwd=run)  # a dry run is billed, never refused
+    jobs = job_counts("--forceall", *E2E, cwd=run)
+    assert bill_line(forced.stderr).startswith(f"to run: {sum(jobs[r] for r in cost.GPU_RULES)} GPU jobs")
+    assert cost.GPU_RULES and all(jobs[r] for r in cost.GPU_RULES)
+    nll = sorted((run / "results" / "e2e" / "nll").rglob("*.parquet"))
+    before = {p: p.stat().st_mtime_ns for p in nll}
+    for force in (["--forcerun", "nll"], ["-R", "nll"]):
+        refused = snakemake("--cores", "1", *force, *E2E, *tiny, cwd=run, check=False)
+        lines = [l for l in refused.stderr.splitlines() if l.startswith("Config error:")]
+        assert refused.returncode != 0 and len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+        assert lines[0].startswith("Config error: config key 'budget.gpu_hours': this run needs ≈")
+        assert f"the largest: nll × {len(nll)}" in lines[0]
+    assert nll and {p: p.stat().st_mtime_ns for p in nll} == before  # nothing ran
+    assert not list((run / ".snakemake" / "locks").glob("*"))  # and no lock was left behind
+
+
+@pytest.mark.slow
+def test_commands_that_run_no_job_are_never_refused(e2e_run, tmp_path):
+    """--unlock, --lint, --list-rules, --dag, --cleanup-metadata, --report and --touch, with GPU work planned far over
+    the budget (everything forced); and a target that needs only a CPU job runs."""
+    run = finished_copy(e2e_run, tmp_path)
+    tiny = ["--config", "budget={gpu_hours: 1.0e-9}"]
+    metrics = "results/e2e/metrics.parquet"
+    for command in (["--unlock"], ["--list-rules"], ["--dag", "--forceall"], ["--lint"],
+                    ["--cleanup-metadata", metrics], ["--report", "report.html"], ["--touch", "--cores", "1"]):
+        result = snakemake(*command, *E2E, *tiny, cwd=run, check=False)
+        assert result.returncode == 0 and "budget.gpu_hours" not in result.stderr, (command, result.stderr[-2000:])
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    schedule = "results/digits-default/schedules/l2.parquet"
+    result = snakemake(schedule, "--cores", "1", "--configfile", DEFAULT, *tiny, cwd=fresh, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert bill_line(result.stderr).startswith("to run: 0 GPU jobs") and (fresh / schedule).is_file()

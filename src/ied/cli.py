@@ -356,6 +356,8 @@ def _report(a):
 
 
 def _cost(a):
+    import json
+    import tempfile
     from pathlib import Path
 
     import pandas as pd
@@ -363,13 +365,14 @@ def _cost(a):
     from ied import cost
     from ied.config import load_for_snakemake
     from ied.io import atomic_path, write_text
-    config = load_for_snakemake(a.configfile, a.config)
-    path = a.throughput or config["budget"]["throughput"]
-    throughput = cost.read_throughput(path) if path else cost.PAPER_A100
+    overrides = a.config + ([f"budget={{throughput: {json.dumps(str(Path(a.throughput).resolve()))}}}"]
+                            if a.throughput else [])
+    config = load_for_snakemake(a.configfile, overrides)  # a bad config is one line before snakemake runs
     snakefile = Path(__file__).resolve().parents[2] / "Snakefile"
-    plan = cost.snakemake_plan(snakefile, Path(a.directory).resolve(), [str(Path(p).resolve()) for p in a.configfile],
-                               a.config)
-    rows = cost.bill(config, throughput, plan)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, source = cost.dry_run(snakefile, Path(a.directory).resolve(), [str(Path(p).resolve()) for p in a.configfile],
+                                    overrides, Path(tmp) / "bill.json")
+    throughput = cost.configured_throughput(config)
     title = f"The bill of {config['experiment']} ({', '.join(a.configfile) or 'config/config.yaml'})"
     text = cost.markdown(rows, throughput, title)
     print(text)
@@ -377,7 +380,7 @@ def _cost(a):
     if a.table:
         write_text(f"{a.table}.md", text)
         with atomic_path(f"{a.table}.parquet") as tmp:
-            pd.DataFrame(rows).assign(throughput=throughput.source).to_parquet(tmp, index=False)
+            pd.DataFrame(rows).assign(throughput=source).to_parquet(tmp, index=False)
 
 
 def _check_config(a):

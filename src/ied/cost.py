@@ -1,7 +1,10 @@
 """The bill of a config before it is paid: GPU jobs, their work and GPU-hours, done and to do, and a budget.
 
-The jobs are the DAG's (ied.layout: every training segment, generation, evaluation and likelihood job); whether
-a job is done is Snakemake's own decision, read from `snakemake --summary` (its output exists and is current).
+The jobs are the DAG's (ied.layout: every training segment, generation, evaluation and likelihood job); which of
+them this invocation runs is Snakemake's own decision, read from the DAG it built (its targets, its forced reruns):
+`dag_plan(dag)`. The Snakefile bills every run and dry run from it, and applies the budget just before the first job of
+a run (Snakemake's `onstart`): a command that runs no job (--unlock, --lint, --list-rules, --dag, --report, --touch)
+is never refused.
 Work per job: training images (steps × batch), generated images × NFE, likelihood images × probes × the expected
 NFE of one ODE solve, evaluated images. GPU-hours = work ÷ throughput, the throughput from a JSON `ied bench`
 wrote on the target GPU, or else the paper's A100 figures. Job start-up is not counted.
@@ -10,13 +13,8 @@ Torch-free: the Snakefile prints the bill and applies the budget while it parses
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -28,7 +26,7 @@ from ied.samplers import nfe
 GPU_RULES = ("train_segment", "generate", "evaluate", "nll")  # import_network, prepare, tables… run on CPUs
 UNITS = {"train_segment": "training images", "generate": "images × NFE", "evaluate": "images",
          "nll": "images × NFE"}
-NO_BILL = "IED_NO_BILL"  # set in the `snakemake --summary` the bill runs, so that it does not run one itself
+BILL_OUT = "IED_BILL_OUT"  # a JSON path: the Snakefile writes its bill there (how `ied cost` reads a dry run's)
 
 
 @dataclass(frozen=True)
@@ -56,37 +54,71 @@ class CostError(ValueError):
     """A throughput file that cannot be read, or a budget the run exceeds; the message is one line."""
 
 
-def _best(entries: Iterable[Mapping[str, Any]], rate) -> float | None:
-    values = [rate(e) for e in entries if isinstance(e, Mapping) and not e.get("out_of_memory")]
-    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
-    return max(values) if values else None
+def _rate(value: Any, where: str, path: Path) -> float | None:
+    """A measured rate: a positive finite number (None: not measured)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise CostError(f"{path}: {where} is {value!r}, not a positive finite rate")
+    return float(value)
+
+
+def _best(entries: Any, key: str, rate, path: Path) -> float | None:
+    """The highest rate of a list of measurements, out-of-memory ones left out."""
+    if not isinstance(entries, list):
+        raise CostError(f"{path}: {key} is not a list of measurements")
+    values = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise CostError(f"{path}: {key}[{i}] is not a measurement")
+        if not entry.get("out_of_memory"):
+            values += [v for v in rate(entry, f"{key}[{i}]") if v is not None]
+    return max(values, default=None)
+
+
+def _section(report: Mapping[str, Any], key: str, path: Path) -> Mapping[str, Any]:
+    value = report.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise CostError(f"{path}: {key} is not a mapping")
+    return value
 
 
 def read_throughput(path: str | Path) -> Throughput:
-    """The rates in a JSON `ied bench` wrote (its best mode and batch), the paper's where it measured none."""
+    """The rates in a JSON `ied bench` wrote (its best mode and batch), the paper's where it measured none. Every
+    rate given must be a positive finite number."""
     path = Path(path)
     try:
         report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CostError(f"{path}: not a JSON file of `ied bench` ({type(err).__name__})") from None
     if not isinstance(report, Mapping) or not any(isinstance(report.get(k), list) for k in ("training", "sampling")):
         raise CostError(f"{path}: no training or sampling measurements (write it with `python -m ied bench`)")
-    train = _best(report.get("training") or [], lambda e: e.get("images_per_s"))
-    sample = _best(report.get("sampling") or [], lambda e: max(
-        (v.get("nfe_per_s") or 0 for v in e.values() if isinstance(v, Mapping)), default=None))
+    train = _best(report.get("training") or [], "training", lambda e, at: [
+        _rate(e.get("images_per_s"), f"{at}.images_per_s", path)], path)
+    sample = _best(report.get("sampling") or [], "sampling", lambda e, at: [
+        _rate(v.get("nfe_per_s"), f"{at}.{k}.nfe_per_s", path) for k, v in e.items() if isinstance(v, Mapping)], path)
     if train is None and sample is None:
         raise CostError(f"{path}: no usable training images/s or sampling NFE/s in it")
-    features = report.get("features") if isinstance(report.get("features"), Mapping) else {}
-    features = features.get(INCEPTION) or features.get(DIGITS_CNN) or {}  # per extractor
-    nll = report.get("nll") if isinstance(report.get("nll"), Mapping) else {}
-    measured_nll = (nll.get("images_per_s") or 0) * (nll.get("nfe_per_image") or 0)
+    features = _section(report, "features", path)
+    extractor = next((k for k in (INCEPTION, DIGITS_CNN) if k in features), None)  # per extractor
+    evaluated = _rate(_section(features, extractor, path).get("images_per_s"), f"features.{extractor}.images_per_s",
+                      path) if extractor else None
+    nll = _section(report, "nll", path)
+    nll_images = _rate(nll.get("images_per_s"), "nll.images_per_s", path)
+    nll_nfe = _rate(nll.get("nfe_per_image"), "nll.nfe_per_image", path)
     default = PAPER_A100
     return Throughput(train or default.train_images_per_s, sample or default.nfe_per_s,
-                      features.get("images_per_s") or default.eval_images_per_s,
-                      measured_nll or (sample / 3 if sample else default.nll_nfe_per_s),
-                      nll.get("nfe_per_image") or default.nll_nfe_per_image,
+                      evaluated or default.eval_images_per_s,
+                      nll_images * nll_nfe if nll_images and nll_nfe else (sample / 3 if sample else default.nll_nfe_per_s),
+                      nll_nfe or default.nll_nfe_per_image,
                       f"ied bench on {report.get('device', 'an unnamed device')} (preset {report.get('preset')!r}, "
                       f"{path.name})")
+
+
+def configured_throughput(config: Mapping[str, Any]) -> Throughput:
+    """`budget.throughput`'s rates, else the paper's A100 figures."""
+    path = config["budget"]["throughput"]
+    return read_throughput(path) if path else PAPER_A100
 
 
 @dataclass(frozen=True)
@@ -130,23 +162,47 @@ def hours(job: Job, throughput: Throughput) -> float:
     return job.work / rate / 3600
 
 
-def snakemake_plan(snakefile: str | Path, workdir: str | Path, configfiles: Iterable[str], config_args: Iterable[str],
-                   targets: Iterable[str] = ()) -> dict[str, bool]:
-    """Snakemake's own view of every output: True where it would (re)make it. From `snakemake --summary` in a
-    child process (which parses the workflow once more, without a bill of its own)."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), "--summary",
-               "--quiet", "all", *targets]
+def dag_plan(dag: Any) -> dict[str, bool]:
+    """Snakemake's own decision, from the DAG it built for this invocation: every job's outputs, True where the job
+    will run (outdated, missing, or forced by --forcerun, --forceall or -R)."""
+    to_run = set(dag.needrun_jobs())
+    return {str(path): job in to_run for job in dag.jobs for path in job.output}
+
+
+def preflight(config: Mapping[str, Any], throughput: Throughput, dag: Any, out: str | None = None) -> list[dict]:
+    """The bill of what Snakemake's DAG will run, its line printed (and its rows written as JSON to `out`, for
+    `ied cost`): what the Snakefile does once the DAG is built."""
+    import sys
+
+    from ied.io import write_text
+
+    rows = bill(config, throughput, dag_plan(dag))
+    print(line(rows, throughput, config), file=sys.stderr)
+    if out:
+        write_text(out, json.dumps({"rows": rows, "throughput": throughput.source}))
+    return rows
+
+
+def dry_run(snakefile: str | Path, workdir: str | Path, configfiles: Iterable[str], config_args: Iterable[str],
+            out: str | Path) -> tuple[list[dict], str]:
+    """The bill a `snakemake -n` of this config prints, as rows (and the throughput's source): the Snakefile writes
+    it to `out` when BILL_OUT names it."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "snakemake", "-s", str(snakefile), "-d", str(workdir), "-n", "--quiet", "all"]
     if configfiles:
         command += ["--configfile", *configfiles]
     if config_args:
         command += ["--config", *config_args]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, NO_BILL: "1"},
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, BILL_OUT: str(out)},
                             cwd=workdir, timeout=3600)
-    if result.returncode != 0:
+    if result.returncode != 0 or not Path(out).is_file():
         tail = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise CostError(f"snakemake --summary failed: {tail}")
-    rows = csv.DictReader(io.StringIO(result.stdout[result.stdout.find("output_file"):]), delimiter="\t")
-    return {row["output_file"]: row["plan"] != "no update" for row in rows if row.get("output_file")}
+        raise CostError(f"snakemake -n failed: {tail}")
+    bill = json.loads(Path(out).read_text())
+    return bill["rows"], bill["throughput"]
 
 
 def bill(config: Mapping[str, Any], throughput: Throughput, plan: Mapping[str, bool] | None = None) -> list[dict]:
@@ -165,7 +221,7 @@ def bill(config: Mapping[str, Any], throughput: Throughput, plan: Mapping[str, b
     total = {"rule": "total", "unit": ""}
     for key in ("jobs_done", "jobs_to_do", "gpu_hours_done", "gpu_hours_to_do"):
         total[key] = sum(r[key] for r in rows.values())
-    return list(rows.values()) + [{**total, "work_done": math.nan, "work_to_do": math.nan}]
+    return list(rows.values()) + [{**total, "work_done": None, "work_to_do": None}]  # JSON has no NaN
 
 
 def caveat(config: Mapping[str, Any], throughput: Throughput) -> str:
@@ -197,8 +253,8 @@ def check_budget(rows: list[dict], budget: float | None, throughput: Throughput)
 
 def markdown(rows: list[dict], throughput: Throughput, title: str) -> str:
     """The bill as a Markdown table."""
-    def work(v: float) -> str:
-        return "" if math.isnan(v) else f"{v:,.0f}"
+    def work(v: float | None) -> str:
+        return "" if v is None else f"{v:,.0f}"
 
     def gpu_hours(v: float) -> str:
         return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}" if v >= 1 else f"{v:.3f}"

@@ -20,10 +20,10 @@ def _validated_config():
     """config/config.yaml applies only when no --configfile is given: a paper config replaces it rather than
     being merged into it. --config key=value (nested: key='{sub: value}') overrides either; the values are
     read again as typed YAML (Snakemake reads nested ones as strings)."""
-    # Opening the data files and hashing the Inception weights happens once: not in every cluster job, nor in the
-    # `snakemake --summary` the bill runs (ied.cost.NO_BILL).
+    # Opening the data files and network files and hashing the Inception weights happens once, not in every
+    # cluster job.
     return load_for_snakemake(workflow.overwrite_configfiles, workflow.config_settings.config_args or [],
-                              deep=workflow.is_main_process and not os.environ.get(cost.NO_BILL))
+                              deep=workflow.is_main_process)
 
 
 try:
