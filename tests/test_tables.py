@@ -359,3 +359,17 @@ def test_a_degenerate_checkpoint_is_never_the_best_even_with_the_lowest_fid():
     table = single_table(pd.DataFrame([{**r, "sampler_name": "em"} for r in rows.to_dict("records")]), {
         **GRID, "single": {**GRID["single"], "steps": [10, 20, 30]}})
     assert table.set_index("train_rationale").loc["ve", "checkpoint_step"] == 30
+
+
+def test_the_edm_protocol_takes_the_lowest_fid_of_the_sets_whichever_set_it_is():
+    """EDM reports the lowest FID of its sets: here set 2, then set 1 — never simply set 0."""
+    from ied.tables import CELL_KEYS, per_checkpoint
+    base = {"sampler_name": "em", "train_rationale": "edm", "sample_rationale": "edm7", "checkpoint_step": 0,
+            "degenerate": "", "isc_mean": 9.0, "isc_std": 0.1, "kid_mean": 0.01, "precision": 0.6, "recall": 0.5}
+    assert set(CELL_KEYS) <= set(base)
+    rows = pd.DataFrame([{**base, "seed_set": s, "fid": f} for s, f in enumerate([2.10, 2.04, 1.97])]
+                        + [{**base, "sample_rationale": "ve", "seed_set": s, "fid": f}
+                           for s, f in enumerate([3.3, 3.1, 3.2])])
+    summary = per_checkpoint(rows).set_index("sample_rationale")
+    assert summary.loc["edm7", "fid_min"] == 1.97 and summary.loc["ve", "fid_min"] == 3.1
+    assert summary.loc["edm7", "fid_mean"] == pytest.approx((2.10 + 2.04 + 1.97) / 3)
