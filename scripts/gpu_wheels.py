@@ -1,4 +1,4 @@
-"""Wheels of the Python packages the lent GPU machines lack (they reach no package registry), for scripts/gpu-check.
+"""Wheels of the Python packages a GPU machine without a package index lacks, for scripts/gpu-check.
 
 Run here, where PyPI is reachable: `python scripts/gpu_wheels.py` writes .gpu-wheels/ (git-ignored; carry it to
 the GPU machine). It walks the installed dependency closure of what the pipeline needs beyond the GPU image's own

@@ -2,7 +2,7 @@
 
 Modes are fp32, bf16 (autocast) and bf16+compile (torch.compile, or with CUDA graphs: bf16+cudagraphs) on the
 chosen device; `--preset paper` is the paper's 35M-parameter U-Net at 32×32, `tiny` the digits model.
-`scripts/gpu-check` runs the GPU presets of issues 14/15 in one command.
+`scripts/gpu-check` runs the GPU measurements in one command.
 """
 from __future__ import annotations
 

@@ -578,7 +578,7 @@ def _check_pretrained_files(config: dict, deep: bool) -> None:
     for name, entry in config["pretrained"].items():
         if not Path(entry["path"]).is_file():
             fail(f"pretrained.{name}.path", f"{entry['path']}: no such file (the published networks are never "
-                                            f"downloaded: fetch it once, see README)")
+                                            f"downloaded: fetch it once, see docs/published-networks.md)")
         expected = entry.get("sha256")
         digest = content_sha256(entry["path"]) if deep and expected else expected
         if expected and not digest.startswith(expected):

@@ -243,7 +243,7 @@ def fig_paper_comparison(metrics: pd.DataFrame, config: Grid, outdir: Path, name
     for ax, (title, grid) in zip(axes.ravel(), panels):
         if grid is None or not grid.size:
             ax.axis("off")
-            ax.text(0.5, 0.5, f"{title}:\nnot in the paper's text we have", ha="center", va="center")
+            ax.text(0.5, 0.5, f"{title}:\nnot legible in the paper", ha="center", va="center")
             continue
         sns.heatmap(grid / np.nanmin(grid.values), annot=grid.round(2), fmt="", cmap="rocket_r", vmin=1.0,
                     vmax=vmax, ax=ax, cbar_kws={"label": "FID / the table's best"})
