@@ -24,10 +24,3 @@ rule all:
         [out(f) for f in layout.figures(config)],
         out(layout.REPORT),
     default_target: True
-
-
-# resources: is keyed by rule name; now that every rule is defined, an unknown key is refused.
-try:
-    check_resources(config, [r.name for r in workflow.rules])
-except ConfigError as err:
-    sys.exit(f"Config error: {err}")

@@ -7,7 +7,8 @@ import torch
 import pytest
 import yaml
 
-from ied.config import ConfigError, load, validate
+from ied.checks import validate
+from ied.config import ConfigError, read
 from ied.io import sha256_file
 
 from conftest import REPO, VENV_ENV
@@ -18,7 +19,7 @@ def paper_config(tmp_path, name, data_root, **evaluate):
     """A paper config pointed at local stand-ins for the data and the Inception weights."""
     weights = tmp_path / "weights.pth"
     weights.write_bytes(b"stand-in weights")
-    config = load([REPO / "config" / f"paper-{name}.yaml"], check=False)
+    config = read([REPO / "config" / f"paper-{name}.yaml"])
     config["dataset"].update(data_root=str(data_root), verify_checksums=False)
     config["evaluate"].update(feature_extractor_weights_path=str(weights),
                               feature_extractor_sha256=sha256_file(weights), **evaluate)
@@ -140,7 +141,7 @@ def write_stand_in_network(path, **shape):
 
 def statistics_config(tmp_path, **changes):
     """config/edm-pretrained-ffhq-64.yaml on local stand-ins: a network file, weights and reference statistics."""
-    config = load([REPO / "config" / "edm-pretrained-ffhq-64.yaml"], check=False)
+    config = read([REPO / "config" / "edm-pretrained-ffhq-64.yaml"])
     network = tmp_path / "net.pkl"
     write_stand_in_network(network, img_resolution=64, img_channels=3, label_dim=0)
     weights = tmp_path / "weights.pth"

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ied import cost
-from ied.config import load_for_snakemake
+from ied.checks import load
 
 from conftest import DEFAULT, E2E, REPO, VENV_ENV, snakemake
 from test_pipeline import job_counts
@@ -64,7 +64,7 @@ def test_gpu_hours_are_work_over_throughput(tmp_path):
     rates = cost.read_throughput(path)
     assert (rates.train_images_per_s, rates.nfe_per_s, rates.eval_images_per_s) == (2000.0, 40000.0, 5000.0)
     assert rates.nll_nfe_per_s == 1500.0 and rates.nll_nfe_per_image == 150 and "NVIDIA H100" in rates.source
-    config = load_for_snakemake([DEFAULT], ["train={rationales: [ve], total_steps: 600, checkpoint_every: 300}",
+    config = load([DEFAULT], ["train={rationales: [ve], total_steps: 600, checkpoint_every: 300}",
                                             "sample={single: {rationales: [l2], n_samples: 100}, "
                                             "repeated: {rationales: [l2], n_samples: 100, sets: 1}, "
                                             "samplers: {em: {sampler: euler_maruyama, steps: 50}}}",
@@ -118,7 +118,7 @@ def test_a_malformed_throughput_file_is_one_line(tmp_path):
         cost.read_throughput(bad)
     from ied.config import ConfigError
     with pytest.raises(ConfigError, match=r"config key 'budget.throughput': .*bench.json: no training or sampling"):
-        load_for_snakemake([DEFAULT], [f"budget={{throughput: {bad}}}"])
+        load([DEFAULT], [f"budget={{throughput: {bad}}}"])
     from test_cli import assert_one_line, ied
     assert_one_line(ied("cost", "--throughput", bad, cwd=tmp_path), "bench.json: no training or sampling")
 
@@ -126,7 +126,7 @@ def test_a_malformed_throughput_file_is_one_line(tmp_path):
 # --- what the bill charges, written out ---------------------------------------------------------------------------
 def test_a_heun_cells_work_is_its_calls_of_the_denoiser():
     """Heun with s steps calls the denoiser 2s − 1 times (no correction on the last step); EM s times."""
-    config = load_for_snakemake([DEFAULT], ["nfe_sweep={steps: []}", "ablation={sigma_n: []}",
+    config = load([DEFAULT], ["nfe_sweep={steps: []}", "ablation={sigma_n: []}",
                                             "sample={samplers: {h: {sampler: heun, steps: 7}, em: {sampler: "
                                             "euler_maruyama, steps: 9}}, single: {samplers: [h]}, "
                                             "repeated: {samplers: [em]}}"])

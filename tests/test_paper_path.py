@@ -32,7 +32,7 @@ def run_paper_config(tmp_path: Path, name: str, data_root: Path, weights: Path, 
 
 
 def assert_every_artefact(exp: Path, name: str) -> dict:
-    from ied.config import load
+    from ied.checks import load
     config = load([REPO / "config" / f"{name}.yaml", exp.parents[1] / "tiny.yaml"], deep=False)
     names = artefacts(config)
     for stem in names["tables"].values():

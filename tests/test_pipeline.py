@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ied.config import load
+from ied.checks import load
 from ied.layout import cells
 
 from conftest import DEFAULT, E2E, REPO, VENV_ENV, snakemake
@@ -32,7 +32,7 @@ def test_default_config_cells_follow_the_papers_protocol():
 def test_parsing_the_snakefile_imports_no_torch():
     """The config checks, specs and paths the Snakefile imports are torch-free (a login node parses in seconds)."""
     code = ("import sys; sys.path.insert(0, 'src'); import ied.config, ied.layout, ied.specs, ied.data; "
-            "from ied.config import load; load(['config/config.yaml']); print('torch' in sys.modules)")
+            "from ied.checks import load; load(['config/config.yaml']); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

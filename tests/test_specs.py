@@ -6,7 +6,7 @@ import yaml
 
 from ied import specs
 from ied.cli import main
-from ied.config import validate
+from ied.checks import validate
 
 from conftest import DEFAULT
 

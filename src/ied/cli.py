@@ -363,11 +363,11 @@ def _cost(a):
     import pandas as pd
 
     from ied import cost
-    from ied.config import load_for_snakemake
+    from ied.checks import load
     from ied.io import atomic_path, write_text
     overrides = a.config + ([f"budget={{throughput: {json.dumps(str(Path(a.throughput).resolve()))}}}"]
                             if a.throughput else [])
-    config = load_for_snakemake(a.configfile, overrides)  # a bad config is one line before snakemake runs
+    config = load(a.configfile, overrides)  # a bad config is one line before snakemake runs
     snakefile = Path(__file__).resolve().parents[2] / "Snakefile"
     with tempfile.TemporaryDirectory() as tmp:
         rows, source = cost.dry_run(snakefile, Path(a.directory).resolve(), [str(Path(p).resolve()) for p in a.configfile],
@@ -384,8 +384,8 @@ def _cost(a):
 
 
 def _check_config(a):
-    from ied.config import load
-    load(a.configfiles)
+    from ied.checks import load
+    load(a.configfiles)  # the Snakefile's checks, the same function
     print("config ok", file=sys.stderr)
 
 

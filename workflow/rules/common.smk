@@ -1,4 +1,4 @@
-# Config validation, job specs and paths: ied.config checks, ied.specs resolves, ied.layout names.
+# Config validation, job specs and paths: ied.checks checks, ied.specs resolves, ied.layout names.
 #
 # A job's identity is what determines its output: its params (resolved, label-free specs), its input files
 # and its code. Run-time settings that do not change any output (log interval, device, precision, compile,
@@ -12,7 +12,8 @@ import sys
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from ied import cost, layout, specs
-from ied.config import ConfigError, check_resources, extractor, load_for_snakemake, read_yaml, reference_split, resource
+from ied.checks import load
+from ied.config import ConfigError, extractor, read_yaml, reference_split, resource
 from ied.data import DATASETS
 from ied.io import content_sha256
 
@@ -22,8 +23,8 @@ def _validated_config():
     read again as typed YAML (Snakemake reads nested ones as strings)."""
     # Opening the data files and network files and hashing the Inception weights happens once, not in every
     # cluster job.
-    return load_for_snakemake(workflow.overwrite_configfiles, workflow.config_settings.config_args or [],
-                              deep=workflow.is_main_process)
+    return load(workflow.overwrite_configfiles, workflow.config_settings.config_args or [],
+                deep=workflow.is_main_process)
 
 
 try:
