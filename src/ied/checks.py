@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ied import latex, layout, specs
-from ied.config import ConfigError, check_resources, extractor, fail, normalize, read  # noqa: F401 (ConfigError: raised here)
+from ied.config import ConfigError, check_resources, extractor, fail, normalize, read  # noqa: F401 (re-exported)
 from ied.cost import CostError, read_throughput
 from ied.data import DATASETS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.expressions import FormulaError, compile_formula

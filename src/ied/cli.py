@@ -179,12 +179,14 @@ def _summary_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tables", help="Tables 1–4 from the metrics")
     p.add_argument("--metrics", required=True)
     p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
-    p.add_argument("--grid", type=_json, required=True, help="names, order and labels of the grid (JSON)")
+    p.add_argument("--experiment", type=_json, required=True,
+                   help="what the tables receive (JSON of ied.layout.table_inputs)")
     p.add_argument("--outdir", required=True)
 
     p = sub.add_parser("figures", help="Figures 1–9 from tables, metrics and grids")
     p.add_argument("--metrics", required=True)
-    p.add_argument("--grid", type=_json, required=True, help="names, labels, ablation, paper tables (JSON)")
+    p.add_argument("--experiment", type=_json, required=True,
+                   help="what the figures receive (JSON of ied.layout.figure_inputs)")
     p.add_argument("--schedules", nargs="+", required=True)
     p.add_argument("--losses", nargs="*", default=[], help="training segments' loss tables (ied.layout.LOSS)")
     p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
@@ -342,12 +344,12 @@ def _aggregate(a):
 
 def _tables(a):
     from ied.tables import write_tables
-    write_tables(a.metrics, a.grid, a.outdir, a.nll)
+    write_tables(a.metrics, a.experiment, a.outdir, a.nll)
 
 
 def _figures(a):
     from ied.figures import write_figures
-    write_figures(a.metrics, a.grid, a.schedules, a.losses, a.root, a.outdir, a.nll)
+    write_figures(a.metrics, a.experiment, a.schedules, a.losses, a.root, a.outdir, a.nll)
 
 
 def _report(a):
@@ -370,8 +372,9 @@ def _cost(a):
     config = load(a.configfile, overrides)  # a bad config is one line before snakemake runs
     snakefile = Path(__file__).resolve().parents[2] / "Snakefile"
     with tempfile.TemporaryDirectory() as tmp:
-        rows, source = cost.dry_run(snakefile, Path(a.directory).resolve(), [str(Path(p).resolve()) for p in a.configfile],
-                                    overrides, Path(tmp) / "bill.json")
+        configfiles = [str(Path(p).resolve()) for p in a.configfile]
+        rows, source = cost.dry_run(snakefile, Path(a.directory).resolve(), configfiles, overrides,
+                                    Path(tmp) / "bill.json")
     throughput = cost.configured_throughput(config)
     title = f"The bill of {config['experiment']} ({', '.join(a.configfile) or 'config/config.yaml'})"
     text = cost.markdown(rows, throughput, title)

@@ -109,7 +109,8 @@ def read_throughput(path: str | Path) -> Throughput:
     default = PAPER_A100
     return Throughput(train or default.train_images_per_s, sample or default.nfe_per_s,
                       evaluated or default.eval_images_per_s,
-                      nll_images * nll_nfe if nll_images and nll_nfe else (sample / 3 if sample else default.nll_nfe_per_s),
+                      nll_images * nll_nfe if nll_images and nll_nfe else
+                      (sample / 3 if sample else default.nll_nfe_per_s),
                       nll_nfe or default.nll_nfe_per_image,
                       f"ied bench on {report.get('device', 'an unnamed device')} (preset {report.get('preset')!r}, "
                       f"{path.name})")

@@ -138,7 +138,8 @@ def _check_covariance(path: Path, sigma: np.ndarray) -> None:
     if scale == 0.0:
         raise DataError(f"{path}: sigma is all zero, not the covariance of features")
     if np.abs(sigma - sigma.T).max() > PSD_TOLERANCE * scale:
-        raise DataError(f"{path}: sigma is not symmetric (max |sigma - sigmaᵀ| = {np.abs(sigma - sigma.T).max():.3g})")
+        raise DataError(f"{path}: sigma is not symmetric "
+                        f"(max |sigma - sigmaᵀ| = {np.abs(sigma - sigma.T).max():.3g})")
     tolerance = PSD_TOLERANCE * float(variances.max())
     try:
         if variances.min() < -tolerance:

@@ -1,7 +1,7 @@
 """The paper's figures by number (seaborn, PNG and PDF), the comparison with the published tables, and the
 plots schedule researchers look at next: FID against NFE and the training loss per noise level.
 
-`config` is the figures' slice of the config (workflow/rules/common.smk: names, labels, protocols, the
+`experiment` is what the figures receive (ied.layout.figure_inputs: names, labels, protocols, the
 ablation, the sweep, the paper's tables and the artefact names of ied.layout).
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ied import layout  # noqa: E402
+from ied.layout import FigureInputs  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
 from ied.tables import (nfe_table, nll_summary, per_checkpoint, protocol_rows, repeated_table,  # noqa: E402
                         single_table)
 
-Grid = Mapping[str, Any]
 
 
 def _save(fig, outdir: Path, name: str) -> None:
@@ -33,8 +33,8 @@ def _save(fig, outdir: Path, name: str) -> None:
     plt.close(fig)
 
 
-def _label(config: Grid, name: str) -> str:
-    return config["labels"].get(name, name)
+def _label(experiment: FigureInputs, name: str) -> str:
+    return experiment["labels"].get(name, name)
 
 
 def _empty(outdir: Path, name: str, message: str) -> None:
@@ -55,31 +55,31 @@ def _fid_axis(ax, values: pd.Series) -> None:
         ax.set_yscale("log")
 
 
-def _legend(fig, axes, config: Grid, names: Sequence[str], title: str) -> None:
+def _legend(fig, axes, experiment: FigureInputs, names: Sequence[str], title: str) -> None:
     """One legend for the figure, in the config's order."""
     handles = {h.get_label(): h for ax in np.ravel(axes) for h in ax.get_lines()}
-    ordered = [handles[_label(config, n)] for n in names if _label(config, n) in handles]
+    ordered = [handles[_label(experiment, n)] for n in names if _label(experiment, n) in handles]
     if ordered:
         fig.legend(ordered, [h.get_label() for h in ordered], title=title, loc="outside right center", fontsize=8)
 
 
 # --- Figs. 1 and 2: the rationales themselves -----------------------------------------------------------
-def fig_rationales(schedules: dict[str, pd.DataFrame], config: Grid, outdir: Path, name: str) -> None:
+def fig_rationales(schedules: dict[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     for key, table in schedules.items():
-        label = _label(config, key)
+        label = _label(experiment, key)
         axes[0].plot(table["sigma"], table["pdf"] * table["sigma"], label=label)
         axes[1].plot(table["sigma"], table["cdf"], label=label)
         axes[2].plot(table["t"], table["sigma"], label=label)
     axes[0].set(xscale="log", xlabel="σ", ylabel="σ·φ(σ)  (density per unit log σ)", title="(a) rationale, PDF")
     axes[1].set(xscale="log", xlabel="σ", ylabel="Φ(σ)", title="(b) CDF")
     axes[2].set(yscale="log", xlabel="t", ylabel="σ(t) = Φ⁻¹(t)", title="(c) variance schedule")
-    _legend(fig, axes, config, list(schedules), "rationale")
+    _legend(fig, axes, experiment, list(schedules), "rationale")
     _save(fig, outdir, name)
 
 
-def fig_marginals(schedules: dict[str, pd.DataFrame], config: Grid, outdir: Path, name: str,
+def fig_marginals(schedules: dict[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str,
                   x_max: float = 10.0) -> None:
     """Fig. 2: the density of p₀ₜ(x(t) | 0) = N(x; 0, σ(t)²) over t and x, a panel per rationale, one colorbar."""
     names = list(schedules)
@@ -93,7 +93,7 @@ def fig_marginals(schedules: dict[str, pd.DataFrame], config: Grid, outdir: Path
         density = np.exp(-0.5 * (x[:, None] / sigma[None]) ** 2) / (sigma[None] * math.sqrt(2 * math.pi))
         image = ax.imshow(density, aspect="auto", origin="lower", extent=(0, 1, -x_max, x_max), cmap="Oranges",
                           norm=norm)
-        ax.set(title=_label(config, key), xlabel="t")
+        ax.set(title=_label(experiment, key), xlabel="t")
         ax.grid(False)
     axes[0][0].set_ylabel("x(t)")
     fig.colorbar(image, ax=axes[0].tolist(), label="p₀ₜ(x(t) | 0)")
@@ -101,12 +101,12 @@ def fig_marginals(schedules: dict[str, pd.DataFrame], config: Grid, outdir: Path
 
 
 # --- Figs. 3/4 and 6/7: scores over training ---------------------------------------------------------------
-def _over_training(summary: pd.DataFrame, config: Grid, panels: list[tuple[str, str, str]], outdir: Path,
+def _over_training(summary: pd.DataFrame, experiment: FigureInputs, panels: list[tuple[str, str, str]], outdir: Path,
                    name: str, title: str) -> None:
     """Rows of panels (metric, sampler, row title) × a column per model; std bands; shared y per row. A pretrained
     model's column holds its one checkpoint (its published weights) as one point per sampling rationale."""
-    trains, samples = config["train"], config["single"]["rationales"] + [
-        s for s in config["repeated"]["rationales"] if s not in config["single"]["rationales"]]
+    trains, samples = experiment["train"], experiment["single"]["rationales"] + [
+        s for s in experiment["repeated"]["rationales"] if s not in experiment["single"]["rationales"]]
     palette = _palette(samples)
     fig, axes = plt.subplots(len(panels), len(trains), figsize=(3.6 * len(trains) + 1.6, 3.0 * len(panels)),
                              sharey="row", squeeze=False, layout="constrained")
@@ -120,71 +120,72 @@ def _over_training(summary: pd.DataFrame, config: Grid, panels: list[tuple[str, 
                     continue
                 mean, std = line[f"{metric}_mean"], line[f"{metric}_std"].fillna(0)
                 ax.plot(line["checkpoint_step"], mean, marker="o", ms=3, color=palette[sample],
-                        label=_label(config, sample))
+                        label=_label(experiment, sample))
                 ax.fill_between(line["checkpoint_step"], mean - std, mean + std, color=palette[sample], alpha=0.2)
-            if train in config.get("pretrained", []):
-                ax.set_title(f"{_label(config, train)} (pretrained)", fontsize=9)
+            if train in experiment.get("pretrained", []):
+                ax.set_title(f"{_label(experiment, train)} (pretrained)", fontsize=9)
                 ax.set_xticks([0], ["published weights"] if r == len(panels) - 1 else [""])
             else:
-                ax.set_title(f"trained with {_label(config, train)}", fontsize=9)
+                ax.set_title(f"trained with {_label(experiment, train)}", fontsize=9)
                 ax.set_xlabel("training step" if r == len(panels) - 1 else "")
         axes[r][0].set_ylabel(row_title)
         if metric == "fid":
             _fid_axis(axes[r][0], summary[summary["sampler_name"] == sampler]["fid_mean"])
-    _legend(fig, axes, config, samples, "sampling")
+    _legend(fig, axes, experiment, samples, "sampling")
     fig.suptitle(title, fontsize=10)
     _save(fig, outdir, name)
 
 
-def fig_over_training(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+def fig_over_training(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Figs. 3/4: (a) FID and (b) IS over training from the single sets; IS bands: std over its 10 splits."""
-    single = config["single"]
-    summary = per_checkpoint(protocol_rows(metrics, single, config["train"]))
+    single = experiment["single"]
+    summary = per_checkpoint(protocol_rows(metrics, single, experiment["train"]))
     panels = [(metric, sampler, f"({chr(97 + i)}) {'FID ↓' if metric == 'fid' else 'IS ↑'} — {sampler}")
               for i, (metric, sampler) in enumerate((m, s) for m in ("fid", "isc") for s in single["samplers"])]
-    _over_training(summary, config, panels, outdir, name,
+    _over_training(summary, experiment, panels, outdir, name,
                    f"Scores over training, one set of {single['n_samples']} samples per checkpoint")
 
 
-def fig_over_sets(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+def fig_over_sets(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Figs. 6/7: FID mean ± std over the repeated sets, over the repeated range of checkpoints."""
-    repeated = config["repeated"]
-    summary = per_checkpoint(protocol_rows(metrics, repeated, config["train"]))
+    repeated = experiment["repeated"]
+    summary = per_checkpoint(protocol_rows(metrics, repeated, experiment["train"]))
     panels = [("fid", sampler, f"FID ↓ — {sampler}") for sampler in repeated["samplers"]]
-    _over_training(summary, config, panels, outdir, name,
+    _over_training(summary, experiment, panels, outdir, name,
                    f"FID ± std over {repeated['sets']} sets of {repeated['n_samples']} samples, "
                    f"up to step {max(repeated['steps'])}")
 
 
 # --- Fig. 5: the σ_N ablation -----------------------------------------------------------------------------
-def fig_ablation(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+def fig_ablation(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Fig. 5: one model sampled with N(0, σ_N²) for each σ_N (the grid's N(0, 5²) cell is its σ_N = 5 point)."""
-    ablation = config["ablation"]
+    ablation = experiment["ablation"]
     sigma_n = ablation["sigma_n"]
-    rows = metrics[metrics["sample_rationale"].isin(sigma_n) & (metrics["train_rationale"] == ablation["train_rationale"])
+    rows = metrics[metrics["sample_rationale"].isin(sigma_n)
+                   & (metrics["train_rationale"] == ablation["train_rationale"])
                    & (metrics["sampler_name"] == ablation["sampler"]) & (metrics["seed_set"] == 0)
                    & (metrics["checkpoint_step"] == ablation["checkpoint"])
-                   & (metrics["n_samples"] == config["single"]["n_samples"])]
+                   & (metrics["n_samples"] == experiment["single"]["n_samples"])]
     if rows.empty:
         return _empty(outdir, name, "no σ_N ablation configured (config key 'ablation')")
     rows = rows.assign(sigma_n=rows["sample_rationale"].map(sigma_n)).sort_values("sigma_n")
     fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
     ax.plot(rows["sigma_n"], rows["fid"], marker="o")
     ax.set(xscale="log", xlabel="σ_N of the N(0, σ_N²) sampling rationale", ylabel="FID ↓",
-           title=f"trained with {_label(config, ablation['train_rationale'])}, step {ablation['checkpoint']}, "
+           title=f"trained with {_label(experiment, ablation['train_rationale'])}, step {ablation['checkpoint']}, "
                  f"{ablation['sampler']}")
     _fid_axis(ax, rows["fid"])
     _save(fig, outdir, name)
 
 
 # --- Figs. 8/9: samples -------------------------------------------------------------------------------------
-def fig_samples(metrics: pd.DataFrame, config: Grid, root: Path, outdir: Path, name: str) -> None:
+def fig_samples(metrics: pd.DataFrame, experiment: FigureInputs, root: Path, outdir: Path, name: str) -> None:
     """Figs. 8/9: the 10×10 grid of each cell's single set at its Table 1/2 checkpoint (first sampler)."""
-    best = single_table(metrics, config)
-    sampler = config["single"]["samplers"][0]
+    best = single_table(metrics, experiment)
+    sampler = experiment["single"]["samplers"][0]
     best = best[best["sampler_name"] == sampler]
-    trains, samples = config["train"], config["single"]["rationales"]
-    n = config["single"]["n_samples"]
+    trains, samples = experiment["train"], experiment["single"]["rationales"]
+    n = experiment["single"]["n_samples"]
     fig, axes = plt.subplots(len(trains), len(samples), figsize=(2.6 * len(samples), 2.8 * len(trains)),
                              squeeze=False, layout="constrained")
     for r, train in enumerate(trains):
@@ -198,7 +199,7 @@ def fig_samples(metrics: pd.DataFrame, config: Grid, root: Path, outdir: Path, n
             image = plt.imread(root / layout.cell_path(layout.GRID, layout.Cell(train, step, sample, sampler, n, 0)))
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             ax.grid(False)
-            ax.set_title(f"{_label(config, train)} → {_label(config, sample)}, step {step}", fontsize=8)
+            ax.set_title(f"{_label(experiment, train)} → {_label(experiment, sample)}, step {step}", fontsize=8)
     fig.suptitle(f"Samples the Table's FIDs were computed on (rows: training, columns: sampling; {sampler})",
                  fontsize=10)
     _save(fig, outdir, name)
@@ -220,22 +221,22 @@ def _paper_grid(published: Mapping[str, Any] | None) -> pd.DataFrame | None:
                         columns=list(next(iter(rows.values()))))
 
 
-def fig_paper_comparison(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+def fig_paper_comparison(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Our Table 1/2 and 3/4 FIDs next to the paper's same tables; colour = FID / that table's best, one scale."""
-    ours = {"single": single_table(metrics, config), "repeated": repeated_table(metrics, config)}
-    tables, paper = config["artefacts"]["tables"], config["paper"].get(config["paper_style"], {})
+    ours = {"single": single_table(metrics, experiment), "repeated": repeated_table(metrics, experiment)}
+    tables, paper = experiment["artefacts"]["tables"], experiment["paper"].get(experiment["paper_style"], {})
     panels = []
     for role, value in (("single", "fid"), ("repeated", "fid_mean")):
         table = ours[role]
-        table = table[table["sampler_name"] == config[role]["samplers"][0]]
-        rows = [_label(config, n) for n in config["train"]]
-        cols = [_label(config, n) for n in config[role]["rationales"]]
+        table = table[table["sampler_name"] == experiment[role]["samplers"][0]]
+        rows = [_label(experiment, n) for n in experiment["train"]]
+        cols = [_label(experiment, n) for n in experiment[role]["rationales"]]
         grid = _in_order(table.pivot(index="train_label", columns="sample_label", values=value).astype(float),
                          rows, cols)
         published = _paper_grid(paper.get(tables[role]))
         number = tables[role].removeprefix("table")
-        panels += [(f"ours, Table {number} ({config['dataset']})", grid),
-                   (f"paper, Table {number} ({config['paper_style']})",
+        panels += [(f"ours, Table {number} ({experiment['dataset']})", grid),
+                   (f"paper, Table {number} ({experiment['paper_style']})",
                     None if published is None else _in_order(published, rows, cols))]
     ratios = [g / np.nanmin(g.values) for _, g in panels if g is not None and g.size]
     vmax = max([float(np.nanmax(r.values)) for r in ratios] + [1.01])
@@ -248,39 +249,39 @@ def fig_paper_comparison(metrics: pd.DataFrame, config: Grid, outdir: Path, name
         sns.heatmap(grid / np.nanmin(grid.values), annot=grid.round(2), fmt="", cmap="rocket_r", vmin=1.0,
                     vmax=vmax, ax=ax, cbar_kws={"label": "FID / the table's best"})
         ax.set(title=title, xlabel="sampling rationale", ylabel="training rationale")
-    note = "" if config["dataset"] == config["paper_style"] else \
-        f" — {config['dataset']} against the paper's {config['paper_style']}: patterns, not values, compare"
+    note = "" if experiment["dataset"] == experiment["paper_style"] else \
+        f" — {experiment['dataset']} against the paper's {experiment['paper_style']}: patterns, not values, compare"
     fig.suptitle("FID, like with like (ours vs the paper)" + note, fontsize=10)
     _save(fig, outdir, name)
 
 
 # --- beyond the paper: FID against NFE, training loss per noise level ----------------------------------------
-def fig_fid_nfe(metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """FID against denoiser evaluations per image, per sampling rationale and sampler, at one checkpoint."""
-    table = nfe_table(metrics, config)
-    trains = list(dict.fromkeys(table["train_rationale"])) or config["sweep"]["train"]
-    samples = config["sweep"]["rationales"]
+    table = nfe_table(metrics, experiment)
+    trains = list(dict.fromkeys(table["train_rationale"])) or experiment["sweep"]["train"]
+    samples = experiment["sweep"]["rationales"]
     palette = _palette(samples)
-    styles = dict(zip(config["sweep"]["samplers"], ["-", "--", ":", "-."]))
+    styles = dict(zip(experiment["sweep"]["samplers"], ["-", "--", ":", "-."]))
     fig, axes = plt.subplots(1, len(trains), figsize=(4.5 * len(trains) + 2, 3.6), squeeze=False, sharey=True,
                              layout="constrained")
     for ax, train in zip(axes[0], trains):
         for (sampler, sample), line in table[table["train_rationale"] == train].groupby(
                 ["base_sampler", "sample_rationale"], sort=False):
             ax.plot(line["nfe"], line["fid"], styles.get(sampler, "-"), marker="o", ms=3, color=palette[sample],
-                    label=f"{_label(config, sample)}, {sampler}")
-        ax.set(xscale="log", xlabel="NFE per image", title=f"{_label(config, train)}, "
-                                                            f"step {config['sweep']['checkpoint'][train]}")
+                    label=f"{_label(experiment, sample)}, {sampler}")
+        ax.set(xscale="log", xlabel="NFE per image", title=f"{_label(experiment, train)}, "
+                                                            f"step {experiment['sweep']['checkpoint'][train]}")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("FID ↓")
     _fid_axis(axes[0][0], table["fid"])
     _save(fig, outdir, name)
 
 
-def fig_loss_by_sigma(losses: Mapping[str, pd.DataFrame], config: Grid, outdir: Path, name: str) -> None:
+def fig_loss_by_sigma(losses: Mapping[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Training ε-loss against σ (log-σ bins) per training rationale, a line per log interval (darker: later).
     Pretrained models have no training here, and no column."""
-    trains = [t for t in config["train"] if t not in config.get("pretrained", [])]
+    trains = [t for t in experiment["train"] if t not in experiment.get("pretrained", [])]
     fig, axes = plt.subplots(1, len(trains), figsize=(4.2 * len(trains) + 1.5, 3.6), squeeze=False, sharey=True,
                              layout="constrained")
     last = max((int(t["step"].max()) for t in losses.values() if len(t)), default=1)
@@ -290,17 +291,17 @@ def fig_loss_by_sigma(losses: Mapping[str, pd.DataFrame], config: Grid, outdir: 
         for step, line in table.groupby("step"):
             centre = np.sqrt(line["sigma_lo"].clip(lower=1e-4) * line["sigma_hi"].clip(upper=1e4))
             ax.plot(centre, line["loss"], color=cmap(step / last), lw=1)
-        ax.set(xscale="log", yscale="log", xlabel="σ", title=f"trained with {_label(config, train)}")
+        ax.set(xscale="log", yscale="log", xlabel="σ", title=f"trained with {_label(experiment, train)}")
     axes[0][0].set_ylabel("ε-loss ‖ε̂ − ε‖² (mean per pixel)")
     fig.colorbar(matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, last), cmap=cmap),
                  ax=axes[0].tolist(), label="training step")
     _save(fig, outdir, name)
 
 
-def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, config: Grid, outdir: Path, name: str) -> None:
+def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """NLL (bits/dim ± standard error) over training per training rationale, next to its FID (sampled with the
     same rationale where the single sets hold it, else the first; first sampler)."""
-    trains, single = config["train"], config["single"]
+    trains, single = experiment["train"], experiment["single"]
     sampler = single["samplers"][0]
     fid = per_checkpoint(protocol_rows(metrics, single, trains))
     palette = _palette(trains)
@@ -310,16 +311,16 @@ def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, config: Grid, outdir: 
         own = train if train in single["rationales"] else single["rationales"][0]
         curve = fid[(fid["train_rationale"] == train) & (fid["sample_rationale"] == own)
                     & (fid["sampler_name"] == sampler)].sort_values("checkpoint_step")
-        if train in config.get("pretrained", []):  # one checkpoint: a level across the training axis
+        if train in experiment.get("pretrained", []):  # one checkpoint: a level across the training axis
             for ax, values in ((axes[0], line["bpd"]), (axes[1], curve["fid_mean"])):
                 if len(values):
                     ax.axhline(float(values.iloc[0]), ls="--", color=palette[train],
-                               label=f"{_label(config, train)} (pretrained)")
+                               label=f"{_label(experiment, train)} (pretrained)")
             continue
         axes[0].errorbar(line["checkpoint_step"], line["bpd"], yerr=line["bpd_se"], marker="o", ms=3, capsize=2,
-                         color=palette[train], label=_label(config, train))
+                         color=palette[train], label=_label(experiment, train))
         axes[1].plot(curve["checkpoint_step"], curve["fid_mean"], marker="o", ms=3, color=palette[train],
-                     label=f"{_label(config, train)} → {_label(config, own)}")
+                     label=f"{_label(experiment, train)} → {_label(experiment, own)}")
     axes[0].set(xlabel="training step", ylabel="NLL (bits/dim) ↓", title="(a) likelihood, probability-flow ODE")
     axes[1].set(xlabel="training step", ylabel="FID ↓", title=f"(b) FID, {sampler}, one set per checkpoint")
     _fid_axis(axes[1], fid["fid_mean"])
@@ -328,29 +329,29 @@ def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, config: Grid, outdir: 
     _save(fig, outdir, name)
 
 
-def write_figures(metrics_path: str | Path, config: Grid, schedule_paths: Sequence[str], loss_paths: Sequence[str],
-                  root: str | Path, outdir: str | Path, nll_paths: Sequence[str] = ()) -> None:
-    """Every figure of ied.layout.artefacts(config) as PNG and PDF into `outdir`."""
+def write_figures(metrics_path: str | Path, experiment: FigureInputs, schedule_paths: Sequence[str],
+                  loss_paths: Sequence[str], root: str | Path, outdir: str | Path, nll_paths: Sequence[str] = ()) -> None:
+    """Every figure of ied.layout.artefacts(experiment) as PNG and PDF into `outdir`."""
     sns.set_theme(style="whitegrid", context="paper")
-    outdir, names = Path(outdir), config["artefacts"]["figures"]
+    outdir, names = Path(outdir), experiment["artefacts"]["figures"]
     metrics = pd.read_parquet(metrics_path)
     schedules = {Path(p).stem: pd.read_parquet(p) for p in schedule_paths}
-    schedules = {n: schedules[n] for n in config["schedules"] if n in schedules}
+    schedules = {n: schedules[n] for n in experiment["schedules"] if n in schedules}
     losses: dict[str, list] = {}
     for path in loss_paths:  # losses/<train>/loss-<step>.parquet
         losses.setdefault(Path(path).parent.name, []).append(pd.read_parquet(path))
     losses = {k: pd.concat(v, ignore_index=True) for k, v in losses.items()}
     draw: dict[str, Callable[[str], None]] = {
-        "rationales": lambda n: fig_rationales(schedules, config, outdir, n),
-        "marginals": lambda n: fig_marginals(schedules, config, outdir, n),
-        "over_training": lambda n: fig_over_training(metrics, config, outdir, n),
-        "ablation": lambda n: fig_ablation(metrics, config, outdir, n),
-        "over_sets": lambda n: fig_over_sets(metrics, config, outdir, n),
-        "samples": lambda n: fig_samples(metrics, config, Path(root), outdir, n),
-        "comparison": lambda n: fig_paper_comparison(metrics, config, outdir, n),
-        "nfe": lambda n: fig_fid_nfe(metrics, config, outdir, n),
-        "loss_by_sigma": lambda n: fig_loss_by_sigma(losses, config, outdir, n),
-        "nll": lambda n: fig_nll(nll_summary(nll_paths), metrics, config, outdir, n),
+        "rationales": lambda n: fig_rationales(schedules, experiment, outdir, n),
+        "marginals": lambda n: fig_marginals(schedules, experiment, outdir, n),
+        "over_training": lambda n: fig_over_training(metrics, experiment, outdir, n),
+        "ablation": lambda n: fig_ablation(metrics, experiment, outdir, n),
+        "over_sets": lambda n: fig_over_sets(metrics, experiment, outdir, n),
+        "samples": lambda n: fig_samples(metrics, experiment, Path(root), outdir, n),
+        "comparison": lambda n: fig_paper_comparison(metrics, experiment, outdir, n),
+        "nfe": lambda n: fig_fid_nfe(metrics, experiment, outdir, n),
+        "loss_by_sigma": lambda n: fig_loss_by_sigma(losses, experiment, outdir, n),
+        "nll": lambda n: fig_nll(nll_summary(nll_paths), metrics, experiment, outdir, n),
     }
     for role, name in names.items():
         draw[role](name)

@@ -1,4 +1,5 @@
-"""The experiment's cells, output paths and artefact names: the one definition the rules and figures read.
+"""The experiment's cells, output paths and artefact names, and what each table and figure receives: the one
+definition the rules, the tables and the figures read.
 
 Patterns are relative to the experiment folder `results/<experiment>/` and use the Snakemake wildcard
 names, so a rule's output is `f"{root}/{SAMPLES}"` and a figure finds a grid with `cell_path(GRID, cell)`.
@@ -7,9 +8,11 @@ Torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, TypedDict
 
 from ied import specs
+from ied.config import read_yaml
 from ied.data import DATASETS
 
 RESULTS = "results"
@@ -206,3 +209,103 @@ def tables(config: Mapping[str, Any]) -> list[str]:
 
 def figures(config: Mapping[str, Any]) -> list[str]:
     return [f"figures/{name}.{ext}" for name in artefacts(config)["figures"].values() for ext in FIGURE_FORMATS]
+
+
+# --- what the tables and figures receive (the rules pass it as JSON: `ied tables/figures --experiment`) ---------
+class Protocol(TypedDict):
+    """A sample-set protocol: its sampling rationales and samplers, sample size, sets and checkpoints."""
+
+    rationales: list[str]
+    samplers: list[str]
+    n_samples: int
+    sets: int
+    steps: list[int]
+
+
+class SweepPoint(TypedDict):
+    sampler: str
+    steps: int
+
+
+class Sweep(TypedDict, total=False):
+    """The FID-vs-NFE sweep (empty when none is configured): models, rationales, samplers, its points by sampler
+    name (`<sampler>-<steps>`), each model's checkpoint, the sample size."""
+
+    train: list[str]
+    rationales: list[str]
+    samplers: list[str]
+    points: dict[str, SweepPoint]
+    checkpoint: dict[str, int]
+    n_samples: int
+
+
+class TableInputs(TypedDict):
+    """What the tables read: names in the config's order, labels, the protocols, the sweep, the artefact names
+    and each model's NLL checkpoints."""
+
+    train: list[str]
+    pretrained: list[str]
+    samplers: list[str]
+    labels: dict[str, str]
+    single: Protocol
+    repeated: Protocol
+    sweep: Sweep
+    artefacts: dict[str, dict[str, str]]
+    nll_steps: dict[str, list[int]]
+
+
+class Ablation(TypedDict):
+    train_rationale: str | None
+    sampler: str | None
+    sigma_n: dict[str, float]
+    checkpoint: int | None
+
+
+class FigureInputs(TableInputs):
+    """What the figures read: the tables' inputs, the dataset and its paper style, the schedules, the ablation
+    and the paper's published tables."""
+
+    dataset: str
+    paper_style: str
+    schedules: list[str]
+    ablation: Ablation
+    paper: dict
+
+
+def protocol(config: Mapping[str, Any], purpose: str) -> Protocol:
+    """The `sample.single` or `sample.repeated` protocol as the tables and figures read it."""
+    entry = config["sample"][purpose]
+    return {"rationales": entry["rationales"], "samplers": protocol_samplers(config, purpose),
+            "n_samples": entry["n_samples"], "sets": entry["sets"], "steps": protocol_steps(config, purpose)}
+
+
+def sweep(config: Mapping[str, Any]) -> Sweep:
+    """The NFE sweep as the tables and figures read it."""
+    entry = config["nfe_sweep"]
+    if not entry["steps"]:
+        return {}
+    points = {specs.sweep_sampler(config, s, k): {"sampler": s, "steps": k} for s in entry["samplers"]
+              for k in entry["steps"]}
+    trained = sweep_models(config)
+    return {"train": trained, "rationales": entry["rationales"], "samplers": entry["samplers"], "points": points,
+            "checkpoint": {m: sweep_step(config, m) for m in trained}, "n_samples": entry["n_samples"]}
+
+
+def table_inputs(config: Mapping[str, Any]) -> TableInputs:
+    """What `ied tables` receives."""
+    return {"train": models(config), "pretrained": pretrained_models(config),
+            "samplers": list(config["sample"]["samplers"]), "labels": specs.labels(config),
+            "single": protocol(config, "single"), "repeated": protocol(config, "repeated"), "sweep": sweep(config),
+            "artefacts": artefacts(config), "nll_steps": {m: nll_steps(config, m) for m in models(config)}}
+
+
+def figure_inputs(config: Mapping[str, Any]) -> FigureInputs:
+    """What `ied figures` receives (the paper's tables read from `paper_results`, if that file exists)."""
+    ablation = {name: spec["sigma_n"] for name, spec in specs.ablation_rationales(config).items()}
+    paper, dataset = config["paper_results"], config["dataset"]["name"]
+    return {**table_inputs(config), "dataset": dataset, "paper_style": DATASETS[dataset].paper_style,
+            "schedules": list(specs.configured_rationales(config)),
+            "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
+                         "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
+                         "checkpoint": ablation_step(config) if ablation else None},
+            "paper": read_yaml(paper) if paper and Path(paper).is_file() else {}}

@@ -13,12 +13,15 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pandas as pd
 
 from ied.io import atomic_path, write_text
 from ied.latex import escape as latex_escape
+
+if TYPE_CHECKING:
+    from ied.layout import TableInputs
 
 CELL_KEYS = ["sampler_name", "train_rationale", "sample_rationale"]
 TITLES = {"fid": "FID ↓", "isc": "IS ↑", "precision": "Precision ↑", "recall": "Recall ↑"}
@@ -60,39 +63,39 @@ def best_checkpoints(summary: pd.DataFrame) -> pd.DataFrame:
     return summary.loc[rank.groupby([summary[k] for k in CELL_KEYS]).idxmin()].reset_index(drop=True)
 
 
-def _ordered(frame: pd.DataFrame, grid: Mapping[str, Any], rationales: Sequence[str]) -> pd.DataFrame:
+def _ordered(frame: pd.DataFrame, experiment: TableInputs, rationales: Sequence[str]) -> pd.DataFrame:
     """Rows in the config's order (samplers, training, sampling), with display labels joined by name."""
-    labels = grid["labels"]
-    order = {"sampler_name": grid["samplers"], "train_rationale": grid["train"], "sample_rationale": rationales}
+    labels = experiment["labels"]
+    order = {"sampler_name": experiment["samplers"], "train_rationale": experiment["train"], "sample_rationale": rationales}
     frame = frame.assign(train_label=frame["train_rationale"].map(lambda n: labels.get(n, n)),
                          sample_label=frame["sample_rationale"].map(lambda n: labels.get(n, n)))
     return frame.sort_values(CELL_KEYS, key=lambda c: c.map({n: i for i, n in enumerate(order[c.name])}),
                              kind="stable").reset_index(drop=True)
 
 
-def single_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+def single_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
     """Table 1/2: best single-set FID per cell, IS, precision and recall there; repeated-set stds for `*`."""
-    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, grid["single"], grid["train"])))
-    repeated = best_checkpoints(per_checkpoint(protocol_rows(metrics, grid["repeated"], grid["train"])))
+    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["single"], experiment["train"])))
+    repeated = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["repeated"], experiment["train"])))
     spread = repeated[CELL_KEYS + ["fid_std", "isc_std"]].rename(
         columns={"fid_std": "fid_std_repeated", "isc_std": "isc_std_repeated"})
     best = best.merge(spread, on=CELL_KEYS, how="left").rename(columns={"fid_mean": "fid"})
     columns = CELL_KEYS + ["checkpoint_step", "fid", "isc_mean", "isc_std", "precision", "recall", "kid_mean",
                            "fid_std_repeated", "isc_std_repeated", "degenerate"]
-    return _ordered(best[columns], grid, grid["single"]["rationales"])
+    return _ordered(best[columns], experiment, experiment["single"]["rationales"])
 
 
-def repeated_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+def repeated_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
     """Table 3/4: FID mean ± std over the repeated sets at each cell's best checkpoint in the repeated range."""
-    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, grid["repeated"], grid["train"])))
+    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["repeated"], experiment["train"])))
     columns = CELL_KEYS + ["checkpoint_step", "sets", "fid_mean", "fid_std", "fid_min", "isc_mean", "isc_std",
                            "precision", "recall", "degenerate"]
-    return _ordered(best[columns], grid, grid["repeated"]["rationales"])
+    return _ordered(best[columns], experiment, experiment["repeated"]["rationales"])
 
 
-def nfe_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+def nfe_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
     """FID against the number of denoiser evaluations per image: one row per sweep point."""
-    sweep = grid["sweep"]
+    sweep = experiment["sweep"]
     points = sweep["points"]
     at_its_checkpoint = metrics["checkpoint_step"] == metrics["train_rationale"].map(sweep["checkpoint"])
     rows = metrics[at_its_checkpoint & (metrics["n_samples"] == sweep["n_samples"])
@@ -101,7 +104,7 @@ def nfe_table(metrics: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
     rows = rows.assign(base_sampler=rows["sampler_name"].map(lambda n: points[n]["sampler"]))
     columns = ["train_rationale", "sample_rationale", "base_sampler", "sampler_name", "steps", "nfe", "fid",
                "isc_mean", "precision", "recall", "degenerate"]
-    labels = grid["labels"]
+    labels = experiment["labels"]
     rows = rows[columns].assign(train_label=rows["train_rationale"].map(lambda n: labels.get(n, n)),
                                 sample_label=rows["sample_rationale"].map(lambda n: labels.get(n, n)))
     return rows.sort_values(["train_rationale", "base_sampler", "sample_rationale", "nfe"]).reset_index(drop=True)
@@ -206,19 +209,19 @@ def nll_summary(paths: Sequence[str | Path]) -> pd.DataFrame:
                                        "images", "probes"])
 
 
-def nll_table(summary: pd.DataFrame, single: pd.DataFrame, grid: Mapping[str, Any]) -> pd.DataFrame:
+def nll_table(summary: pd.DataFrame, single: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
     """NLL per training rationale at its best-FID checkpoint (its best Table 1/2 cell, first sampler) and its last.
 
     A model whose single-set cells are all degenerate has no best-FID checkpoint (`best_fid_step` is missing)."""
-    sampler = grid["single"]["samplers"][0]
+    sampler = experiment["single"]["samplers"][0]
     rows = []
-    for train in grid["train"]:
+    for train in experiment["train"]:
         mine = summary[summary["train_rationale"] == train].set_index("checkpoint_step")
         cells = single[(single["train_rationale"] == train) & (single["sampler_name"] == sampler)
                        & (single["degenerate"] == "")]
         best = int(cells.loc[cells["fid"].idxmin(), "checkpoint_step"]) if len(cells) else None
-        last = max(grid["nll_steps"][train])
-        row = {"train_rationale": train, "train_label": grid["labels"].get(train, train), "best_fid_step": best,
+        last = max(experiment["nll_steps"][train])
+        row = {"train_rationale": train, "train_label": experiment["labels"].get(train, train), "best_fid_step": best,
                "last_step": last}
         for key, step in (("best_fid", best), ("last", last)):
             found = step is not None and step in mine.index
@@ -260,15 +263,15 @@ def _write_nll(stem: Path, table: pd.DataFrame) -> None:
         + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]))
 
 
-def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str | Path,
+def write_tables(metrics_path: str | Path, experiment: TableInputs, outdir: str | Path,
                  nll_paths: Sequence[str | Path] = ()) -> None:
     """The run's tables by the paper's numbers (ied.layout.artefacts): single, repeated, and if configured FID vs NFE
     and NLL."""
-    metrics, outdir, names = pd.read_parquet(metrics_path), Path(outdir), grid["artefacts"]["tables"]
-    single = single_table(metrics, grid)
-    n, k, m = grid["single"]["n_samples"], grid["repeated"]["sets"], grid["repeated"]["n_samples"]
+    metrics, outdir, names = pd.read_parquet(metrics_path), Path(outdir), experiment["artefacts"]["tables"]
+    single = single_table(metrics, experiment)
+    n, k, m = experiment["single"]["n_samples"], experiment["repeated"]["sets"], experiment["repeated"]["n_samples"]
     pretrained = ("A pretrained model has one checkpoint, its published weights (step 0). "
-                  if grid.get("pretrained") else "")
+                  if experiment.get("pretrained") else "")
     sections = [(TITLES["fid"], grids(single, "fid", None, "fid_std_repeated", True)),
                 (TITLES["isc"], grids(single, "isc_mean", "isc_std", "isc_std_repeated", False))]
     # against published reference statistics there are no reference features: no precision or recall
@@ -279,18 +282,18 @@ def write_tables(metrics_path: str | Path, grid: Mapping[str, Any], outdir: str 
            f"recall at that checkpoint.",
            f"{pretrained}IS: mean ± std over 10 splits. `*`: within the standard deviations (over the {k} repeated "
            f"sets of {m}) of the best score (bold). `degenerate`: constant or all-alike samples, never ranked.")
-    repeated = repeated_table(metrics, grid)
+    repeated = repeated_table(metrics, experiment)
     _write(outdir, names["repeated"], repeated,
            [(TITLES["fid"], grids(repeated, "fid_mean", "fid_std", "fid_std", True)),
             (f"FID, the lowest of the {k} sets ↓", grids(repeated, "fid_min", None, None, True))],
            f"FID mean ± std over {k} sets of {m} samples at each cell's best checkpoint "
-           f"(up to step {max(grid['repeated']['steps'])}).",
+           f"(up to step {max(experiment['repeated']['steps'])}).",
            f"{pretrained}`*`: mean ± std overlaps the best's (bold). The lowest of the sets is how EDM reports FID. "
            f"`degenerate`: constant or all-alike samples, never ranked.")
     if "nfe" in names:
-        _write_nfe(outdir / names["nfe"], nfe_table(metrics, grid))
+        _write_nfe(outdir / names["nfe"], nfe_table(metrics, experiment))
     if "nll" in names:
-        _write_nll(outdir / names["nll"], nll_table(nll_summary(nll_paths), single, grid))
+        _write_nll(outdir / names["nll"], nll_table(nll_summary(nll_paths), single, experiment))
 
 
 def _write_nfe(stem: Path, table: pd.DataFrame) -> None:

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from ied import cost, layout, specs
 from ied.checks import load
-from ied.config import ConfigError, extractor, read_yaml, reference_split, resource
+from ied.config import ConfigError, extractor, reference_split, resource
 from ied.data import DATASETS
 from ied.io import content_sha256
 
@@ -118,47 +118,6 @@ WEIGHTS = config["evaluate"]["feature_extractor_weights_path"] if EXTRACTOR != D
 WEIGHTS_SHA256 = content_sha256(WEIGHTS) if WEIGHTS else ""
 STATISTICS = config["evaluate"]["reference_statistics"]
 STATISTICS_SHA256 = content_sha256(STATISTICS) if STATISTICS else ""
-
-
-def protocol_slice(purpose):
-    """What tables and figures need of a sample-set protocol: names, size, sets and checkpoints."""
-    protocol = config["sample"][purpose]
-    return {"rationales": protocol["rationales"], "samplers": layout.protocol_samplers(config, purpose),
-            "n_samples": protocol["n_samples"], "sets": protocol["sets"],
-            "steps": layout.protocol_steps(config, purpose)}
-
-
-def sweep_slice():
-    sweep = config["nfe_sweep"]
-    if not sweep["steps"]:
-        return {}
-    points = {specs.sweep_sampler(config, s, k): {"sampler": s, "steps": k} for s in sweep["samplers"]
-              for k in sweep["steps"]}
-    models = layout.sweep_models(config)
-    return {"train": models, "rationales": sweep["rationales"], "samplers": sweep["samplers"], "points": points,
-            "checkpoint": {m: layout.sweep_step(config, m) for m in models}, "n_samples": sweep["n_samples"]}
-
-
-def table_slice():
-    """What the tables read of the config: names and their order, labels, protocols, the artefact names."""
-    return {"train": layout.models(config), "pretrained": layout.pretrained_models(config),
-            "samplers": list(config["sample"]["samplers"]), "labels": specs.labels(config),
-            "single": protocol_slice("single"), "repeated": protocol_slice("repeated"), "sweep": sweep_slice(),
-            "artefacts": layout.artefacts(config),
-            "nll_steps": {m: layout.nll_steps(config, m) for m in layout.models(config)}}
-
-
-def figure_slice():
-    """What the figures read: the table slice, the ablation, the paper's published tables, the dataset."""
-    ablation = {name: spec["sigma_n"] for name, spec in specs.ablation_rationales(config).items()}
-    paper = config["paper_results"]
-    dataset = config["dataset"]["name"]
-    return {**table_slice(), "dataset": dataset, "paper_style": DATASETS[dataset].paper_style,
-            "schedules": list(specs.configured_rationales(config)),
-            "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
-                         "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
-                         "checkpoint": layout.ablation_step(config) if ablation else None},
-            "paper": read_yaml(paper) if paper and Path(paper).is_file() else {}}
 
 
 def nll_tables():

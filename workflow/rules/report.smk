@@ -7,7 +7,7 @@ rule tables:
         [report(out(t), category="Tables", caption=caption(t)) if t.endswith(".md") else out(t)
          for t in layout.tables(config)],
     params:
-        grid=lambda w: dumps(table_slice()),
+        experiment=lambda w: dumps(layout.table_inputs(config)),
         outdir=lambda w, output: os.path.dirname(output[0]),
     benchmark:
         bench("tables", "tables")
@@ -16,7 +16,7 @@ rule tables:
     conda:
         ENV
     shell:
-        "python -m ied tables --metrics {input.metrics:q} --nll {input.nll:q} --grid {params.grid:q}"
+        "python -m ied tables --metrics {input.metrics:q} --nll {input.nll:q} --experiment {params.experiment:q}"
         " --outdir {params.outdir:q} > {log:q} 2>&1"
 
 
@@ -32,7 +32,7 @@ rule figures:
         [report(out(f), category="Figures", caption=caption(f)) if f.endswith(".png") else out(f)
          for f in layout.figures(config)],
     params:
-        grid=lambda w: dumps(figure_slice()),
+        experiment=lambda w: dumps(layout.figure_inputs(config)),
         root=lambda w, input: os.path.dirname(input.metrics),  # metrics.parquet lies in the experiment folder
         outdir=lambda w, output: os.path.dirname(output[0]),
     benchmark:
@@ -42,7 +42,7 @@ rule figures:
     conda:
         ENV
     shell:
-        "python -m ied figures --metrics {input.metrics:q} --grid {params.grid:q} --schedules {input.schedules:q}"
+        "python -m ied figures --metrics {input.metrics:q} --experiment {params.experiment:q} --schedules {input.schedules:q}"
         " --losses {input.losses:q} --nll {input.nll:q} --root {params.root:q} --outdir {params.outdir:q}"
         " > {log:q} 2>&1"
 
