@@ -87,6 +87,14 @@ def res(rule_name):
     return resource(config, rule_name)
 
 
+def gpu_resources(rule_name, **settings):
+    """A GPU rule's `resources:`: its GPUs, GPU model, memory, run time and CPUs (`resources.<rule>`), and its
+    run-time settings, which no rerun trigger watches."""
+    r = res(rule_name)
+    return dict(gpu=r["gpus"], gpu_model=r["gpu_model"], mem_mb=r["mem_mb"], runtime=r["runtime"],
+                cpus_per_task=r["cpus"], **settings)
+
+
 def cell_paths(pattern):
     return [out(layout.cell_path(pattern, c)) for c in CELLS]
 

@@ -20,16 +20,12 @@ rule evaluate:
         log("evaluate", CELL_JOB),
     threads: res("evaluate")["cpus"]
     resources:
-        gpu=res("evaluate")["gpus"],
-        gpu_model=res("evaluate")["gpu_model"],
-        mem_mb=res("evaluate")["mem_mb"],
-        runtime=res("evaluate")["runtime"],
-        cpus_per_task=res("evaluate")["cpus"],
-        batch_size=config["evaluate"]["batch_size"],
-        device=config["evaluate"]["device"],
-        cache=out(layout.FIDELITY_CACHE),
-        weights=WEIGHTS or out(layout.EVALUATOR),
-        statistics=STATISTICS or "",
+        **gpu_resources("evaluate",
+            batch_size=config["evaluate"]["batch_size"],
+            device=config["evaluate"]["device"],
+            cache=out(layout.FIDELITY_CACHE),
+            weights=WEIGHTS or out(layout.EVALUATOR),
+            statistics=STATISTICS or ""),
     conda:
         ENV
     shell:

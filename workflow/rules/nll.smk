@@ -18,14 +18,10 @@ rule nll:
         log("nll", "{train}-{step}"),
     threads: res("nll")["cpus"]
     resources:
-        gpu=res("nll")["gpus"],
-        gpu_model=res("nll")["gpu_model"],
-        mem_mb=res("nll")["mem_mb"],
-        runtime=res("nll")["runtime"],
-        cpus_per_task=res("nll")["cpus"],
-        batch_size=config["nll"]["batch_size"],
-        max_nfe=config["nll"]["max_nfe"],
-        device=config["nll"]["device"],
+        **gpu_resources("nll",
+            batch_size=config["nll"]["batch_size"],
+            max_nfe=config["nll"]["max_nfe"],
+            device=config["nll"]["device"]),
     conda:
         ENV
     shell:

@@ -16,16 +16,12 @@ rule generate:
         stderr=log("generate", CELL_JOB),
     threads: res("generate")["cpus"]
     resources:
-        gpu=res("generate")["gpus"],
-        gpu_model=res("generate")["gpu_model"],
-        mem_mb=res("generate")["mem_mb"],
-        runtime=res("generate")["runtime"],
-        cpus_per_task=res("generate")["cpus"],
-        batch_size=config["sample"]["batch_size"],
-        shard_size=config["sample"]["shard_size"],
-        device=config["sample"]["device"],
-        precision=config["sample"]["precision"],
-        compile=int(config["sample"]["compile"]),
+        **gpu_resources("generate",
+            batch_size=config["sample"]["batch_size"],
+            shard_size=config["sample"]["shard_size"],
+            device=config["sample"]["device"],
+            precision=config["sample"]["precision"],
+            compile=int(config["sample"]["compile"])),
     conda:
         ENV
     shell:

@@ -19,15 +19,11 @@ rule train_segment:
         stderr=log("train_segment", "{train}-{step}"),
     threads: res("train_segment")["cpus"]
     resources:
-        gpu=res("train_segment")["gpus"],
-        gpu_model=res("train_segment")["gpu_model"],
-        mem_mb=res("train_segment")["mem_mb"],
-        runtime=res("train_segment")["runtime"],
-        cpus_per_task=res("train_segment")["cpus"],
-        log_every=config["train"]["log_every"],
-        device=config["train"]["device"],
-        precision=config["train"]["precision"],
-        compile=int(config["train"]["compile"]),
+        **gpu_resources("train_segment",
+            log_every=config["train"]["log_every"],
+            device=config["train"]["device"],
+            precision=config["train"]["precision"],
+            compile=int(config["train"]["compile"])),
     conda:
         ENV
     shell:
