@@ -45,6 +45,15 @@ def state_digest(state: Any) -> str:
     return digest.hexdigest()
 
 
+def make_state(*, step: int, ema: dict, spec: Any, config_hash: str, channels: int, resolution: int,
+               num_classes: int, **extra: Any) -> dict:
+    """A checkpoint's state in its one format: the step, the EMA weights, the spec it carries (as canonical JSON)
+    and its identity hash, the image shape and classes, then what its writer adds (training: the network, the
+    optimizer and the data position; an imported network: its source)."""
+    return {"step": step, "ema": ema, "config_hash": config_hash, "config_json": json.dumps(dict(spec), sort_keys=True),
+            "num_classes": num_classes, "resolution": resolution, "channels": channels, **extra}
+
+
 def save(path: str | Path, state: dict) -> None:
     """Write a checkpoint atomically (temp file + rename) with its checksum."""
     with atomic_path(path) as tmp:

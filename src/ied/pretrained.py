@@ -22,7 +22,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
-import json
 import math
 import pickle
 import struct
@@ -610,10 +609,10 @@ def import_edm(path: str | Path, out: str | Path, *, step: int = 0, expect_sha25
               "module_src_sha256": hashlib.sha256(meta.module_src.encode()).hexdigest()}
     spec = {"pretrained": source, "rationale": summary.rationale,
             "network": {"architecture": meta.class_name, "kwargs": kwargs}}
-    state = {"step": step, "ema": network.state_dict(), "config_hash": specs.identity_hash(
-                 specs.pretrained_identity(digest)), "config_json": json.dumps(spec, sort_keys=True),
-             "num_classes": summary.classes, "resolution": summary.shape[1], "channels": summary.shape[0],
-             "source": source}
+    state = checkpoints.make_state(step=step, ema=network.state_dict(), spec=spec,
+                                   config_hash=specs.identity_hash(specs.pretrained_identity(digest)),
+                                   channels=summary.shape[0], resolution=summary.shape[1],
+                                   num_classes=summary.classes, source=source)
     checkpoints.save(out, state)
     return {"checkpoint": str(out), "architecture": meta.class_name, "model_type": kwargs.get("model_type"),
             "parameters": sum(t.numel() for t in state["ema"].values()), "sha256": digest,

@@ -263,10 +263,10 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
         if bad is not None:
             raise TrainingError(f"non-finite {part} ({bad!r}) at step {end_step}; no checkpoint written (check "
                                 f"train.ema, train.lr and train.weighting)")
-    state = {"step": end_step, "net": denoiser.state_dict(), "ema": ema.state_dict(),
-             "optimizer": optimizer.state_dict(), "data_position": end_step * batch, "config_hash": chash,
-             "config_json": json.dumps(dict(spec), sort_keys=True),
-             "num_classes": data.num_classes, "resolution": resolution, "channels": channels}
+    state = checkpoints.make_state(step=end_step, ema=ema.state_dict(), spec=spec, config_hash=chash,
+                                   channels=channels, resolution=resolution, num_classes=data.num_classes,
+                                   net=denoiser.state_dict(), optimizer=optimizer.state_dict(),
+                                   data_position=end_step * batch)
     if ctx.main:
         if loss_table:
             stats.write(loss_table)
