@@ -82,84 +82,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _job_commands(sub: argparse._SubParsersAction) -> None:
-    """The subcommands the pipeline's per-cell jobs run."""
+    """The subcommands the pipeline's jobs run."""
+    _data_commands(sub)
+    _training_commands(sub)
+    _sampling_commands(sub)
+    _scoring_commands(sub)
+
+
+def _data_commands(sub: argparse._SubParsersAction) -> None:
+    """Preparing a dataset split, tabulating a schedule."""
     p = sub.add_parser("prepare", help="convert a dataset split to the prepared .npz format")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--split", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--dataset", required=True, help="a dataset of ied.data.DATASETS")
+    p.add_argument("--split", required=True, help="the split to prepare (train, test, val)")
+    p.add_argument("--out", required=True, help="the prepared .npz to write")
     p.add_argument("--data-root", default="", help="folder with the upstream files ('' for digits)")
-    p.add_argument("--download", type=_flag, default=False)
+    p.add_argument("--download", type=_flag, default=False,
+                   help="fetch the upstream files first (needs internet; dataset.download)")
     p.add_argument("--verify", type=_flag, default=True, help="check torchvision's md5s (CIFAR-10)")
     p.add_argument("--max-images", type=COUNT, default=0, help="seeded subset (0: all)")
 
     p = sub.add_parser("tabulate", help="write a rationale's schedule table as Parquet")
     p.add_argument("--spec", type=_json, required=True, help="resolved rationale spec (JSON)")
-    p.add_argument("--name", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=_integer(2), default=1001)
+    p.add_argument("--name", required=True, help="the rationale's name (stored with the table)")
+    p.add_argument("--out", required=True, help="the Parquet schedule table to write")
+    p.add_argument("--n", type=_integer(2), default=1001, help="grid points in t")
 
+
+def _training_commands(sub: argparse._SubParsersAction) -> None:
+    """Training a model's segment, the digits evaluator, importing a published network."""
     p = sub.add_parser("train", help="train one segment, start → end")
     p.add_argument("--spec", type=_json, required=True, help="resolved training spec (JSON)")
-    p.add_argument("--data", required=True)
-    p.add_argument("--from-step", type=COUNT, required=True)
-    p.add_argument("--to-step", type=POSITIVE, required=True)
+    p.add_argument("--data", required=True, help="the prepared training split")
+    p.add_argument("--from-step", type=COUNT, required=True, help="the step the segment starts from (0: a new model)")
+    p.add_argument("--to-step", type=POSITIVE, required=True,
+                   help="the step the segment ends at (its checkpoint's step)")
     p.add_argument("--resume", help="checkpoint written at --from-step (omit when it is 0)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the checkpoint to write")
     p.add_argument("--log-file", help="JSON-lines log")
     p.add_argument("--loss-table", help="Parquet: the segment's ε-loss per log-σ bin")
-    p.add_argument("--log-every", type=POSITIVE, default=100)
+    p.add_argument("--log-every", type=POSITIVE, default=100, help="training steps between log lines")
     _runtime(p)
     p.add_argument("--gpus", type=COUNT, default=0, help="> 1: data-parallel ranks on this node (torchrun)")
-    p.add_argument("--allow-config-change", action="store_true")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume from a checkpoint of another training spec")
 
     p = sub.add_parser("train-evaluator", help="train the digits CNN feature extractor")
-    p.add_argument("--train", required=True)
-    p.add_argument("--test", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--min-accuracy", type=float, default=0.95)
-
-    p = sub.add_parser("generate", help="sample images from a checkpoint")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--spec", type=_json, required=True, help="resolved sampling spec (JSON)")
-    p.add_argument("--n-samples", type=POSITIVE, required=True)
-    p.add_argument("--seed-set", type=COUNT, default=0)
-    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
-    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
-    p.add_argument("--batch-size", type=POSITIVE, default=256)
-    p.add_argument("--shard-size", type=POSITIVE, default=1000, help="images per resumable shard")
-    _runtime(p)
-    p.add_argument("--out", required=True)
-    p.add_argument("--grid")
-    p.add_argument("--log-file", help="JSON-lines log")
-
-    p = sub.add_parser("evaluate", help="FID/IS/KID of a samples file → one Parquet row")
-    p.add_argument("--samples", required=True)
-    p.add_argument("--reference", default="", help="a prepared split ('' with --reference-statistics)")
-    p.add_argument("--reference-statistics", default="", help="an .npz with mu and sigma, instead of a split")
-    p.add_argument("--expect-shape", type=_shape, help="C,H,W of the dataset's images (with statistics)")
-    p.add_argument("--extractor", required=True)
-    p.add_argument("--weights", required=True)
-    p.add_argument("--sha256", default="", help="expected sha256 (prefix) of the weights ('' to skip)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--cell", type=_json, default={}, help="the cell's names, stored in the row (JSON)")
-    p.add_argument("--cache-root")
-    p.add_argument("--batch-size", type=POSITIVE, default=256)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-
-    p = sub.add_parser("nll", help="bits/dim of a prepared split under a checkpoint (probability-flow ODE)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", required=True, help="a prepared split (the held-out split in the pipeline)")
-    p.add_argument("--n-images", type=_n_images, default=None, help="a seeded subset of this many images, or all")
-    p.add_argument("--probes", type=POSITIVE, default=1)
-    p.add_argument("--estimator", default="rademacher", choices=ESTIMATORS)
-    p.add_argument("--rtol", type=_positive_float, default=1e-5)
-    p.add_argument("--atol", type=_positive_float, default=1e-5)
-    p.add_argument("--max-nfe", type=POSITIVE, default=MAX_NFE, help="denoiser evaluations per solve, at most")
-    p.add_argument("--expect-step", type=COUNT)
-    p.add_argument("--expect-config-hash")
-    p.add_argument("--batch-size", type=POSITIVE, default=128)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
+    p.add_argument("--train", required=True, help="the prepared training split")
+    p.add_argument("--test", required=True, help="the prepared test split")
+    p.add_argument("--out", required=True, help="the evaluator checkpoint to write")
+    p.add_argument("--min-accuracy", type=float, default=0.95, help="the test accuracy the CNN must reach")
 
     p = sub.add_parser("import-edm", help="a published EDM network pickle as a checkpoint, without running its code")
     p.add_argument("pickle", help="an NVlabs/edm network pickle (edm-*.pkl)")
@@ -170,33 +141,83 @@ def _job_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--expect-classes", type=COUNT, help="the dataset's classes (an unconditional network fits any)")
 
 
+def _sampling_commands(sub: argparse._SubParsersAction) -> None:
+    """Sampling a checkpoint."""
+    p = sub.add_parser("generate", help="sample images from a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint to sample")
+    p.add_argument("--spec", type=_json, required=True, help="resolved sampling spec (JSON)")
+    p.add_argument("--n-samples", type=POSITIVE, required=True, help="images to generate")
+    p.add_argument("--seed-set", type=COUNT, default=0, help="the seed set (each image's noise is keyed by it)")
+    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
+    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
+    p.add_argument("--batch-size", type=POSITIVE, default=256, help="images per denoiser batch")
+    p.add_argument("--shard-size", type=POSITIVE, default=1000, help="images per resumable shard")
+    _runtime(p)
+    p.add_argument("--out", required=True, help="the samples .npz to write")
+    p.add_argument("--grid", help="a 10×10 sample grid PNG to write")
+    p.add_argument("--log-file", help="JSON-lines log")
+
+
+def _scoring_commands(sub: argparse._SubParsersAction) -> None:
+    """Scoring a samples file, the likelihood of a checkpoint."""
+    p = sub.add_parser("evaluate", help="FID/IS/KID of a samples file → one Parquet row")
+    p.add_argument("--samples", required=True, help="the samples .npz to score")
+    p.add_argument("--reference", default="", help="a prepared split ('' with --reference-statistics)")
+    p.add_argument("--reference-statistics", default="", help="an .npz with mu and sigma, instead of a split")
+    p.add_argument("--expect-shape", type=_shape, help="C,H,W of the dataset's images (with statistics)")
+    p.add_argument("--extractor", required=True, help="the feature extractor (ied.data.EXTRACTORS)")
+    p.add_argument("--weights", required=True, help="the extractor's weights file")
+    p.add_argument("--sha256", default="", help="expected sha256 (prefix) of the weights ('' to skip)")
+    p.add_argument("--out", required=True, help="the metrics row (Parquet) to write")
+    p.add_argument("--cell", type=_json, default={}, help="the cell's names, stored in the row (JSON)")
+    p.add_argument("--cache-root", help="folder of the cached reference features")
+    p.add_argument("--batch-size", type=POSITIVE, default=256, help="images per feature batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = sub.add_parser("nll", help="bits/dim of a prepared split under a checkpoint (probability-flow ODE)")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint to score")
+    p.add_argument("--data", required=True, help="a prepared split (the held-out split in the pipeline)")
+    p.add_argument("--n-images", type=_n_images, default=None, help="a seeded subset of this many images, or all")
+    p.add_argument("--probes", type=POSITIVE, default=1, help="Hutchinson probes per image")
+    p.add_argument("--estimator", default="rademacher", choices=ESTIMATORS, help="the divergence estimator")
+    p.add_argument("--rtol", type=_positive_float, default=1e-5, help="RK45's relative tolerance")
+    p.add_argument("--atol", type=_positive_float, default=1e-5, help="RK45's absolute tolerance")
+    p.add_argument("--max-nfe", type=POSITIVE, default=MAX_NFE, help="denoiser evaluations per solve, at most")
+    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
+    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
+    p.add_argument("--batch-size", type=POSITIVE, default=128, help="images per ODE batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True, help="the NLL table (Parquet) to write")
+
+
+
 def _summary_commands(sub: argparse._SubParsersAction) -> None:
     """The subcommands that summarise results, check configs and measure."""
     p = sub.add_parser("aggregate", help="concatenate metric rows")
-    p.add_argument("--out", required=True)
-    p.add_argument("rows", nargs="+")
+    p.add_argument("--out", required=True, help="the metrics table to write")
+    p.add_argument("rows", nargs="+", help="metric rows (Parquet)")
 
     p = sub.add_parser("tables", help="Tables 1–4 from the metrics")
-    p.add_argument("--metrics", required=True)
+    p.add_argument("--metrics", required=True, help="the metrics table (ied.layout.METRICS)")
     p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
     p.add_argument("--experiment", type=_json, required=True,
                    help="what the tables receive (JSON of ied.layout.table_inputs)")
-    p.add_argument("--outdir", required=True)
+    p.add_argument("--outdir", required=True, help="folder of the tables")
 
     p = sub.add_parser("figures", help="Figures 1–9 from tables, metrics and grids")
-    p.add_argument("--metrics", required=True)
+    p.add_argument("--metrics", required=True, help="the metrics table (ied.layout.METRICS)")
     p.add_argument("--experiment", type=_json, required=True,
                    help="what the figures receive (JSON of ied.layout.figure_inputs)")
-    p.add_argument("--schedules", nargs="+", required=True)
+    p.add_argument("--schedules", nargs="+", required=True, help="schedule tables (ied.layout.SCHEDULE)")
     p.add_argument("--losses", nargs="*", default=[], help="training segments' loss tables (ied.layout.LOSS)")
     p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
     p.add_argument("--root", required=True, help="the experiment folder (sample grids are found there)")
-    p.add_argument("--outdir", required=True)
+    p.add_argument("--outdir", required=True, help="folder of the figures")
 
     p = sub.add_parser("report", help="a Markdown summary of tables and figures")
-    p.add_argument("--tables", nargs="+", required=True)
-    p.add_argument("--figures", nargs="+", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--tables", nargs="+", required=True, help="tables (.md) to include")
+    p.add_argument("--figures", nargs="+", required=True, help="figures (.png) to include")
+    p.add_argument("--out", required=True, help="the Markdown report to write")
 
     p = sub.add_parser("cost", help="the GPU bill of a config: jobs, work and GPU-hours, done and to do")
     p.add_argument("--configfile", nargs="+", default=[], help="as snakemake's (default: config/config.yaml)")
@@ -207,7 +228,7 @@ def _summary_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--table", help="also write the bill as TABLE.md and TABLE.parquet")
 
     p = sub.add_parser("check-config", help="validate a pipeline config file")
-    p.add_argument("configfiles", nargs="+")
+    p.add_argument("configfiles", nargs="+", help="config files, merged in order")
 
     sub.add_parser("bench", help="print benchmark numbers as JSON (see ied.bench)", add_help=False)
 
