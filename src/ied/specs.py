@@ -10,13 +10,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 from typing import Any, Mapping
 
 from ied.rationales import Rationale, RationaleError, build, check_keys
 from ied.samplers import resolve_options
-
-NUMERIC_KEYS = {"sigma_min", "sigma_max", "v_max", "sigma_n", "rho", "p_mean", "p_std", "k"}
 
 
 def identity_hash(obj: Any) -> str:
@@ -24,27 +21,17 @@ def identity_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def _canonical(name: str, entry: Mapping[str, Any]) -> dict:
-    """The entry without its label, numbers as floats (so 80 and 80.0 are one identity)."""
-    spec = {}
-    for key, value in entry.items():
-        if key == "label":
-            continue
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key in NUMERIC_KEYS and numeric and math.isfinite(value):
-            value = float(value)
-        elif key == "params" and isinstance(value, Mapping):
-            value = {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                     for k, v in value.items()}
-        spec[key] = copy.deepcopy(value)
-    return spec
+def _without_label(entry: Mapping[str, Any]) -> dict:
+    """The entry without its label. Its numbers are already typed by the schema (ied.config.normalize, the one
+    normaliser: 80 and 80.0 are one value there)."""
+    return {key: copy.deepcopy(value) for key, value in entry.items() if key != "label"}
 
 
 def resolve_rationale(name: str, entry: Mapping[str, Any], registry: Mapping[str, Mapping[str, Any]],
                       _seen: tuple[str, ...] = ()) -> dict:
     """A config entry (defaults filled by the schema) as a self-contained, label-free spec."""
     family = check_keys(name, entry, extra=("label",))
-    spec = _canonical(name, entry)
+    spec = _without_label(entry)
     if family != "weighted":
         return spec
     base = entry.get("base")
