@@ -281,34 +281,31 @@ def _utilisation(flops: float, per_s: float, device: torch.device, peak: float |
     return flops * per_s / (peak * 1e12) if peak else None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ied bench", description=__doc__)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--modes", nargs="+", default=["fp32"], choices=MODES + ("bf16+cudagraphs",))
-    parser.add_argument("--train-batch", type=int, nargs="+", default=[64])
-    parser.add_argument("--train-steps", type=int, default=5)
-    parser.add_argument("--sample-batch", type=int, nargs="+", default=[256])
-    parser.add_argument("--sample-steps", type=int, default=20)
-    parser.add_argument("--samplers", nargs="+", default=["euler_maruyama"], choices=sorted(SAMPLERS))
-    parser.add_argument("--feature-images", type=int, default=2048)
-    parser.add_argument("--table-intervals", type=int, default=8192)
-    parser.add_argument("--nll-batch", type=int, default=64)
-    parser.add_argument("--nll-rtol", type=float, default=1e-3)
-    parser.add_argument("--ddp-batch", type=int, default=64)
-    parser.add_argument("--peak-tflops", type=float, help="device bf16 peak (default: from the GPU's name)")
-    parser.add_argument("--inception-weights", help="also time Inception feature extraction")
-    parser.add_argument("--stages", help="a results/<experiment> folder: per-stage wall time of its run")
-    parser.add_argument("--only", nargs="+", default=["training", "sampling", "flops", "schedules", "features"],
-                        choices=["training", "sampling", "flops", "schedules", "features", "nll", "ddp"])
-    a = parser.parse_args(argv)
-    device = devices.choose(a.device)
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-                              f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
-                              "torch": torch.__version__, "preset": a.preset}
-    flops = bench_flops(a.preset, device)
-    if "flops" in a.only:
-        report["flops_per_forward_per_image"] = flops
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `ied bench`."""
+    add = parser.add_argument
+    add("--preset", choices=sorted(PRESETS), default="tiny", help="the network to measure")
+    add("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add("--modes", nargs="+", default=["fp32"], choices=MODES + ("bf16+cudagraphs",), help="precision and compilation")
+    add("--train-batch", type=int, nargs="+", default=[64], help="training batch sizes")
+    add("--train-steps", type=int, default=5, help="timed training steps per batch size")
+    add("--sample-batch", type=int, nargs="+", default=[256], help="sampling batch sizes")
+    add("--sample-steps", type=int, default=20, help="sampler steps per timed run")
+    add("--samplers", nargs="+", default=["euler_maruyama"], choices=sorted(SAMPLERS), help="samplers to time")
+    add("--feature-images", type=int, default=2048, help="images for the feature-extraction rate")
+    add("--table-intervals", type=int, default=8192, help="t intervals of the timed schedule tables")
+    add("--nll-batch", type=int, default=64, help="images per likelihood batch")
+    add("--nll-rtol", type=float, default=1e-3, help="RK45's tolerance for the likelihood's rate")
+    add("--ddp-batch", type=int, default=64, help="global batch of the 1- vs 2-rank run")
+    add("--peak-tflops", type=float, help="device bf16 peak (default: from the GPU's name)")
+    add("--inception-weights", help="also time Inception feature extraction")
+    add("--stages", help="a results/<experiment> folder: per-stage wall time of its run")
+    add("--only", nargs="+", default=["training", "sampling", "flops", "schedules", "features"],
+        choices=["training", "sampling", "flops", "schedules", "features", "nll", "ddp"], help="what to measure")
+
+
+def _throughput(report: dict, a: argparse.Namespace, device: torch.device, flops: float) -> None:
+    """Training images/s and sampling NFE/s per mode and batch size, with the utilisation of the bf16 peak."""
     for part, batches, run, per_s, factor in (
             ("training", a.train_batch, lambda b, m: bench_training(a.preset, b, a.train_steps, device, m),
              lambda r: r["images_per_s"], 3.0),  # forward + backward ≈ 3 forwards
@@ -329,6 +326,18 @@ def main(argv: list[str] | None = None) -> int:
                 result["utilisation_of_bf16_peak"] = _utilisation(factor * flops, per_s(result), device,
                                                                   a.peak_tflops)
                 report[part].append(result)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Measure what `a` asks for and print the report as JSON."""
+    device = devices.choose(a.device)
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+                              f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+                              "torch": torch.__version__, "preset": a.preset}
+    flops = bench_flops(a.preset, device)
+    if "flops" in a.only:
+        report["flops_per_forward_per_image"] = flops
+    _throughput(report, a, device, flops)
     if "schedules" in a.only:
         report["schedules"] = bench_schedules(a.table_intervals)
     if "features" in a.only:
@@ -343,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     json.dump(report, sys.stdout, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v)
     print()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ied.bench`: the same as `ied bench`."""
+    parser = argparse.ArgumentParser(prog="ied bench", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

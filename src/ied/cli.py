@@ -73,11 +73,12 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The one parser; `bench`'s options (which import torch) are added only when it is the command."""
     parser = _Parser(prog="ied", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _job_commands(sub)
-    _summary_commands(sub)
+    _summary_commands(sub, with_bench_options=command == "bench")
     return parser
 
 
@@ -191,7 +192,7 @@ def _scoring_commands(sub: argparse._SubParsersAction) -> None:
 
 
 
-def _summary_commands(sub: argparse._SubParsersAction) -> None:
+def _summary_commands(sub: argparse._SubParsersAction, with_bench_options: bool = False) -> None:
     """The subcommands that summarise results, check configs and measure."""
     p = sub.add_parser("aggregate", help="concatenate metric rows")
     p.add_argument("--out", required=True, help="the metrics table to write")
@@ -230,7 +231,10 @@ def _summary_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check-config", help="validate a pipeline config file")
     p.add_argument("configfiles", nargs="+", help="config files, merged in order")
 
-    sub.add_parser("bench", help="print benchmark numbers as JSON (see ied.bench)", add_help=False)
+    p = sub.add_parser("bench", help="throughput, overhead, memory and accuracy numbers as JSON (ied.bench)")
+    if with_bench_options:
+        from ied.bench import add_arguments
+        add_arguments(p)
 
 
 def _runtime(p: argparse.ArgumentParser) -> None:
@@ -242,10 +246,7 @@ def _runtime(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    if argv[:1] == ["bench"]:
-        from ied.bench import main as bench_main
-        return bench_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser(argv[0] if argv else None).parse_args(argv)
     if args.command == "train" and args.gpus > 1:
         from ied import distributed
         if not distributed.inside_ranks():
@@ -413,10 +414,15 @@ def _check_config(a):
     print("config ok", file=sys.stderr)
 
 
+def _bench(a):
+    from ied.bench import run
+    return run(a)
+
+
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
             "generate": _generate, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "cost": _cost,
             "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
-            "check-config": _check_config}
+            "check-config": _check_config, "bench": _bench}
 
 if __name__ == "__main__":
     sys.exit(main())
