@@ -62,14 +62,36 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
     dev = devices.choose(device)
     denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
     net = devices.prepare_module(denoiser, dev, compile=compile)
-    shape = (ckpt["channels"], ckpt["resolution"], ckpt["resolution"])
-    schedule = build("sampling rationale", spec["rationale"])
     labels_all = balanced_labels(n_samples, ckpt["num_classes"], seed_set)
+    sample = _sampler(net, dev, devices.autocast(dev, precision), ckpt, spec, options, labels_all, seed_set, out)
     identity = {"checkpoint_sha256": ckpt["sha256"], "spec": {**dict(spec), "options": options},
                 "seed_set": seed_set, "n_samples": n_samples}
     parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
-    autocast = devices.autocast(dev, precision)
+    tick = time.perf_counter()
+    shards, done_images = _shards(sample, parts, identity, labels_all, ckpt["num_classes"], shard_size, batch_size)
+    elapsed = time.perf_counter() - tick
+    data = ImageSet(np.concatenate([load_imageset(p).images for p in shards]), labels_all, ckpt["num_classes"])
+    info = {"checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"], "config_hash": ckpt["config_hash"],
+            "train_rationale_spec": ckpt["spec"]["rationale"], "sample_rationale_spec": spec["rationale"],
+            "sampler": spec["sampler"], "steps": spec["steps"], "options": options, "seed_set": seed_set,
+            "n_samples": n_samples, "nfe": nfe(spec["sampler"], spec["steps"])}
+    save_imageset(out, data, generation=json.dumps(info, sort_keys=True))
+    if grid:
+        save_grid(grid, data.images)
+    _log_generated(log_path, info, done_images, elapsed, dev)
+    for p in parts.iterdir():
+        p.unlink()
+    parts.rmdir()
+    return data
+
+
+def _sampler(net: torch.nn.Module, dev: torch.device, autocast: Any, ckpt: Mapping[str, Any],
+             spec: Mapping[str, Any], options: Mapping[str, Any], labels_all: np.ndarray, seed_set: int,
+             out: str | Path) -> Callable[[list[int]], np.ndarray]:
+    """The images of the given indices as uint8, each from its own counter-based noise; a non-finite sample stops."""
+    shape = (ckpt["channels"], ckpt["resolution"], ckpt["resolution"])
+    schedule = build("sampling rationale", spec["rationale"])
 
     def call(x, sigma, labels):
         with autocast:
@@ -87,8 +109,16 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
                                   f"nothing was written. The schedule or the checkpoint is unusable")
         return to_uint8(x.float()).cpu().numpy()
 
-    shards, done_images, tick = [], 0, time.perf_counter()
-    for shard, start in enumerate(range(0, n_samples, shard_size)):
+    return sample
+
+
+def _shards(sample: Callable[[list[int]], np.ndarray], parts: Path, identity: Mapping[str, Any],
+            labels_all: np.ndarray, num_classes: int, shard_size: int, batch_size: int) -> tuple[list[Path], int]:
+    """Every shard of the set under `parts`, reusing those made from the same identity; the shard paths and how
+    many images were sampled now."""
+    n_samples = len(labels_all)
+    shards, done_images = [], 0
+    for start in range(0, n_samples, shard_size):
         stop = min(start + shard_size, n_samples)
         path = parts / f"shard-{start}-{stop}.npz"
         shards.append(path)
@@ -97,16 +127,13 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
             continue
         images, batch_size = _in_batches(sample, start, stop, batch_size)
         done_images += stop - start
-        save_imageset(path, ImageSet(np.concatenate(images), labels_all[start:stop], ckpt["num_classes"]), shard=key)
-    elapsed = time.perf_counter() - tick
-    data = ImageSet(np.concatenate([load_imageset(p).images for p in shards]), labels_all, ckpt["num_classes"])
-    info = {"checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"], "config_hash": ckpt["config_hash"],
-            "train_rationale_spec": ckpt["spec"]["rationale"], "sample_rationale_spec": spec["rationale"],
-            "sampler": spec["sampler"], "steps": spec["steps"], "options": options, "seed_set": seed_set,
-            "n_samples": n_samples, "nfe": nfe(spec["sampler"], spec["steps"])}
-    save_imageset(out, data, generation=json.dumps(info, sort_keys=True))
-    if grid:
-        save_grid(grid, data.images)
+        save_imageset(path, ImageSet(np.concatenate(images), labels_all[start:stop], num_classes), shard=key)
+    return shards, done_images
+
+
+def _log_generated(log_path: str | Path | None, info: Mapping[str, Any], done_images: int, elapsed: float,
+                   dev: torch.device) -> None:
+    """The generation's JSON log line (and its rates on stderr)."""
     line = {"event": "generated", "images": done_images, "seconds": elapsed, "device": str(dev),
             "images_per_s": done_images / elapsed if done_images else None,
             "nfe_per_s": done_images * info["nfe"] / elapsed if done_images else None, **info}
@@ -114,10 +141,6 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
         with open(log_path, "a") as f:
             f.write(json.dumps(line) + "\n")
     print(json.dumps({k: line[k] for k in ("images", "seconds", "images_per_s", "nfe_per_s")}), file=sys.stderr)
-    for p in parts.iterdir():
-        p.unlink()
-    parts.rmdir()
-    return data
 
 
 def _in_batches(sample: Callable[[list[int]], np.ndarray], start: int, stop: int, batch_size: int
