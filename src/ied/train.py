@@ -210,12 +210,7 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
     if batch % ctx.world:
         raise TrainingError(f"train.batch_size {batch} does not split evenly across {ctx.world} GPUs")
 
-    state = None
-    if start_step > 0:
-        if checkpoint_in is None:
-            raise checkpoints.CheckpointError(f"resuming at step {start_step} needs the checkpoint written then")
-        state = checkpoints.load(checkpoint_in, step=start_step, config_hash=chash,
-                                 allow_config_change=allow_config_change)
+    state = _resume_from(checkpoint_in, start_step, chash, allow_config_change)
     denoiser, ema, optimizer = _model(spec, (channels, resolution, data.num_classes), dev, state)
     params = list(denoiser.parameters())
     net = devices.prepare_module(
@@ -258,11 +253,7 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
         _log({"step": block[-1] + 1, **stats.line(block[-1] + 1), "lr": optimizer.param_groups[0]["lr"],
               "images_per_s": steps * batch / elapsed}, log_file)
         tick = time.perf_counter()
-    for part, module in (("weights", denoiser), ("EMA weights", ema)):
-        bad = checkpoints.first_non_finite(module.state_dict())
-        if bad is not None:
-            raise TrainingError(f"non-finite {part} ({bad!r}) at step {end_step}; no checkpoint written (check "
-                                f"train.ema, train.lr and train.weighting)")
+    _check_finite(denoiser, ema, end_step)
     state = checkpoints.make_state(step=end_step, ema=ema.state_dict(), spec=spec, config_hash=chash,
                                    channels=channels, resolution=resolution, num_classes=data.num_classes,
                                    net=denoiser.state_dict(), optimizer=optimizer.state_dict(),
@@ -278,6 +269,26 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
     if log_file is not None:
         log_file.close()
     return state if ctx.main else None
+
+
+def _resume_from(checkpoint_in: str | Path | None, start_step: int, chash: str, allow_config_change: bool
+                 ) -> dict | None:
+    """The checkpoint a segment starting at `start_step` resumes from (None for a new model), its step and
+    training spec checked."""
+    if start_step == 0:
+        return None
+    if checkpoint_in is None:
+        raise checkpoints.CheckpointError(f"resuming at step {start_step} needs the checkpoint written then")
+    return checkpoints.load(checkpoint_in, step=start_step, config_hash=chash, allow_config_change=allow_config_change)
+
+
+def _check_finite(denoiser: torch.nn.Module, ema: torch.nn.Module, end_step: int) -> None:
+    """TrainingError, before any checkpoint is written, if the weights or the EMA weights are not finite."""
+    for part, module in (("weights", denoiser), ("EMA weights", ema)):
+        bad = checkpoints.first_non_finite(module.state_dict())
+        if bad is not None:
+            raise TrainingError(f"non-finite {part} ({bad!r}) at step {end_step}; no checkpoint written (check "
+                                f"train.ema, train.lr and train.weighting)")
 
 
 def _progress(start: int, end: int):
