@@ -9,7 +9,7 @@ Work per job: training images (steps × batch), generated images × NFE, likelih
 NFE of one ODE solve, evaluated images. GPU-hours = work ÷ throughput, the throughput from a JSON `ied bench`
 wrote on the target GPU, or else the paper's A100 figures. Job start-up is not counted.
 
-Torch-free: the Snakefile prints the bill and applies the budget while it parses, before any job.
+Torch-free: the Snakefile bills and budgets the DAG (workflow/rules/bill.smk) before any job runs.
 """
 from __future__ import annotations
 
