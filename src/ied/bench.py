@@ -273,6 +273,41 @@ def stage_times(results: str) -> dict:
     return stages
 
 
+# What each job kind imports before its first useful work, after the CLI: its command's module (ied.cli) and what
+# that module imports inside the functions the job calls first.
+JOB_IMPORTS = {"train": "ied.train", "generate": "ied.generate",
+               "evaluate": "ied.metrics, torch_fidelity.metric_fid, torch_fidelity.metric_isc, "
+                           "torch_fidelity.metric_kid, torch_fidelity.metric_prc, torch_fidelity.registry",
+               "nll": "ied.nll, torch, pandas, scipy.integrate, ied.checkpoints, ied.data, ied.rationales",
+               "tables": "ied.tables", "figures": "ied.figures"}
+
+
+def bench_startup(repeats: int = 3, top: int = 5) -> dict:
+    """Per job kind: seconds from process start until what the job imports before its first useful work is
+    imported (JOB_IMPORTS; the best of `repeats` fresh interpreters), and the top-level imports that dominate it
+    (`python -X importtime`, cumulative seconds)."""
+    import subprocess
+
+    out = {}
+    for kind, module in JOB_IMPORTS.items():
+        code = f"import ied.cli, {module}"
+        seconds = []
+        for _ in range(repeats):
+            tick = time.perf_counter()
+            result = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                                    timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+            seconds.append(time.perf_counter() - tick)
+        imports = []
+        for line in result.stderr.splitlines():
+            parts = line.removeprefix("import time:").split("|")
+            if len(parts) == 3 and parts[1].strip().isdigit():
+                imports.append((int(parts[1]), parts[2].strip()))
+        dominant = sorted((i for i in imports if i[1].split(".")[0] != "ied" and "." not in i[1]), reverse=True)[:top]
+        out[kind] = {"seconds": min(seconds), "imports": module,
+                     "dominant_imports_s": {name: us / 1e6 for us, name in dominant}}
+    return out
+
+
 def _utilisation(flops: float, per_s: float, device: torch.device, peak: float | None) -> float | None:
     """Fraction of the device's bf16 peak that flops × per_s reaches."""
     if peak is None and device.type == "cuda":
@@ -301,7 +336,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--inception-weights", help="also time Inception feature extraction")
     add("--stages", help="a results/<experiment> folder: per-stage wall time of its run")
     add("--only", nargs="+", default=["training", "sampling", "flops", "schedules", "features"],
-        choices=["training", "sampling", "flops", "schedules", "features", "nll", "ddp"], help="what to measure")
+        choices=["training", "sampling", "flops", "schedules", "features", "nll", "ddp", "startup"],
+        help="what to measure")
 
 
 def _throughput(report: dict, a: argparse.Namespace, device: torch.device, flops: float) -> None:
@@ -346,6 +382,8 @@ def run(a: argparse.Namespace) -> int:
         report["nll"] = bench_nll(a.preset, a.nll_batch, device, a.nll_rtol)
     if "ddp" in a.only:
         report["ddp"] = bench_ddp(a.ddp_batch, a.train_steps)
+    if "startup" in a.only:
+        report["startup"] = bench_startup()
     if a.stages:
         report["stages"] = stage_times(a.stages)
     report["peak_memory"] = _peak_memory(device)
