@@ -232,19 +232,10 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
         for j, step in enumerate(block):
             torch.manual_seed(_dropout_seed(seed, step, ctx.rank))
             rows = slice(j * plan.local, (j + 1) * plan.local)
-            idx, sigma = draws["index"][rows], draws["sigma"][rows]
-            x = to_model_range(images[idx])
-            eps = plan.epsilon(draws["position"][rows], tuple(x.shape))
-            with autocast:
-                per_example = epsilon_loss(net, x, labels[idx], sigma, eps,
-                                           draws["weight"][rows] if "weight" in draws else None)
-            optimizer.zero_grad(set_to_none=True)
-            per_example.mean().backward()  # DDP averages over ranks: the global batch's mean
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, float(grad_clip) if grad_clip else math.inf)
-            optimizer.step()
-            with torch.no_grad():  # ema = d·ema + (1 − d)·net, one fused call for all tensors
-                torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - ema_decay)
-            stats.add(step, per_example, sigma, grad_norm)
+            draw = {key: value[rows] for key, value in draws.items()}
+            per_example, grad_norm = _step(net, optimizer, params, ema, draw, images, labels, plan, autocast,
+                                           grad_clip, ema_decay)
+            stats.add(step, per_example, draw["sigma"], grad_norm)
             if progress is not None:
                 progress.update(1)
         stats.reduce(ctx)
@@ -269,6 +260,25 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
     if log_file is not None:
         log_file.close()
     return state if ctx.main else None
+
+
+def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], ema: torch.nn.Module,
+          draw: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor, plan: Plan, autocast: Any,
+          grad_clip: float | None, ema_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on the examples `draw` names (this rank's rows of the step), then the EMA update; the
+    per-example loss and the gradient norm before clipping."""
+    idx, sigma = draw["index"], draw["sigma"]
+    x = to_model_range(images[idx])
+    eps = plan.epsilon(draw["position"], tuple(x.shape))
+    with autocast:
+        per_example = epsilon_loss(net, x, labels[idx], sigma, eps, draw.get("weight"))
+    optimizer.zero_grad(set_to_none=True)
+    per_example.mean().backward()  # DDP averages over ranks: the global batch's mean
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, float(grad_clip) if grad_clip else math.inf)
+    optimizer.step()
+    with torch.no_grad():  # ema = d·ema + (1 − d)·net, one fused call for all tensors
+        torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - ema_decay)
+    return per_example, grad_norm
 
 
 def _resume_from(checkpoint_in: str | Path | None, start_step: int, chash: str, allow_config_change: bool
