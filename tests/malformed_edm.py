@@ -159,6 +159,9 @@ CASES = {
                           r"'model_channels' is -16, not an integer ≥ 1", True),
     "float-channels": (lambda p, m: with_arguments(p, model_channels=16.0),
                        r"'model_channels' is 16.0, not an integer ≥ 1", True),
+    "resolution-missing": (lambda p, m: edm_pickle.write(p, network(), {k: v for k, v in KWARGS.items()
+                                                                       if k != "img_resolution"}),
+                           r"constructor argument 'img_resolution' is missing", True),
     "resolution-0": (lambda p, m: with_arguments(p, img_resolution=0),
                      r"'img_resolution' is 0, not an integer ≥ 1", True),
     "sigma-data-nan": (lambda p, m: with_arguments(p, sigma_data=math.nan),

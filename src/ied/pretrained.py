@@ -476,6 +476,12 @@ def _compare(network, tensors: Mapping[str, Any], classes: Mapping[str, str]) ->
             raise PretrainedError(f"state {name!r} is a {tensors[name].dtype} tensor, not floating-point")
 
 
+def _required(kwargs: Mapping[str, Any]) -> None:
+    for key in ("img_resolution", "img_channels"):
+        if key not in kwargs:
+            raise PretrainedError(f"constructor argument {key!r} is missing")
+
+
 def check_network(meta: Meta) -> tuple[dict, dict]:
     """The constructor arguments and the state dict of the network under 'ema', every check passed and nothing of
     the network allocated (it is built on the meta device)."""
@@ -485,6 +491,7 @@ def check_network(meta: Meta) -> tuple[dict, dict]:
         raise PretrainedError(f"unknown class_name {meta.class_name!r} under 'ema' (known: {sorted(ARCHITECTURES)})")
     tensors, classes = _flatten(meta)
     kwargs = constructor_arguments(meta)
+    _required(kwargs)
     _check_arguments(meta.class_name, kwargs, tensors, len(classes))
     _compare(_construct(meta.class_name, kwargs, "meta"), tensors, classes)
     return kwargs, tensors
@@ -562,12 +569,6 @@ def _summary(path: Path, data: Mapping[str, Any], kwargs: dict, expect_shape: tu
     return Summary(meta.class_name, kwargs, shape, classes, rationale)
 
 
-def _required(kwargs: Mapping[str, Any]) -> None:
-    for key in ("img_resolution", "img_channels"):
-        if key not in kwargs:
-            raise PretrainedError(f"constructor argument {key!r} is missing")
-
-
 def inspect(path: str | Path, *, expect_shape: tuple[int, int, int] | None = None,
             expect_classes: int | None = None) -> Summary:
     """Every check of `import_edm` but the weights' values, reading no value and building the network on the meta
@@ -576,7 +577,6 @@ def inspect(path: str | Path, *, expect_shape: tuple[int, int, int] | None = Non
     data = read(path, with_values=False)
     try:
         kwargs, _ = check_network(data["ema"])
-        _required(kwargs)
     except PretrainedError as err:
         raise PretrainedError(f"{path}: {err}") from None
     return _summary(path, data, kwargs, expect_shape, expect_classes)
@@ -601,7 +601,6 @@ def import_edm(path: str | Path, out: str | Path, *, step: int = 0, expect_sha25
     meta = data["ema"]
     try:
         network, kwargs = build(meta)
-        _required(kwargs)
     except PretrainedError as err:
         raise PretrainedError(f"{path}: {err}; nothing was written") from None
     summary = _summary(path, data, kwargs, expect_shape, expect_classes)
