@@ -5,7 +5,7 @@ import pytest
 
 from ied.data import load_imageset
 from ied.generate import generate
-from ied.metrics import DIGITS_EXTRACTOR, MetricsError, UInt8Images, calculate, evaluate, extractor_kwargs, train_digits_cnn
+from ied.metrics import DIGITS_EXTRACTOR, MetricsError, calculate, check_weights, evaluate, train_digits_cnn
 from ied.train import train
 
 from conftest import L2, sampling_spec, tiny_spec
@@ -56,10 +56,10 @@ def test_trained_model_beats_untrained(digits, evaluator, tmp_path):
 
 def test_inception_weights_come_from_a_checked_local_file(tmp_path):
     with pytest.raises(MetricsError, match="missing.pth: feature extractor weights not found"):
-        extractor_kwargs("inception-v3-compat", tmp_path / "missing.pth", "6726825d")
+        check_weights(tmp_path / "missing.pth", "6726825d")
     (tmp_path / "fake.pth").write_bytes(b"not inception")
     with pytest.raises(MetricsError, match="fake.pth: sha256 .* does not start with the expected 6726825d"):
-        extractor_kwargs("inception-v3-compat", tmp_path / "fake.pth", "6726825d")
+        check_weights(tmp_path / "fake.pth", "6726825d")
 
 
 def test_configured_path_matches_torch_fidelity_default(inception, monkeypatch):
@@ -67,14 +67,28 @@ def test_configured_path_matches_torch_fidelity_default(inception, monkeypatch):
     import torch
     import torch_fidelity.feature_extractor_inceptionv3 as fe
     from ied.io import sha256_file
-    kwargs = extractor_kwargs("inception-v3-compat", inception, sha256_file(inception)[:8])
-    ours = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], **{
-        "feature_extractor_weights_path": kwargs["feature_extractor_weights_path"]})
+    ours = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(
+        check_weights(inception, sha256_file(inception)[:8])))
     # torch-fidelity's default fetches its file by URL; serve the same weights file instead
     monkeypatch.setattr(fe, "load_state_dict_from_url", lambda *a, **k: torch.load(inception, weights_only=False))
     default = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(ours(x)[0], default(x)[0])
+
+
+def test_a_digits_evaluation_imports_neither_torch_fidelity_nor_torchvision(digits, evaluator, tmp_path):
+    """Their package imports cost an evaluation job about 3 s of start-up; the digits route needs neither."""
+    import subprocess
+    import sys
+
+    from ied.data import ImageSet, save_imageset
+    ref = load_imageset(digits / "test.npz")
+    save_imageset(tmp_path / "s.npz", ImageSet(ref.images[::-1].copy(), ref.labels, 10), generation="{}")
+    code = (f"import sys; from ied.metrics import evaluate; evaluate({str(tmp_path / 's.npz')!r}, "
+            f"{str(digits / 'test.npz')!r}, {DIGITS_EXTRACTOR!r}, {str(evaluator[0])!r}, "
+            f"{str(tmp_path / 'row.parquet')!r}); print(sorted({{'torch_fidelity', 'torchvision'}} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]" and (tmp_path / "row.parquet").exists()
 
 
 def test_degenerate_sets_are_flagged():
@@ -98,17 +112,29 @@ def test_reference_cache_is_keyed_by_extractor_weights(digits, evaluator, tmp_pa
 
 
 def test_scores_equal_torch_fidelitys_own_calculate_metrics(digits, evaluator):
-    """calculate() assembles torch-fidelity's metric functions around its own feature cache: same numbers."""
-    import torch_fidelity
+    """calculate() extracts the features itself and scores them with `ied.fidelity`: torch-fidelity's numbers."""
+    from fidelity_reference import calculate_metrics, digits_kwargs
 
-    from ied.metrics import UInt8Images
     ref = load_imageset(digits / "test.npz").images
     gen = np.clip(ref + 30 * np.random.default_rng(1).standard_normal(ref.shape), 0, 255).astype(np.uint8)
     ours = calculate(gen, ref, DIGITS_EXTRACTOR, evaluator[0])
-    theirs = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(gen), input2=UInt8Images(ref), fid=True, isc=True, kid=True, prc=True, isc_splits=10,
-        kid_subset_size=min(1000, len(gen) // 2), cuda=False, verbose=False, save_cpu_ram=True, batch_size=256,
-        **extractor_kwargs(DIGITS_EXTRACTOR, evaluator[0]))
+    theirs = calculate_metrics(gen, ref, **digits_kwargs(evaluator[0]))
+    assert ours == {"fid": theirs["frechet_inception_distance"], "isc_mean": theirs["inception_score_mean"],
+                    "isc_std": theirs["inception_score_std"], "kid_mean": theirs["kernel_inception_distance_mean"],
+                    "kid_std": theirs["kernel_inception_distance_std"], "precision": theirs["precision"],
+                    "recall": theirs["recall"]}
+
+
+def test_inception_scores_equal_torch_fidelitys(inception):
+    """The Inception route: the same numbers as torch-fidelity's calculate_metrics on the same weights file."""
+    from fidelity_reference import calculate_metrics
+
+    rng = np.random.default_rng(3)
+    ref = rng.integers(0, 256, (24, 3, 32, 32), dtype=np.uint8)
+    gen = np.clip(ref + 60 * rng.standard_normal(ref.shape), 0, 255).astype(np.uint8)
+    ours = calculate(gen, ref, "inception-v3-compat", inception)
+    theirs = calculate_metrics(gen, ref, feature_extractor="inception-v3-compat",
+                               feature_extractor_weights_path=str(inception))
     assert ours == {"fid": theirs["frechet_inception_distance"], "isc_mean": theirs["inception_score_mean"],
                     "isc_std": theirs["inception_score_std"], "kid_mean": theirs["kernel_inception_distance_mean"],
                     "kid_std": theirs["kernel_inception_distance_std"], "precision": theirs["precision"],
@@ -153,18 +179,15 @@ def test_inception_weights_are_read_as_tensors_only(tmp_path):
 def test_fid_against_published_statistics_equals_fid_against_the_images(digits, evaluator, tmp_path):
     """Statistics (mu, sigma) of the reference's features in an .npz, as NVlabs publishes them, give the FID the
     images give; KID, precision and recall need the reference's features and are NaN."""
-    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics
+    import torch
 
-    from ied.metrics import evaluate
+    from ied.fidelity import fid_statistics
+    from ied.metrics import evaluate, extract, extractor
     ref = load_imageset(digits / "test.npz").images
     gen = np.clip(ref + 40 * np.random.default_rng(2).standard_normal(ref.shape), 0, 255).astype(np.uint8)
     paired = calculate(gen, ref, DIGITS_EXTRACTOR, evaluator[0])
-    from ied.metrics import extractor_kwargs as kw
-    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
-    kwargs = dict(input1=None, input2=UInt8Images(ref), cuda=False, batch_size=256, save_cpu_ram=True, verbose=False,
-                  **kw(DIGITS_EXTRACTOR, evaluator[0]))
-    features = create_feature_extractor(DIGITS_EXTRACTOR, ["features", "logits"], **kwargs)
-    stats = fid_featuresdict_to_statistics(extract_featuresdict_from_input_id(2, features, **kwargs), "features")
+    features, layers = extractor(DIGITS_EXTRACTOR, evaluator[0], torch.device("cpu"))
+    stats = fid_statistics(extract(ref, features, 256, torch.device("cpu"))[layers["fid"]])
     np.savez(tmp_path / "refs.npz", mu=stats["mu"].astype(np.float64), sigma=stats["sigma"])
     alone = calculate(gen, None, DIGITS_EXTRACTOR, evaluator[0], reference_statistics=(
         stats["mu"].astype(np.float64), stats["sigma"]))

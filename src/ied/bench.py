@@ -200,21 +200,17 @@ def bench_schedules(intervals: int) -> dict:
 
 
 def bench_features(n: int, device: torch.device, inception_weights: str | None) -> dict:
-    from ied.metrics import DIGITS_EXTRACTOR, DigitsCNN, extractor_kwargs, tensors_only
+    from ied.metrics import DIGITS_EXTRACTOR, DigitsCNN, extractor
 
     model = DigitsCNN().to(device).eval()
     x = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, device=device)
     with torch.no_grad():
         out = {DIGITS_EXTRACTOR: {"images_per_s": n / _timeit(lambda: model.features(x), device, 3)}}
     if inception_weights:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        kw = extractor_kwargs("inception-v3-compat", inception_weights)
-        with tensors_only(inception_weights):
-            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                              feature_extractor_weights_path=kw["feature_extractor_weights_path"])
+        net, _ = extractor("inception-v3-compat", inception_weights, device)
         x = torch.randint(0, 256, (min(n, 256), 3, 32, 32), dtype=torch.uint8, device=device)
         with torch.no_grad():
-            out["inception-v3-compat"] = {"images_per_s": len(x) / _timeit(lambda: net.to(device)(x), device, 3)}
+            out["inception-v3-compat"] = {"images_per_s": len(x) / _timeit(lambda: net(x), device, 3)}
     return out
 
 
@@ -276,8 +272,7 @@ def stage_times(results: str) -> dict:
 # What each job kind imports before its first useful work, after the CLI: its command's module (ied.cli) and what
 # that module imports inside the functions the job calls first.
 JOB_IMPORTS = {"train": "ied.train", "generate": "ied.generate",
-               "evaluate": "ied.metrics, torch_fidelity.metric_fid, torch_fidelity.metric_isc, "
-                           "torch_fidelity.metric_kid, torch_fidelity.metric_prc, torch_fidelity.registry",
+               "evaluate": "ied.metrics, ied.fidelity, ied.device, pandas",
                "nll": "ied.nll, torch, pandas, scipy.integrate, ied.checkpoints, ied.data, ied.rationales",
                "tables": "ied.tables", "figures": "ied.figures"}
 

@@ -1,4 +1,5 @@
-"""FID, Inception Score and KID through torch-fidelity, with Inception or a digits CNN as extractor."""
+"""Scoring sample sets: FID, IS, KID, precision and recall (`ied.fidelity`) on the features of Inception
+(torch-fidelity's) or of a digits CNN, and the result row of one evaluation."""
 from __future__ import annotations
 
 import contextlib
@@ -25,19 +26,6 @@ DIGITS_EXTRACTOR = DIGITS_CNN
 
 class MetricsError(RuntimeError):
     """A missing or wrong feature-extractor file, or unusable inputs; the message names the file."""
-
-
-class UInt8Images(torch.utils.data.Dataset):
-    """uint8 C×H×W tensors for torch-fidelity."""
-
-    def __init__(self, images: np.ndarray):
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
 
 
 class DigitsCNN(nn.Module):
@@ -79,50 +67,9 @@ def train_digits_cnn(train: ImageSet, test: ImageSet, out: str | Path, epochs: i
     return float(accuracy)
 
 
-def _register_digits_extractor() -> None:
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-
-    class DigitsFeatureExtractor(FeatureExtractorBase):
-        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-            super().__init__(name, features_list)
-            if feature_extractor_weights_path is None:
-                raise MetricsError("the digits extractor needs feature_extractor_weights_path")
-            self.model = DigitsCNN()
-            state = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(state["state_dict"])
-            self.requires_grad_(False)
-            self.eval()
-
-        @staticmethod
-        def get_provided_features_list():
-            return ("features", "logits")
-
-        @staticmethod
-        def get_default_feature_layer_for_metric(metric):
-            return {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}[metric]
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-
-        def forward(self, x):
-            feats, logits = self.model.features(x)
-            out = {"features": feats, "logits": logits}
-            return tuple(out[name] for name in self.features_list)
-
-    if DIGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(DIGITS_EXTRACTOR, DigitsFeatureExtractor)
-
-
-def extractor_kwargs(extractor: str, weights_path: str | Path, sha256: str | None = None) -> dict[str, Any]:
-    """torch-fidelity arguments for an extractor whose weights come from a local file (never downloaded).
-
-    `sha256`: the expected digest, or its leading hex digits (torch.hub's convention); checked if given."""
+def check_weights(weights_path: str | Path, sha256: str | None = None) -> Path:
+    """The extractor's local weights file (never downloaded), its digest checked if `sha256` is given (the full
+    digest or its leading hex digits, torch.hub's convention)."""
     path = Path(weights_path)
     if not path.is_file():
         raise MetricsError(f"{path}: feature extractor weights not found (feature_extractor_weights_path)")
@@ -130,14 +77,7 @@ def extractor_kwargs(extractor: str, weights_path: str | Path, sha256: str | Non
         digest = content_sha256(path)
         if not digest.startswith(sha256):
             raise MetricsError(f"{path}: sha256 {digest[:12]}… does not start with the expected {sha256}")
-    if extractor == INCEPTION:
-        return {"feature_extractor": extractor, "feature_extractor_weights_path": str(path)}
-    if extractor == DIGITS_EXTRACTOR:
-        _register_digits_extractor()
-        return {"feature_extractor": extractor, "feature_extractor_weights_path": str(path),
-                "feature_layer_isc": "logits", "feature_layer_fid": "features", "feature_layer_kid": "features",
-                "feature_layer_prc": "features"}
-    raise MetricsError(f"unknown feature extractor {extractor!r}")
+    return path
 
 
 def degenerate(images: np.ndarray) -> str | None:
@@ -217,60 +157,86 @@ def cached_features(path: Path | None, compute: Callable[[], dict[str, torch.Ten
     return features
 
 
-def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor: str, weights_path: str | Path, *,
+Extractor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _digits_extractor(weights_path: str | Path, device: torch.device) -> tuple[Extractor, dict[str, str]]:
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True)["state_dict"])
+    model.requires_grad_(False).eval().to(device)
+    layers = {"isc": "logits", "fid": "features", "kid": "features", "prc": "features"}
+    return lambda x: dict(zip(("features", "logits"), model.features(x))), layers
+
+
+def _inception_extractor(weights_path: str | Path, device: torch.device) -> tuple[Extractor, dict[str, str]]:
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    layers = {metric: FeatureExtractorInceptionV3.get_default_feature_layer_for_metric(metric)
+              for metric in ("isc", "fid", "kid", "prc")}
+    names = sorted(set(layers.values()))
+    with tensors_only(weights_path):
+        model = FeatureExtractorInceptionV3(INCEPTION, names, feature_extractor_weights_path=str(weights_path))
+    model.requires_grad_(False).eval().to(device)
+    return lambda x: dict(zip(names, model(x))), layers
+
+
+def extractor(name: str, weights_path: str | Path, device: torch.device, sha256: str | None = None
+              ) -> tuple[Extractor, dict[str, str]]:
+    """The feature extractor (uint8 batch → features by name) and the feature each metric reads."""
+    builders = {INCEPTION: _inception_extractor, DIGITS_EXTRACTOR: _digits_extractor}
+    if name not in builders:
+        raise MetricsError(f"unknown feature extractor {name!r}")
+    return builders[name](check_weights(weights_path, sha256), device)
+
+
+def extract(images: np.ndarray, features: Extractor, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Features of uint8 N×C×H×W images, in batches, on the CPU."""
+    out: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for batch in torch.from_numpy(np.ascontiguousarray(images)).split(min(batch_size, len(images))):
+            for name, value in features(batch.to(device)).items():
+                out.setdefault(name, []).append(value.cpu())
+    return {name: torch.cat(values) for name, values in out.items()}
+
+
+def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor_name: str, weights_path: str | Path, *,
               sha256: str | None = None, cache_root: str | Path | None = None,
               reference_cache_name: str | None = None, isc: bool = True, batch_size: int = 256,
               device: str = "auto", reference_statistics: tuple[np.ndarray, np.ndarray] | None = None
               ) -> dict[str, float]:
-    """torch-fidelity's FID, IS (10 splits), KID, and precision and recall (k = 3, Kynkäänniemi et al.) of
-    `generated` against `reference` (uint8 N×C×H×W), all on the one extractor's features.
+    """FID, IS (10 splits), KID, and precision and recall (k = 3, Kynkäänniemi et al.) of `generated` against
+    `reference` (uint8 N×C×H×W), all on the one extractor's features, as torch-fidelity computes them.
 
     The reference's features are cached under `cache_root` as `<reference_cache_name>.npz` (checksummed). With
     `reference_statistics` (mu, sigma) instead of reference images, FID is computed against them (in float64, as
     published statistics are) and KID, precision and recall, which need the reference's features, are NaN."""
-    from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
-    from torch_fidelity.metric_isc import isc_featuresdict_to_metric
-    from torch_fidelity.metric_kid import kid_featuresdict_to_metric
-    from torch_fidelity.metric_prc import prc_featuresdict_to_metric
-    from torch_fidelity.utils import (create_feature_extractor, extract_featuresdict_from_input_id,
-                                      resolve_feature_layer_for_metric)
-
+    from ied import fidelity
     from ied.device import choose
 
-    paired = reference is not None
-    kwargs = dict(input1=UInt8Images(generated), fid=True, isc=isc, kid=paired, prc=paired, isc_splits=10,
-                  cuda=choose(device).type == "cuda", batch_size=batch_size, save_cpu_ram=True, verbose=False,
-                  cache=False, **extractor_kwargs(extractor, weights_path, sha256))
-    if paired:  # KID subsets must differ for a standard deviation
-        kwargs.update(input2=UInt8Images(reference), kid_subset_size=min(1000, len(generated) // 2, len(reference) // 2))
-    layers = {metric: resolve_feature_layer_for_metric(metric, **kwargs) for metric in ("isc", "fid", "kid", "prc")}
-    with tensors_only(weights_path):
-        features = create_feature_extractor(kwargs["feature_extractor"], sorted(set(layers.values())), **kwargs)
-    gen = extract_featuresdict_from_input_id(1, features, **kwargs)
-    result = {"kernel_inception_distance_mean": math.nan, "kernel_inception_distance_std": math.nan,
-              "precision": math.nan, "recall": math.nan}
-    if paired:
+    where = choose(device)
+    features, layers = extractor(extractor_name, weights_path, where, sha256)
+    gen = extract(generated, features, batch_size, where)
+    result = {"kid_mean": math.nan, "kid_std": math.nan, "precision": math.nan, "recall": math.nan}
+    if reference is not None:
         cache = Path(cache_root) / f"{reference_cache_name}.npz" if cache_root and reference_cache_name else None
-        ref = cached_features(cache, lambda: extract_featuresdict_from_input_id(2, features, **kwargs))
-        result.update(fid_statistics_to_metric(fid_featuresdict_to_statistics(gen, layers["fid"]),
-                                               fid_featuresdict_to_statistics(ref, layers["fid"]), False))
-        result.update(kid_featuresdict_to_metric(gen, ref, layers["kid"], **kwargs))
-        result.update(prc_featuresdict_to_metric(gen, ref, layers["prc"], **kwargs))
+        ref = cached_features(cache, lambda: extract(reference, features, batch_size, where))
+        result["fid"] = fidelity.frechet_distance(fidelity.fid_statistics(gen[layers["fid"]]),
+                                                  fidelity.fid_statistics(ref[layers["fid"]]))
+        subset = min(fidelity.KID_SUBSET_SIZE, len(generated) // 2, len(reference) // 2)  # subsets must differ
+        result["kid_mean"], result["kid_std"] = fidelity.kernel_inception_distance(
+            gen[layers["kid"]], ref[layers["kid"]], subset_size=subset)
+        result["precision"], result["recall"] = fidelity.precision_recall(gen[layers["prc"]], ref[layers["prc"]])
     else:
-        ours = {k: np.asarray(v, np.float64) for k, v in fid_featuresdict_to_statistics(gen, layers["fid"]).items()}
+        ours = {k: np.asarray(v, np.float64) for k, v in fidelity.fid_statistics(gen[layers["fid"]]).items()}
         mu, sigma = reference_statistics
         if mu.shape != ours["mu"].shape:
-            raise MetricsError(f"the reference statistics are of {mu.shape[0]}-dimensional features, {extractor}'s "
-                               f"FID features have {ours['mu'].shape[0]}")
-        result.update(fid_statistics_to_metric(ours, {"mu": mu, "sigma": sigma}, False))
-    if isc:
-        result.update(isc_featuresdict_to_metric(gen, layers["isc"], **kwargs))
-    return {"fid": float(result["frechet_inception_distance"]),
-            "isc_mean": float(result.get("inception_score_mean", math.nan)),
-            "isc_std": float(result.get("inception_score_std", math.nan)),
-            "kid_mean": float(result["kernel_inception_distance_mean"]),
-            "kid_std": float(result["kernel_inception_distance_std"]),
-            "precision": float(result["precision"]), "recall": float(result["recall"])}
+            raise MetricsError(f"the reference statistics are of {mu.shape[0]}-dimensional features, "
+                               f"{extractor_name}'s FID features have {ours['mu'].shape[0]}")
+        result["fid"] = fidelity.frechet_distance(ours, {"mu": mu, "sigma": sigma})
+    result["isc_mean"], result["isc_std"] = (fidelity.inception_score(gen[layers["isc"]]) if isc
+                                             else (math.nan, math.nan))
+    return {key: float(result[key]) for key in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision",
+                                                 "recall")}
 
 
 def reference_cache_name(reference: str | Path, extractor: str, weights_path: str | Path) -> str:
@@ -290,8 +256,9 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
     The samples must be images as the reference's are: uint8 (quantised as the dataset's images were) of the same
     channels and size (`expect_shape` when only statistics are given). A degenerate set (constant or all-alike
     images) is scored but flagged, so the tables never rank it."""
+    from importlib.metadata import version
+
     import pandas as pd
-    import torch_fidelity
 
     from ied.data import FID_FEATURES, DataError, read_fid_statistics
 
@@ -325,7 +292,7 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
            "checkpoint_step": info.get("checkpoint_step"), "seed_set": info.get("seed_set"),
            "n_samples": len(gen), "reference_split": source, "extractor": extractor, **scores,
            "degenerate": problem or "", "seconds": time.perf_counter() - tick,
-           "versions": json.dumps({"torch": torch.__version__, "torch_fidelity": torch_fidelity.__version__,
+           "versions": json.dumps({"torch": torch.__version__, "torch_fidelity": version("torch-fidelity"),
                                    "python": platform.python_version()})}
     with atomic_path(out) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)

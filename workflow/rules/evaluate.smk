@@ -1,5 +1,5 @@
 rule evaluate:
-    """FID, IS and KID of one samples file (torch-fidelity) → one Parquet row."""
+    """FID, IS, KID, precision and recall of one samples file (ied.fidelity) → one Parquet row."""
     input:
         samples=out(layout.SAMPLES),
         reference=[out(layout.DATA, split=REFERENCE)] if REFERENCE else [],
