@@ -19,8 +19,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 run: $(STAMP)  ## the whole chain on the embedded digits dataset
 	snakemake --cores 2
 
-test: $(STAMP)  ## every test, the slow end-to-end ones included
-	$(PYTHON) -m pytest
+test: $(STAMP)  ## every test, the slow end-to-end ones included, on two pytest-xdist workers
+	$(PYTHON) -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	snakemake --lint

@@ -7,12 +7,27 @@ import pytest
 import torch
 import yaml
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# one thread per pytest-xdist worker (`make test` runs two), up to two otherwise
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
 
 TINY_NET = {"base_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "dropout": 0.1, "attention": True,
             "sigma_data": 0.5}
 L2 = {"family": "l2", "sigma_min": 0.002, "sigma_max": 80.0, "v_max": 1.0}
 VE = {"family": "ve", "sigma_min": 0.002, "sigma_max": 80.0}
+
+
+SHARED_RUNS = ("e2e_run", "small_reference")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (--dist loadgroup) the tests of one shared finished run go to one worker, which makes the
+    run once; the other tests spread over the workers."""
+    for item in items:
+        for run in SHARED_RUNS:
+            if run in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(run))
+                break
 
 
 @pytest.fixture(scope="session")
