@@ -25,6 +25,7 @@ CASES = {
     "euler": {}, "heun": {},
     "edm_stochastic": {"S_churn": 40, "S_tmin": 0.05, "S_tmax": 50, "S_noise": 1.0},
     "s2n-deterministic": {"gamma": 0.026}, "s2n-ancestral": {"gamma": 1, "delta": 1, "rho": 1},
+    "dpmpp_2m": {}, "ipndm": {}, "unipc": {},
 }
 # Left-point g(t_i)²Δt overshoots where the density at σ_max is ~0: the variance added by the first
 # step exceeds σ_max² unless N ≫ g(1)²/σ_max² (test_em_instability_is_real); 'difference' is the fix.
@@ -298,3 +299,134 @@ def test_edm_churn_window_includes_its_bounds():
     narrower = {**window, "S_tmin": levels[5] * 1.0001, "S_tmax": levels[2] * 0.9999}
     assert not torch.allclose(SAMPLERS["edm_stochastic"](gaussian_denoiser, latents, r, steps,
                                                          generator=CountingNoise(3), **narrower), ours)
+
+
+# --- the low-NFE solvers: against diffusers (Apache-2.0, a test dependency), the published formulas, their order --
+
+MIXTURE = (torch.tensor([[-1.0, 0.5], [0.8, -0.3], [0.2, 1.2]], dtype=F64), torch.tensor([0.3, 0.1, 0.2], dtype=F64),
+           torch.tensor([0.5, 0.3, 0.2], dtype=F64))  # means, standard deviations, weights
+
+
+def mixture_denoiser(x, sigma, labels=None):
+    """E[y | x] for y ~ Σ π_k N(μ_k, s_k² I), x = y + σ n: posterior weights times each component's mean."""
+    means, stds, weights = MIXTURE
+    var = stds[None, :] ** 2 + sigma[:, None] ** 2  # [B, K]
+    log_w = torch.log(weights)[None] - ((x[:, None, :] - means[None]) ** 2).sum(-1) / (2 * var) - x.shape[1] * torch.log(var) / 2
+    post = torch.softmax(log_w, dim=1)
+    component = (stds[None, :, None] ** 2 * x[:, None, :] + sigma[:, None, None] ** 2 * means[None]) / var[..., None]
+    return (post[..., None] * component).sum(1)
+
+
+EXACT_DENOISERS = {"gaussian": gaussian_denoiser, "mixture": mixture_denoiser, "points": ideal_denoiser}
+
+
+def _diffusers_scheduler(cls, sigmas, **config):
+    """A diffusers multistep scheduler stepping on `sigmas` (float64, ending in 0) instead of its own grid."""
+    scheduler = cls(**config)
+    scheduler.set_timesteps(len(sigmas) - 1)
+    scheduler.sigmas = torch.tensor(sigmas, dtype=F64)
+    return scheduler
+
+
+def _vp(sigma):  # diffusers keeps the VP sample α x with α = 1/√(1 + σ²); the data-prediction steps are the same
+    return 1 / math.sqrt(1 + sigma**2)
+
+
+def diffusers_dpmpp_2m(denoiser, latents, sigmas):
+    """diffusers' DPM-Solver++ (midpoint, order 2) update functions, first order on the first and the last step as
+    its step() orders them (step() itself casts to float32, so its two updates are called here in float64)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = _diffusers_scheduler(DPMSolverMultistepScheduler, sigmas, algorithm_type="dpmsolver++", solver_order=2,
+                                 solver_type="midpoint", final_sigmas_type="zero", lower_order_final=True)
+    sample = latents.double() * sigmas[0] * _vp(sigmas[0])
+    outputs = []
+    for i in range(len(sigmas) - 1):
+        sched._step_index = i
+        denoised = denoiser(sample / _vp(sigmas[i]), sample.new_full((len(sample),), sigmas[i]))
+        outputs = [*outputs[-1:], denoised]
+        if i == 0 or sigmas[i + 1] == 0:
+            sample = sched.dpm_solver_first_order_update(denoised, sample=sample)
+        else:
+            sample = sched.multistep_dpm_solver_second_order_update(outputs, sample=sample)
+    return sample
+
+
+def diffusers_unipc(denoiser, latents, sigmas):
+    """diffusers' UniPC (bh2, order 2, data prediction) through its own step()."""
+    from diffusers import UniPCMultistepScheduler
+
+    sched = _diffusers_scheduler(UniPCMultistepScheduler, sigmas, solver_order=2, solver_type="bh2",
+                                 predict_x0=True, prediction_type="sample", lower_order_final=True,
+                                 final_sigmas_type="zero")
+    sample = latents.double() * sigmas[0] * _vp(sigmas[0])
+    for i, t in enumerate(sched.timesteps):
+        denoised = denoiser(sample / _vp(sigmas[i]), sample.new_full((len(sample),), sigmas[i]))
+        sample = sched.step(denoised, t, sample, return_dict=False)[0]
+    return sample
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' own numpy use
+@pytest.mark.parametrize("data", EXACT_DENOISERS)
+@pytest.mark.parametrize("name, reference", [("dpmpp_2m", diffusers_dpmpp_2m), ("unipc", diffusers_unipc)])
+def test_low_nfe_solvers_equal_diffusers_in_float64(name, reference, data):
+    """On the same σ grid (EDM ρ = 7, 3 to 12 levels) and exact denoisers, ≤ 1e-10 apart."""
+    r = rationale(RATIONALES["edm"])
+    latents = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    denoiser = EXACT_DENOISERS[data]
+    for steps in (3, 5, 12):
+        ours = SAMPLERS[name](denoiser, latents, r, steps)
+        with torch_default_float64():
+            theirs = reference(denoiser, latents, noise_levels(r, steps).tolist())
+        assert (ours - theirs).abs().max().item() <= 1e-10, (steps, (ours - theirs).abs().max().item())
+
+
+class torch_default_float64:
+    """diffusers builds some coefficients with torch.tensor(list): make them float64 as the grid is."""
+
+    def __enter__(self):
+        self.saved = torch.get_default_dtype()
+        torch.set_default_dtype(F64)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.saved)
+
+
+@pytest.mark.parametrize("data", EXACT_DENOISERS)
+def test_ipndm_is_the_published_adams_bashforth_recursion(data):
+    """Zhang & Chen 2023's iPNDM written out for 6 steps: orders 1, 2, 3, 4, 4, 4 with fixed coefficients on
+    d = (x − D)/σ, the last step to σ = 0 included."""
+    r = rationale(RATIONALES["edm"])
+    denoiser = EXACT_DENOISERS[data]
+    latents = torch.randn(64, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    s = noise_levels(r, 6).tolist()
+    x, d = latents * s[0], []
+    for i in range(6):
+        d.insert(0, (x - denoiser(x, x.new_full((64,), s[i]))) / s[i])
+        h = s[i + 1] - s[i]
+        if i == 0:
+            x = x + h * d[0]
+        elif i == 1:
+            x = x + h * (3 * d[0] - d[1]) / 2
+        elif i == 2:
+            x = x + h * (23 * d[0] - 16 * d[1] + 5 * d[2]) / 12
+        else:
+            x = x + h * (55 * d[0] - 59 * d[1] + 37 * d[2] - 9 * d[3]) / 24
+    assert (SAMPLERS["ipndm"](denoiser, latents, r, 6) - x).abs().max().item() <= 1e-12
+
+
+def test_global_order_of_convergence_on_gaussian_data():
+    """Gaussian data N(0, s²I) has the exact probability-flow solution x(σ) = x(σ_max) √((s² + σ²)/(s² + σ_max²)).
+    The error at σ = 0 halves about 2× per doubling of the steps for Euler, 4× or more for the others (σ_min = 1e-4
+    keeps the last step's own error, σ_min²/2s² relative, below what is measured)."""
+    r = rationale({"family": "edm", "rho": 7, "sigma_min": 1e-4, "sigma_max": 80})
+    denoiser = lambda x, sigma, labels=None: S**2 / (S**2 + sigma[:, None] ** 2) * x
+    latents = torch.randn(16, 3, generator=torch.Generator().manual_seed(6), dtype=F64)
+    exact = latents * 80 * S / math.sqrt(S**2 + 80**2)
+    orders = {}
+    for name in ("euler", "heun", "dpmpp_2m", "ipndm", "unipc"):
+        errors = [(SAMPLERS[name](denoiser, latents, r, n) - exact).abs().max().item() for n in (64, 128)]
+        orders[name] = math.log2(errors[0] / errors[1])
+    print({k: round(v, 2) for k, v in orders.items()})
+    assert 0.9 <= orders["euler"] <= 1.1
+    assert all(orders[name] >= 2.0 for name in ("heun", "dpmpp_2m", "ipndm", "unipc")), orders

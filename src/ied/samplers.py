@@ -163,16 +163,113 @@ def s2n(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, 
     return x
 
 
+def dpmpp_2m(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+             class_labels: Any = None, generator: Any = None) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): data prediction, the exponential integrator in λ = −log σ with
+    the denoiser extrapolated from the last two levels; first order on the first step and on the step to σ = 0."""
+    sigma = noise_levels(schedule, steps).tolist()
+    x = latents.double() * sigma[0]
+    previous = None
+    for i in range(steps):
+        s, s_next = sigma[i], sigma[i + 1]
+        denoised = _denoise(denoiser, x, s, class_labels)
+        if s_next == 0:
+            x = denoised  # the exponential integrator's limit: σ_next/σ → 0, 1 − e^{−h} → 1
+        else:
+            h = math.log(s / s_next)
+            d = denoised
+            if previous is not None:  # D_i = (1 + 1/2r) D(σ_i) − (1/2r) D(σ_{i−1}), r = h_{i−1}/h_i
+                r = math.log(sigma[i - 1] / s) / h
+                d = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
+            x = (s_next / s) * x - math.expm1(-h) * d
+        previous = denoised
+    return x
+
+
+# Adams–Bashforth coefficients of orders 1–4 on equal steps, newest derivative first (iPNDM keeps them fixed).
+_ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+def ipndm(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+          class_labels: Any = None, generator: Any = None) -> Tensor:
+    """iPNDM (Zhang & Chen 2023) on dx/dσ = (x − D(x; σ))/σ: Adams–Bashforth steps of order min(i + 1, 4), the
+    lower orders while fewer past derivatives exist, with the fixed equal-step coefficients."""
+    sigma = noise_levels(schedule, steps).tolist()
+    x = latents.double() * sigma[0]
+    history: list[Any] = []  # dx/dσ at the last levels, newest first
+    for i in range(steps):
+        history = [(x - _denoise(denoiser, x, sigma[i], class_labels)) / sigma[i], *history[:3]]
+        slope = sum(c * d for c, d in zip(_ADAMS_BASHFORTH[len(history) - 1], history))
+        x = x + (sigma[i + 1] - sigma[i]) * slope
+    return x
+
+
+def _unic_weights(h: float, r: float | None) -> tuple[float, ...]:
+    """UniC's weights with B(h) = e^{−h} − 1 (bh2, data prediction): (ρ₁, ρ_t) solving R ρ = g/B for the nodes
+    (r, 1), or (½,) when there is no earlier level (order 1)."""
+    if r is None:
+        return (0.5,)
+    hh = -h
+    b = math.expm1(hh)
+    g1 = b / hh - 1                    # h φ₂-type terms of the data-prediction expansion, k! g_k
+    g2 = 2 * (g1 / hh - 0.5)
+    # R = [[1, 1], [r, 1]]
+    rho_1 = (g1 / b - g2 / b) / (1 - r)
+    return (rho_1, g1 / b - rho_1)
+
+
+def unipc(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+          class_labels: Any = None, generator: Any = None) -> Tensor:
+    """UniPC (Zhao et al. 2023), B(h) = e^h − 1 (bh2), order 2, data prediction: the UniP-2 predictor, then the
+    UniC corrector with the denoiser evaluated at the predicted point, an evaluation the next step reuses (one
+    call per step). The first step is UniP-1 (DDIM) with UniC-1; the step to σ = 0 is DDIM's, x = D, uncorrected."""
+    sigma = noise_levels(schedule, steps).tolist()
+    x = latents.double() * sigma[0]
+    model = [_denoise(denoiser, x, sigma[0], class_labels)]  # D at the levels so far, at the predicted points
+    for i in range(steps):
+        s, s_next = sigma[i], sigma[i + 1]
+        if s_next == 0:
+            return model[-1]
+        h = math.log(s / s_next)  # λ_next − λ, λ = −log σ
+        b = math.expm1(-h)        # B(h) of data prediction, e^{−h} − 1
+        ddim = (s_next / s) * x - b * model[-1]
+        r = math.log(s / sigma[i - 1]) / h if i else None  # the earlier level's node, (λ_{i−1} − λ_i)/h < 0
+        d1 = (model[-2] - model[-1]) / r if i else None
+        predicted = ddim if i == 0 else ddim - b * 0.5 * d1  # UniP-2 takes ρ = ½ (its h → 0 limit)
+        model.append(_denoise(denoiser, predicted, s_next, class_labels))
+        rho = _unic_weights(h, r)
+        correction = rho[-1] * (model[-1] - model[-2]) + (rho[0] * d1 if i else 0.0)
+        x = ddim - b * correction
+        model = model[-2:]
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., Any]] = {
     "euler_maruyama": euler_maruyama, "euler": euler, "heun": heun, "edm_stochastic": edm_stochastic, "s2n": s2n,
+    "dpmpp_2m": dpmpp_2m, "ipndm": ipndm, "unipc": unipc,
 }
-_NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler": (1, 0), "s2n": (1, 0), "heun": (2, -1), "edm_stochastic": (2, -1)}
+_NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler": (1, 0), "s2n": (1, 0), "heun": (2, -1), "edm_stochastic": (2, -1),
+                 "dpmpp_2m": (1, 0), "ipndm": (1, 0), "unipc": (1, 0)}
 
 
 def nfe(sampler: str, steps: int) -> int:
     """Denoiser evaluations per image for `steps` steps of `sampler`."""
     per_step, offset = _NFE_PER_STEP[sampler]
     return per_step * steps + offset
+
+
+def steps_for_nfe(sampler: str, target: int) -> int:
+    """The steps at which `sampler` makes `target` denoiser evaluations per image. Raises ValueError naming the
+    nearest NFE it can make when no step count makes exactly `target`."""
+    per_step, offset = _NFE_PER_STEP[sampler]
+    steps, rest = divmod(target - offset, per_step)
+    if rest == 0 and steps >= 1:
+        return steps
+    nearest = sorted({nfe(sampler, max(1, k)) for k in (steps, steps + 1)}, key=lambda n: (abs(n - target), n))
+    closest = [n for n in nearest if abs(n - target) == abs(nearest[0] - target)]
+    rule = f"{per_step}·steps {'−' if offset < 0 else '+'} {abs(offset)}" if offset else f"{per_step}·steps"
+    raise ValueError(f"{sampler} cannot make {target} denoiser evaluations per image (NFE = {rule}); the nearest it "
+                     f"can: {' or '.join(map(str, closest))}")
 
 
 def sampler_options(sampler: str) -> dict[str, inspect.Parameter]:
