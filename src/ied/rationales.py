@@ -315,6 +315,43 @@ class Tabulated(Rationale):
         return s
 
 
+class PiecewiseLogLinear(Rationale):
+    """A rationale given by its CDF at knots σ_min = σ_0 < … < σ_K = σ_max (Φ rising strictly from 0 to 1), linear in
+    log σ between knots, so φ(σ) = ΔΦ/(Δ ln σ)/σ there. Its schedule passes through every knot: σ(Φ_k) = σ_k."""
+
+    def __init__(self, name: str, sigma: Array, cdf: Array, spec: Mapping[str, Any] | None = None):
+        sigma, cdf = _f64(sigma), _f64(cdf)
+        if sigma.ndim != 1 or len(sigma) < 2 or sigma.shape != cdf.shape:
+            raise RationaleError(name, "sigma", "needs at least two knots, as many CDF values as levels")
+        if not (sigma[0] > 0 and np.all(np.diff(sigma) > 0) and np.all(np.diff(cdf) > 0)
+                and cdf[0] == 0.0 and cdf[-1] == 1.0 and np.isfinite(sigma).all()):
+            raise RationaleError(name, "sigma", "knots must rise strictly (σ > 0), the CDF strictly from 0 to 1")
+        super().__init__(name, sigma[0], sigma[-1], spec)
+        self.knots, self.knot_cdf = sigma, cdf
+        self._u = np.log(sigma)
+        self._slope = np.diff(cdf) / np.diff(self._u)
+
+    def density(self, sigma: Array) -> Array:
+        return self.pdf(sigma)
+
+    @_quiet
+    def pdf(self, sigma: Array) -> Array:
+        sigma = _f64(sigma)
+        k = np.clip(np.searchsorted(self._u, np.log(np.clip(sigma, self.sigma_min, self.sigma_max))) - 1, 0,
+                    len(self._slope) - 1)
+        return np.where(self._inside(sigma), self._slope[k] / sigma, 0.0)
+
+    @_quiet
+    def cdf(self, sigma: Array) -> Array:
+        return np.interp(np.log(np.clip(_f64(sigma), self.sigma_min, self.sigma_max)), self._u, self.knot_cdf)
+
+    @_quiet
+    def sigma(self, t: Array) -> Array:
+        t = np.clip(_f64(t), 0.0, 1.0)
+        sigma = np.clip(np.exp(np.interp(t, self.knot_cdf, self._u)), self.sigma_min, self.sigma_max)
+        return np.where(t == 1.0, self.sigma_max, np.where(t == 0.0, self.sigma_min, sigma))
+
+
 class L2(Tabulated):
     """Squared L2 distance of N(±v, σ²) (eq. 43); closed-form CDF, numerical inverse.
 

@@ -1,0 +1,271 @@
+"""Sampling schedules fitted to a denoiser, and the rationale through given noise levels.
+
+Two methods, both on a fine grid of a base rationale's levels and a teacher: the probability-flow trajectory
+of pilot latents through those levels (Heun with sub-steps).
+- `fit_schedule`: the levels a sampler visits at a given NFE, by dynamic programming over the fine grid (GITS,
+  Chen et al. 2024): a path σ_max = s_0 > … > s_{N−1} = σ_min through fine levels whose summed cost is least, the
+  cost of a jump being the sampler's local error there against the teacher.
+- `cost_density`: a density whose CDF spaces levels evenly in accumulated cost (the score-optimal grids of
+  Williams et al. 2024, σ_i = Λ⁻¹(iΛ/N), Λ = ∫√δ), for every NFE at once.
+`rationale_through` turns levels into a rationale (σ(t_i) = s_i at t_i = 1 − i/(N−1)), so a fitted schedule is
+sampled, tabled and plotted like any other. Torch is used through tensor methods only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ied.rationales import PiecewiseLogLinear, Rationale
+from ied.samplers import noise_levels
+
+FINE_LEVELS = 120
+TEACHER_SUBSTEPS = 4
+THROUGH_KNOTS = 16  # knots per interval of `rationale_through` that follow the base's shape
+LOG_UNIFORM_SHARE = 1e-3  # of each interval's mass spread log-uniformly, so a flat base CDF never makes a flat one
+FITTED_SAMPLERS = ("euler", "heun", "dpmpp_2m", "ipndm", "unipc")
+HISTORY_FREE = ("euler", "heun")  # one-step samplers; the multistep ones' cost depends on the jump before
+
+Denoiser = Callable[..., Any]
+
+
+class FittingError(ValueError):
+    """A fit that cannot be made (an unknown sampler, too few fine levels for the NFE)."""
+
+
+@dataclass
+class Teacher:
+    """The probability-flow trajectory of pilot latents through fine levels (decreasing, σ_max … σ_min): the
+    states x_k and the denoiser's outputs D(x_k; σ_k), and how many denoiser calls it took."""
+
+    sigmas: np.ndarray
+    states: list
+    denoised: list
+    calls: int
+
+
+def _denoise(denoiser: Denoiser, x: Any, sigma: float, class_labels: Any) -> Any:
+    return denoiser(x, x.new_full((x.shape[0],), sigma), class_labels).double()
+
+
+def fine_levels(base: Rationale, levels: int = FINE_LEVELS) -> np.ndarray:
+    """`levels` noise levels of the base rationale's schedule, σ(t) at uniform t from 1 to 0."""
+    return base.sigma(np.linspace(1.0, 0.0, levels))
+
+
+def teacher(denoiser: Denoiser, latents: Any, sigmas: np.ndarray, substeps: int = TEACHER_SUBSTEPS,
+            class_labels: Any = None) -> Teacher:
+    """Heun through `sigmas` with `substeps` log-spaced sub-steps per interval, from latents × σ_max."""
+    x = latents.double() * float(sigmas[0])
+    states, denoised = [x], [_denoise(denoiser, x, float(sigmas[0]), class_labels)]
+    calls = 1
+    for a, b in zip(sigmas[:-1], sigmas[1:]):
+        sub = np.geomspace(a, b, substeps + 1)
+        d = denoised[-1]
+        for k, (s, s_next) in enumerate(zip(sub[:-1], sub[1:])):
+            if k:
+                d = _denoise(denoiser, x, float(s), class_labels)
+                calls += 1
+            slope = (x - d) / s
+            euler = x + (s_next - s) * slope
+            end = _denoise(denoiser, euler, float(s_next), class_labels)
+            x = x + (s_next - s) * 0.5 * (slope + (euler - end) / s_next)
+            calls += 1
+        states.append(x)
+        denoised.append(_denoise(denoiser, x, float(b), class_labels))
+        calls += 1
+        if not (bool(x.isfinite().all()) and bool(denoised[-1].isfinite().all())):
+            raise FittingError(f"the teacher's trajectory is not finite at σ = {b:.6g}")
+    return Teacher(np.asarray(sigmas, dtype=np.float64), states, denoised, calls)
+
+
+def _rms(residual: Any, scale: Any) -> Any:
+    """Root-mean-square of a residual per element relative to the teacher's state there (an error relative to the
+    state's size: what it becomes at the end of a contracting flow); leading dimensions are kept."""
+    dims = tuple(range(residual.ndim - scale.ndim, residual.ndim))
+    return ((residual**2).mean(dim=dims) / (scale**2).mean()) ** 0.5
+
+
+def _slope(path: Teacher, k: int) -> Any:
+    return (path.states[k] - path.denoised[k]) / path.sigmas[k]
+
+
+def jump_cost(denoiser: Denoiser, path: Teacher, i: int, j: int, sampler: str, class_labels: Any = None) -> float:
+    """The local error of a first step of `sampler` from the teacher's state at level i to level j (no history):
+    Euler's and iPNDM's (an Euler step), DPM-Solver++(2M)'s and UniPC's predictor (the exponential integrator's,
+    DDIM) from the teacher's evaluation at i, so no denoiser call; Heun's own step, which evaluates the denoiser
+    once more at j."""
+    x, d, s, s_next = path.states[i], path.denoised[i], path.sigmas[i], path.sigmas[j]
+    if sampler in ("dpmpp_2m", "unipc"):
+        step = (s_next / s) * x + (1 - s_next / s) * d
+    else:
+        slope = _slope(path, i)
+        step = x + (s_next - s) * slope
+        if sampler == "heun":
+            end = _denoise(denoiser, step, float(s_next), class_labels)
+            step = x + (s_next - s) * 0.5 * (slope + (step - end) / s_next)
+    return float(_rms(step - path.states[j], path.states[j]))
+
+
+def history_costs(path: Teacher, i: int, j: int, sampler: str) -> np.ndarray:
+    """The local error of a step of a multistep `sampler` from level i to j after a step from each h < i, the
+    history (the denoiser at h and i) taken from the teacher: DPM-Solver++(2M)'s step, iPNDM's second-order
+    Adams–Bashforth step, UniPC's UniP-2 predictor (its corrector evaluates at the predicted point, which the
+    teacher does not hold; measured, the predictor's cost fits UniPC better than the corrector's with the
+    teacher's evaluation in its place)."""
+    import torch
+
+    s, s_next = path.sigmas[i], path.sigmas[j]
+    x, d = path.states[i], path.denoised[i]
+    shape = (-1,) + (1,) * x.ndim
+    if sampler == "ipndm":
+        slopes = torch.stack([_slope(path, h) for h in range(i)])
+        step = x + (s_next - s) * (1.5 * _slope(path, i) - 0.5 * slopes)
+    else:
+        h = math.log(s / s_next)
+        r = torch.from_numpy(np.log(path.sigmas[:i] / s) / h).reshape(shape)  # an earlier level, in steps of h
+        earlier = torch.stack([path.denoised[k] for k in range(i)])
+        b = math.expm1(-h)
+        ddim = (s_next / s) * x - b * d
+        if sampler == "dpmpp_2m":  # x − (e^{−h} − 1)(D_i + (D_i − D_h)/2r)
+            step = ddim - b * (d - earlier) / (2 * r)
+        else:
+            step = ddim - b * 0.5 * (earlier - d) / r
+    return _rms(step - path.states[j], path.states[j]).numpy()
+
+
+def cheapest_path(cost: np.ndarray, nodes: int) -> list[int]:
+    """The increasing path 0 = i_0 < … < i_{nodes−1} = M − 1 through an M×M upper-triangular cost matrix whose
+    summed jump cost is least (dynamic programming over the number of jumps)."""
+    m = len(cost)
+    best = np.full((nodes, m), np.inf)
+    came = np.zeros((nodes, m), dtype=np.int64)
+    best[0, 0] = 0.0
+    for k in range(1, nodes):
+        for j in range(k, m):
+            totals = best[k - 1, :j] + cost[:j, j]
+            came[k, j] = int(np.argmin(totals))
+            best[k, j] = totals[came[k, j]]
+    path = [m - 1]
+    for k in range(nodes - 1, 0, -1):
+        path.append(int(came[k, path[-1]]))
+    return path[::-1]
+
+
+def cheapest_path_with_history(first: np.ndarray, cost: np.ndarray, nodes: int) -> list[int]:
+    """The least-cost path 0 = i_0 < … < i_{nodes−1} = M − 1 when a jump's cost depends on the jump before it:
+    `first[j]` for the first jump 0 → j, `cost[h, i, j]` for i → j after h → i (dynamic programming over the last
+    jump)."""
+    m = len(first)
+    if nodes == 2:
+        return [0, m - 1]
+    index = np.arange(m)
+    cost = np.where((index[:, None, None] < index[None, :, None]) & (index[None, :, None] < index[None, None, :]),
+                    cost, np.inf)  # only h < i < j
+    last = np.full((m, m), np.inf)  # last[h, i]: the least cost of a path whose last jump is h → i
+    last[0, 1:] = first[1:]
+    came = []
+    for _ in range(nodes - 2):
+        totals = last[:, :, None] + cost  # [h, i, j]
+        came.append(np.argmin(totals, axis=0))
+        last = np.take_along_axis(totals, came[-1][None], axis=0)[0]
+    path = [m - 1, int(np.argmin(last[:, m - 1]))]
+    for back in reversed(came):  # the first jump's start is 0: came[0] holds it
+        path.append(int(back[path[-1], path[-2]]))
+    return path[::-1]
+
+
+def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str, nfe: int, *,
+                 levels: int = FINE_LEVELS, substeps: int = TEACHER_SUBSTEPS, max_jump: int | None = None,
+                 class_labels: Any = None, path: Teacher | None = None) -> np.ndarray:
+    """The noise levels `sampler` visits at `nfe` denoiser calls per image, fitted on `latents` (pilot noise):
+    strictly decreasing, from base.sigma_max to base.sigma_min (the final 0 not included). The cost of a path is
+    the sum of its steps' local errors against the teacher (`jump_cost`); for the multistep solvers a step's cost
+    depends on the step before it (`history_costs`, the history taken from the teacher), and the dynamic
+    programme runs over pairs of levels. `max_jump` bounds a jump in fine intervals (Heun's cost evaluates the
+    denoiser once per jump considered)."""
+    from ied.samplers import steps_for_nfe
+
+    if sampler not in FITTED_SAMPLERS:
+        raise FittingError(f"no fitting cost for the sampler {sampler!r} (one of {sorted(FITTED_SAMPLERS)})")
+    steps = steps_for_nfe(sampler, nfe)
+    if not 2 <= steps <= levels:
+        raise FittingError(f"{sampler} at NFE {nfe} visits {steps} levels: a fit needs 2 to {levels} (fine levels)")
+    path = path or teacher(denoiser, latents, fine_levels(base, levels), substeps, class_labels)
+    m = len(path.sigmas)
+    reach = m if max_jump is None else max_jump + 1
+    cost = np.full((m, m), np.inf)
+    for i in range(m - 1 if sampler in HISTORY_FREE else 1):
+        for j in range(i + 1, min(m, i + reach)):
+            cost[i, j] = jump_cost(denoiser, path, i, j, sampler, class_labels)
+    _check_finite(cost, path.sigmas)
+    if sampler in HISTORY_FREE:
+        return path.sigmas[cheapest_path(cost, steps)]
+    after = np.full((m, m, m), np.inf)
+    for i in range(1, m - 1):
+        for j in range(i + 1, min(m, i + reach)):
+            after[:i, i, j] = history_costs(path, i, j, sampler)
+    _check_finite(after, path.sigmas)
+    return path.sigmas[cheapest_path_with_history(cost[0], after, steps)]
+
+
+def _check_finite(cost: np.ndarray, sigmas: np.ndarray) -> None:
+    """A NaN cost (a jump never considered is +inf) stops the fit, naming the jump's levels."""
+    bad = np.argwhere(np.isnan(cost))
+    if len(bad):
+        i, j = bad[0][-2:]
+        raise FittingError(f"the cost of the jump σ = {sigmas[i]:.6g} → {sigmas[j]:.6g} is not finite")
+
+
+def denoiser_change(path: Teacher) -> tuple[np.ndarray, np.ndarray]:
+    """δ on the teacher's intervals: the mean squared change of D(x(σ); σ) per element and per unit of log σ,
+    with the geometric midpoints of the intervals."""
+    u = np.log(path.sigmas)
+    change = np.array([float(((b - a) ** 2).mean()) for a, b in zip(path.denoised[:-1], path.denoised[1:])])
+    return np.sqrt(path.sigmas[:-1] * path.sigmas[1:]), change / np.diff(u) ** 2
+
+
+def cost_density(path: Teacher, base: Rationale, floor: float = 1e-3) -> Rationale:
+    """The rationale whose CDF is the accumulated √δ over log σ (Λ(σ)/Λ(σ_max)): equal spacing in cost at any
+    number of levels. Why √δ: a first-order exponential-integrator step of length h in log σ errs by about
+    ½ h² √δ, and the sum of those errors under Σ h = log(σ_max/σ_min) is least when h ∝ 1/√δ. `floor` (a fraction
+    of the mean √δ) keeps every interval's density positive."""
+    _, delta = denoiser_change(path)
+    rate = np.sqrt(delta)
+    rate = np.maximum(rate, floor * rate.mean())
+    u = np.log(path.sigmas[::-1])  # increasing
+    mass = np.concatenate([[0.0], np.cumsum((rate[::-1]) * np.diff(u))])
+    spec = {"family": "tabulated", "sigma_min": base.sigma_min, "sigma_max": base.sigma_max}
+    return PiecewiseLogLinear("cost density", np.exp(u), mass / mass[-1], spec)
+
+
+def rationale_through(sigmas: np.ndarray, base: Rationale, knots: int = THROUGH_KNOTS) -> Rationale:
+    """A rationale whose schedule passes through `sigmas` (decreasing, σ_max … σ_min of `base`) at t_i =
+    1 − i/(N−1), so `samplers.noise_levels(r, N)` is `sigmas` then 0. Between two levels its CDF follows the base's,
+    rescaled to the interval (linear in log σ between `knots` knots), so it is a proper density on base's domain."""
+    sigmas = np.asarray(sigmas, dtype=np.float64)
+    n = len(sigmas)
+    if n < 2 or not np.all(np.diff(sigmas) < 0) or not (math.isclose(sigmas[0], base.sigma_max, rel_tol=1e-12)
+                                                        and math.isclose(sigmas[-1], base.sigma_min, rel_tol=1e-12)):
+        raise FittingError("the levels must decrease strictly from the base's sigma_max to its sigma_min")
+    up, t = sigmas[::-1], np.linspace(0.0, 1.0, n)  # increasing σ, and Φ at each level
+    points, cdf = [up[:1]], [t[:1]]
+    for k in range(n - 1):
+        lo, hi = up[k], up[k + 1]
+        inner = np.geomspace(lo, hi, knots + 1)[1:]
+        by_base = (base.cdf(inner) - base.cdf(lo)) / max(float(base.cdf(hi) - base.cdf(lo)), 1e-300)
+        by_log = np.log(inner / lo) / math.log(hi / lo)  # a trace of log-uniform keeps the CDF strictly rising
+        share = (1 - LOG_UNIFORM_SHARE) * np.clip(by_base, 0.0, 1.0) + LOG_UNIFORM_SHARE * by_log
+        share[-1] = 1.0
+        inner[-1] = hi
+        points.append(inner)
+        cdf.append(t[k] + (t[k + 1] - t[k]) * share)
+    spec = {"family": "tabulated", "sigma_min": base.sigma_min, "sigma_max": base.sigma_max}
+    return PiecewiseLogLinear("fitted", np.concatenate(points), np.concatenate(cdf), spec)
+
+
+def levels_of(rationale: Rationale, steps: int) -> np.ndarray:
+    """The nonzero noise levels a sampler visits with `rationale` at `steps` steps."""
+    return noise_levels(rationale, steps)[:-1]

@@ -1,0 +1,147 @@
+"""ied.fitting on exact denoisers: fitted grids against the hand-made ones, the rationale through given levels,
+the dynamic programmes against brute force."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ied import fitting
+from ied.samplers import SAMPLERS, noise_levels, steps_for_nfe
+from ied.specs import rationale
+
+from test_samplers import gaussian_denoiser, mixture_denoiser
+
+F64 = torch.float64
+DOMAIN = {"sigma_min": 0.002, "sigma_max": 80}
+BASE = {"family": "edm", "rho": 7, **DOMAIN}
+HAND_MADE = {**{f"EDM ρ={rho}": {"family": "edm", "rho": rho, **DOMAIN} for rho in (1, 2, 3, 5, 7, 10)},
+             "VE": {"family": "ve", **DOMAIN}, "L2": {"family": "l2", "v_max": 1.0, **DOMAIN}}
+DATA = {"gaussian": gaussian_denoiser, "mixture": mixture_denoiser}
+
+
+class Fits(dict):
+    """Per data set, made when first asked for: the teacher on 64 pilot latents, 256 other latents to score on
+    and their reference output (Heun at 2000 steps)."""
+
+    def __missing__(self, name):
+        denoiser, base = DATA[name], rationale(BASE)
+        pilot = torch.randn(64, 2, generator=torch.Generator().manual_seed(10), dtype=F64)
+        scoring = torch.randn(256, 2, generator=torch.Generator().manual_seed(11), dtype=F64)
+        self[name] = (fitting.teacher(denoiser, pilot, fitting.fine_levels(base)), scoring,
+                      SAMPLERS["heun"](denoiser, scoring, base, 2000))
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def fits():
+    return Fits()
+
+
+def global_error(data, fits, sampler, steps, schedule):
+    _, scoring, reference = fits[data]
+    return ((SAMPLERS[sampler](DATA[data], scoring, schedule, steps) - reference) ** 2).mean().sqrt().item()
+
+
+@pytest.mark.parametrize("data", ["gaussian", pytest.param("mixture", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sampler, nfe", [("euler", 5), ("euler", 10), ("heun", 5), ("heun", 9)])
+def test_a_fitted_grid_is_as_good_as_the_best_hand_made_one_and_better_than_edm(fits, data, sampler, nfe):
+    """Fitted on pilot latents and scored on others: within 1.1× of the best of EDM ρ ∈ {1, 2, 3, 5, 7, 10}, VE
+    and L2 on the same domain, and below EDM ρ = 7."""
+    base, steps = rationale(BASE), steps_for_nfe(sampler, nfe)
+    levels = fitting.fit_schedule(DATA[data], None, base, sampler, nfe, path=fits[data][0])
+    assert len(levels) == steps and levels[0] == base.sigma_max and levels[-1] == pytest.approx(base.sigma_min)
+    assert np.all(np.diff(levels) < 0)
+    fitted = global_error(data, fits, sampler, steps, fitting.rationale_through(levels, base))
+    hand = {name: global_error(data, fits, sampler, steps, rationale(spec)) for name, spec in HAND_MADE.items()}
+    best = min(hand, key=hand.get)
+    print(data, sampler, nfe, f"fitted {fitted:.4g}, best hand-made {best} {hand[best]:.4g}, EDM ρ=7 {hand['EDM ρ=7']:.4g}")
+    assert fitted <= 1.1 * hand[best] and fitted < hand["EDM ρ=7"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", DATA)
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "ipndm", "unipc"])
+def test_the_multistep_solvers_fitted_with_their_history_beat_edm(fits, data, sampler):
+    base = rationale(BASE)
+    levels = fitting.fit_schedule(DATA[data], None, base, sampler, 10, path=fits[data][0])
+    fitted = global_error(data, fits, sampler, 10, fitting.rationale_through(levels, base))
+    edm = global_error(data, fits, sampler, 10, rationale(HAND_MADE["EDM ρ=7"]))
+    print(data, sampler, f"fitted {fitted:.4g}, EDM ρ=7 {edm:.4g}")
+    assert fitted < edm
+
+
+@pytest.mark.parametrize("data", ["gaussian", pytest.param("mixture", marks=pytest.mark.slow)])
+def test_the_cost_density_spaces_levels_by_accumulated_root_delta_and_beats_edm_for_euler(fits, data):
+    base = rationale(BASE)
+    path = fits[data][0]
+    density = fitting.cost_density(path, base)
+    _, delta = fitting.denoiser_change(path)
+    root = np.maximum(np.sqrt(delta), 1e-3 * np.sqrt(delta).mean())[::-1]  # increasing σ
+    expected = np.concatenate([[0.0], np.cumsum(root * np.diff(np.log(path.sigmas[::-1])))])
+    np.testing.assert_allclose(density.cdf(path.sigmas[::-1]), expected / expected[-1], rtol=1e-9, atol=1e-12)
+    fitted = global_error(data, fits, "euler", 10, density)
+    assert fitted < global_error(data, fits, "euler", 10, rationale(HAND_MADE["EDM ρ=7"]))
+
+
+def test_the_rationale_through_levels_passes_through_them_and_follows_the_base_between():
+    base = rationale({"family": "l2", "v_max": 1.0, **DOMAIN})
+    levels = np.array([80.0, 20.0, 3.0, 0.9, 0.2, 0.002])
+    r = fitting.rationale_through(levels, base)
+    np.testing.assert_allclose(noise_levels(r, len(levels)), [*levels, 0.0], rtol=1e-9, atol=0)
+    assert (r.sigma_min, r.sigma_max) == (base.sigma_min, base.sigma_max)
+    assert r.cdf(base.sigma_min) == 0.0 and r.cdf(base.sigma_max) == 1.0
+    sigma = np.geomspace(0.002, 80, 4001)
+    assert np.all(np.diff(r.cdf(sigma)) > 0) and np.all(r.pdf(sigma) > 0)
+    # inside (3, 20): Φ rises as the base's Φ does, rescaled to the interval, within the knots' linear pieces
+    inner = np.geomspace(3.0, 20.0, 50)
+    share = (base.cdf(inner) - base.cdf(3.0)) / (base.cdf(20.0) - base.cdf(3.0))
+    t_lo, t_hi = 3 / 5, 4 / 5  # σ = 3 and 20 are levels 3 and 2 of 6: t = 1 − i/5
+    np.testing.assert_allclose((r.cdf(inner) - t_lo) / (t_hi - t_lo), share, atol=5e-3)
+    with pytest.raises(fitting.FittingError, match="decrease strictly"):
+        fitting.rationale_through(np.array([80.0, 90.0, 0.002]), base)
+    with pytest.raises(fitting.FittingError, match="decrease strictly"):
+        fitting.rationale_through(np.array([70.0, 1.0, 0.002]), base)
+
+
+def test_the_dynamic_programmes_find_the_brute_force_optimum():
+    rng = np.random.default_rng(0)
+    m, nodes = 8, 4
+    cost = np.triu(rng.random((m, m)), 1)
+    cost[cost == 0] = np.inf
+    paths = [(0, *inner, m - 1) for inner in itertools.combinations(range(1, m - 1), nodes - 2)]
+    total = lambda p: sum(cost[a, b] for a, b in zip(p, p[1:]))
+    assert tuple(fitting.cheapest_path(cost, nodes)) == min(paths, key=total)
+    first, after = rng.random(m), rng.random((m, m, m))
+    with_history = lambda p: first[p[1]] + sum(after[a, b, c] for a, b, c in zip(p, p[1:], p[2:]))
+    assert tuple(fitting.cheapest_path_with_history(first, after, nodes)) == min(paths, key=with_history)
+    assert fitting.cheapest_path_with_history(first, after, 2) == [0, m - 1]
+
+
+def test_a_fit_refuses_a_sampler_without_a_cost_and_more_levels_than_the_grid():
+    base = rationale(BASE)
+    with pytest.raises(fitting.FittingError, match="no fitting cost for the sampler 'edm_stochastic'"):
+        fitting.fit_schedule(gaussian_denoiser, torch.zeros(2, 2, dtype=F64), base, "edm_stochastic", 9)
+    with pytest.raises(fitting.FittingError, match="visits 30 levels: a fit needs 2 to 20"):
+        fitting.fit_schedule(gaussian_denoiser, torch.zeros(2, 2, dtype=F64), base, "euler", 30, levels=20)
+
+
+def test_the_teacher_follows_the_exact_gaussian_flow():
+    """x(σ) = x(σ_max) √((s² + σ²)/(s² + σ_max²)) for zero-mean Gaussian data."""
+    s = 0.5
+    denoiser = lambda x, sigma, labels=None: s**2 / (s**2 + sigma[:, None] ** 2) * x
+    latents = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
+    sigmas = fitting.fine_levels(rationale(BASE))
+    path = fitting.teacher(denoiser, latents, sigmas)
+    exact = [latents * 80 * math.sqrt((s**2 + sg**2) / (s**2 + 80**2)) for sg in sigmas]
+    assert max((a - b).abs().max().item() for a, b in zip(path.states, exact)) < 1e-3
+    assert path.calls == 1 + (len(sigmas) - 1) * (2 * fitting.TEACHER_SUBSTEPS)
+
+
+def test_a_non_finite_denoiser_stops_the_fit_naming_the_noise_level():
+    def broken(x, sigma, labels=None):
+        return torch.where(sigma[:, None] < 1.0, torch.full_like(x, math.nan), x * 0.5)
+
+    with pytest.raises(fitting.FittingError, match=r"not finite at σ = 0\.9"):
+        fitting.fit_schedule(broken, torch.ones(2, 2, dtype=F64), rationale(BASE), "euler", 5)
