@@ -1,5 +1,5 @@
-"""The files some cases of tests/configs/bad/ name (under files/): network pickles, reference statistics and
-throughput reports that are each wrong one way. Written by `write_all` into the folder the cases run in."""
+"""The files some cases of tests/configs/bad/ name (under files/): network pickles, reference statistics,
+throughput reports and published results that are each wrong one way. Written by `write_all` into the folder the cases run in."""
 from __future__ import annotations
 
 import io
@@ -65,4 +65,6 @@ def write_all(folder: Path) -> Path:
         {**measured, "training": [{"batch_size": 64, "mode": "fp32", "images_per_s": "fast"}]}))
     (files / "bench-nan.json").write_text(json.dumps({**measured, "nll": {"images_per_s": math.nan,
                                                                           "nfe_per_image": 200}}))
+    (files / "published-fid-text.yaml").write_text(
+        "edm-cifar10-32x32-cond-vp.pkl:\n- {solver: heun, schedule: EDM, nfe: 35, fid: low, source: a paper}\n")
     return folder

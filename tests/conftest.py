@@ -109,7 +109,7 @@ def small_pipeline_config(tmp_path: Path, experiment: str = "small") -> Path:
         "sample": {"single": {"rationales": ["l2"], "n_samples": 40},
                    "repeated": {"rationales": ["l2"], "n_samples": 40, "sets": 1},
                    "batch_size": 10, "shard_size": 10},
-        "nfe_sweep": {"steps": []}, "ablation": {"sigma_n": []}})
+        "nfe_sweep": {"steps": [], "nfe": []}, "ablation": {"sigma_n": []}})
     config["sample"]["samplers"] = {"em": {"sampler": "euler_maruyama", "steps": 40}}
     path = tmp_path / f"{experiment}.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))

@@ -90,7 +90,7 @@ def test_integral_floats_are_integers_and_ints_where_numbers_are_floats():
                   "batch_size": 64.0, "seed": 0.0, "lr": 1, "ema": 0.99},
         "sample": {"samplers": {"em": {"steps": 50.0}}, "single": {"n_samples": 360.0},
                    "repeated": {"sets": 2.0, "up_to": 600.0}},
-        "nfe_sweep": {"steps": [4.0, 12.0, 50.0]}, "nll": {"n_images": 64.0},
+        "nfe_sweep": {"nfe": {"default": [5.0, 10, 20.0], "heun": [5.0, 9.0, 19]}}, "nll": {"n_images": 64.0},
         "rationales": {"ve": {"sigma_max": 80.0}, "edm7": {"rho": 7.0}}, "ablation": {"sigma_n": [1.0, 3, 5, 10.0]}}))
     config["train"]["lr"] = 1.0
     network = floats["train"]["network"]
@@ -202,7 +202,7 @@ def test_file_names_too_long_for_the_file_system_are_refused_naming_the_key():
         "sample": {"samplers": {"s" * 64: {"sampler": "euler_maruyama", "steps": 10}},
                    "single": {"rationales": [long], "samplers": ["s" * 64], "n_samples": 360},
                    "repeated": {"rationales": [long], "samplers": ["s" * 64], "n_samples": 360, "up_to": None}},
-        "nfe_sweep": {"steps": []}, "nll": {"n_images": 2},
+        "nfe_sweep": {"steps": [], "nfe": []}, "nll": {"n_images": 2},
         "ablation": {"rationale": long, "train_rationale": long, "sampler": "s" * 64,
                      "sigma_n": [2.0000000000000004]}})
     del raw["sample"]["samplers"]["em"], raw["sample"]["samplers"]["heun"]

@@ -68,7 +68,7 @@ def test_gpu_hours_are_work_over_throughput(tmp_path):
                                             "sample={single: {rationales: [l2], n_samples: 100}, "
                                             "repeated: {rationales: [l2], n_samples: 100, sets: 1}, "
                                             "samplers: {em: {sampler: euler_maruyama, steps: 50}}}",
-                                            "nfe_sweep={steps: []}", "ablation={sigma_n: []}",
+                                            "nfe_sweep={steps: [], nfe: []}", "ablation={sigma_n: []}",
                                             "nll={n_images: 64, checkpoints: last, probes: 2}"])
     rows = {r["rule"]: r for r in cost.bill(config, rates)}
     assert rows["train_segment"]["jobs_to_do"] == 2
@@ -86,12 +86,12 @@ def test_done_moves_to_the_done_column_after_a_run(e2e_run, monkeypatch):
     bill = the_bill([DEFAULT, REPO / "tests" / "configs" / "e2e.yaml", e2e_run / "pretrained.yaml"], e2e_run)
     assert bill["total"]["jobs_to_do"] == 0 and bill["total"]["gpu_hours_to_do"] == 0
     assert (bill["train_segment"]["jobs_done"], bill["generate"]["jobs_done"], bill["evaluate"]["jobs_done"],
-            bill["nll"]["jobs_done"]) == (4, 36, 36, 5)
+            bill["nll"]["jobs_done"]) == (4, 43, 43, 5)
     result = subprocess.run([sys.executable, "-m", "ied", "cost", *E2E, "--table", "bill"],
                             cwd=e2e_run, env=VENV_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("to run: 0 GPU jobs, ≈ 0.0 GPU-hours at the paper's")
-    assert "| generate | images × NFE | 36 | 0 |" in (e2e_run / "bill.md").read_text()
+    assert "| generate | images × NFE | 43 | 0 |" in (e2e_run / "bill.md").read_text()
 
 
 @pytest.mark.slow
@@ -101,7 +101,7 @@ def test_a_budget_below_the_estimate_refuses_before_any_job(tmp_path):
     lines = [l for l in refused.stderr.splitlines() if l.startswith("Config error:")]
     assert refused.returncode != 0 and len(lines) == 1 and "Traceback" not in refused.stderr
     assert "config key 'budget.gpu_hours': this run needs ≈ 0.2 GPU-hours at the paper's A100 figures" in lines[0]
-    assert lines[0].endswith("over the budget of 0.001; the largest: generate × 61 (0.1 h), train_segment × 6 "
+    assert lines[0].endswith("over the budget of 0.001; the largest: generate × 81 (0.1 h), train_segment × 6 "
                              "(0.1 h), nll × 6 (0.0 h)")
     assert not (tmp_path / "results").exists()
     planned = snakemake("-n", *small, "budget={gpu_hours: 1000}", cwd=tmp_path)
@@ -126,7 +126,7 @@ def test_a_malformed_throughput_file_is_one_line(tmp_path):
 # --- what the bill charges, written out ---------------------------------------------------------------------------
 def test_a_heun_cells_work_is_its_calls_of_the_denoiser():
     """Heun with s steps calls the denoiser 2s − 1 times (no correction on the last step); EM s times."""
-    config = load([DEFAULT], ["nfe_sweep={steps: []}", "ablation={sigma_n: []}",
+    config = load([DEFAULT], ["nfe_sweep={steps: [], nfe: []}", "ablation={sigma_n: []}",
                                             "sample={samplers: {h: {sampler: heun, steps: 7}, em: {sampler: "
                                             "euler_maruyama, steps: 9}}, single: {samplers: [h]}, "
                                             "repeated: {samplers: [em]}}"])

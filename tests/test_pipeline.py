@@ -24,8 +24,11 @@ def test_default_config_cells_follow_the_papers_protocol():
     single = 3 * 3 * 3  # train × checkpoints × VE/L2/N(0,5²), em: one set each
     repeated = 3 * 2 * 4 * 2 - 3 * 2 * 3  # train × checkpoints ≤ 600 × 4 rationales × 2 sets, less set 0 of single
     ablation = 3  # σ_N of 1, 3, 10 (σ_N = 5 is gauss5's cell)
-    sweep = 2 * 2 * 3 - 1  # l2/edm7 × em/heun × 3 step counts, less em at 50 steps for l2 (a single-set cell)
+    sweep = 2 * 5 * 3  # l2/edm7 × em, heun, dpmpp_2m, ipndm, unipc × NFE 5, 10, 20 (heun 5, 9, 19)
     assert len(cells(config)) == single + repeated + ablation + sweep
+    swept = {c.sampler for c in cells(config) if c.train == "ve" and c.step == 900 and c.sample == "edm7"}
+    assert swept == {"em-5", "em-10", "em-20", "heun-3", "heun-5", "heun-10", "dpmpp_2m-5", "dpmpp_2m", "dpmpp_2m-20",
+                     "ipndm-5", "ipndm", "ipndm-20", "unipc-5", "unipc", "unipc-20"}
     assert config["sample"]["samplers"]["em"]["options"] == {}  # schema defaults are filled in
 
 
@@ -80,8 +83,8 @@ EDITS = {
     # less the 2 single sets of step 20 with em
     "add a training rationale": ({"train": {"rationales": ["ve", "l2", "gauss5"]}},
                                  {"train_segment": 2, "generate": 12, "evaluate": 12, "nll": 2, **AGGREGATION}),
-    # heun's single sets ((2 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (2, 8 steps) stay
-    "sampler steps": ({"sample": {"samplers": {"heun": {"steps": 5}}}},
+    # unipc's single sets ((2 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (3, 7 steps) stay
+    "sampler steps": ({"sample": {"samplers": {"unipc": {"steps": 5}}}},
                       {"generate": 10, "evaluate": 10, **AGGREGATION}),
     # the pretrained model's label is a label; its file moved (same content) is the same model
     "pretrained label and path": ({"pretrained": {"edm-tiny": {"label": "tiny EDM", "path": "moved/edm-tiny.pkl"}}},
@@ -190,9 +193,13 @@ def test_slurm_profile_dry_run_from_the_repository_root():
 def test_end_to_end_reduced_default(e2e_run):
     exp = e2e_run / "results" / "e2e"
     metrics = pd.read_parquet(exp / "metrics.parquet")
-    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's em-2, heun-2, heun-8; the pretrained
-    # model: single 2 × 2, repeated 3 × 2 − 2 shared
-    assert len(metrics) == 16 + 8 + 1 + 3 + 4 + 4
+    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's 5 samplers × NFE 3 and 7; the
+    # pretrained model: single 2 × 2, repeated 3 × 2 − 2 shared
+    assert len(metrics) == 16 + 8 + 1 + 10 + 4 + 4
+    sweep = metrics[metrics["sampler_name"].isin(["em-3", "em-7", "heun-2", "heun", "dpmpp_2m-3", "dpmpp_2m-7",
+                                                   "ipndm-3", "ipndm-7", "unipc-3", "unipc-7"])
+                    & (metrics["train_rationale"] == "ve") & (metrics["checkpoint_step"] == 40)]
+    assert sorted(sweep["nfe"]) == [3] * 5 + [7] * 5  # every sampler hits each NFE target
     assert (metrics.loc[metrics["train_rationale"] == "edm-tiny", "checkpoint_step"] == 0).all()
     for column in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall"):
         assert metrics[column].map(math.isfinite).all(), column
@@ -238,9 +245,12 @@ def test_end_to_end_reduced_default(e2e_run):
 
 
 @pytest.mark.parametrize("name, counts", [
-    # the reproduction (1 single set + 2 more repeated sets of 50K) and the study (5 rationales × 2 samplers × 4 steps)
-    ("edm-pretrained-cifar10", {"import_network": 1, "generate": 3 + 40, "evaluate": 3 + 40, "nll": 1,
+    # the reproduction (1 single set + 2 more repeated sets of 50K) and the study (4 schedules × 4 solvers × 4 NFE,
+    # less Heun at NFE 35 on EDM ρ = 7: the reproduction's set 0)
+    ("edm-pretrained-cifar10", {"import_network": 1, "generate": 3 + 63, "evaluate": 3 + 63, "nll": 1,
                                 "prepare_data": 2}),
+    ("edm-pretrained-cifar10-uncond", {"import_network": 1, "generate": 3 + 63, "evaluate": 3 + 63, "nll": 1,
+                                       "prepare_data": 2}),
     ("edm-pretrained-ffhq-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
     ("edm-pretrained-afhqv2-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
     ("edm-pretrained-imagenet64", {"import_network": 1, "generate": 3 + 2, "evaluate": 3 + 2}),

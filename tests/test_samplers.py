@@ -430,3 +430,14 @@ def test_global_order_of_convergence_on_gaussian_data():
     print({k: round(v, 2) for k, v in orders.items()})
     assert 0.9 <= orders["euler"] <= 1.1
     assert all(orders[name] >= 2.0 for name in ("heun", "dpmpp_2m", "ipndm", "unipc")), orders
+
+
+def test_steps_for_nfe_inverts_nfe_and_names_the_nearest_nfe_otherwise():
+    from ied.samplers import steps_for_nfe
+    for name in SAMPLERS:
+        for steps in (1, 2, 9, 18):
+            assert steps_for_nfe(name, nfe(name, steps)) == steps
+    with pytest.raises(ValueError, match=r"heun cannot make 10 denoiser evaluations .*2·steps − 1.*nearest it can: 9 or 11"):
+        steps_for_nfe("heun", 10)
+    with pytest.raises(ValueError, match="nearest it can: 1$"):
+        steps_for_nfe("edm_stochastic", 0)

@@ -61,7 +61,7 @@ def test_weighted_rationale_with_a_named_base_trains_and_samples_through_the_job
                               "label": "weighted L2"}
     raw["train"].update(rationales=["w"], batch_size=16)
     raw["sample"]["single"]["rationales"] = raw["sample"]["repeated"]["rationales"] = ["w"]
-    raw["ablation"]["sigma_n"], raw["nfe_sweep"]["steps"] = [], []
+    raw["ablation"]["sigma_n"], raw["nfe_sweep"]["steps"], raw["nfe_sweep"]["nfe"] = [], [], []
     config = validate(raw)
     spec = specs.training_spec(config, "w")
     assert spec["rationale"]["base"]["family"] == "l2"  # the reference is inlined: the job needs no registry

@@ -116,8 +116,10 @@ def test_write_tables_files_by_the_papers_numbers(tmp_path):
     """write_tables end to end on hand-made rows: names, the bold best, stars, LaTeX, the NFE and NLL tables."""
     from ied.tables import write_report, write_tables
     frame = metrics()
-    sweep_rows = [{**row("ve", "g", 30, fid, n=40), "sampler_name": name, "steps": steps, "nfe": steps}
-                  for name, steps, fid in (("em-4", 4, 90.0), ("em", 8, 30.0))]
+    sweep_rows = [{**row("ve", sample, 30, fid, n=40), "sampler_name": name, "steps": steps, "nfe": nfe}
+                  for sample, name, steps, nfe, fid in (("g", "em-4", 4, 4, 90.0), ("g", "em", 8, 8, 30.0),
+                                                        ("ve", "em-4", 4, 4, 80.0), ("ve", "em", 8, 8, 35.0),
+                                                        ("g", "heun-2", 2, 3, 50.0), ("g", "heun-4", 4, 7, 25.0))]
     frame = pd.concat([frame, pd.DataFrame(sweep_rows)], ignore_index=True)
     frame["steps"], frame["nfe"] = frame["steps"].fillna(8).astype(int), frame["nfe"].fillna(8).astype(int)
     frame.to_parquet(tmp_path / "metrics.parquet")
@@ -126,8 +128,10 @@ def test_write_tables_files_by_the_papers_numbers(tmp_path):
     pd.DataFrame({"image": [0, 1, 2, 3], "probe": 0, "bpd": [3.0, 3.2, 3.4, 3.4], "nfe": 50,
                   "checkpoint_step": 30}).to_parquet(nll)
     grid = {**GRID, "nll_steps": {"ve": [30], "l2": [30]},
-            "sweep": {"train": ["ve"], "rationales": ["g"], "samplers": ["em"], "checkpoint": {"ve": 30}, "n_samples": 40,
-                      "points": {"em-4": {"sampler": "em", "steps": 4}, "em": {"sampler": "em", "steps": 8}}},
+            "sweep": {"train": ["ve"], "rationales": ["g", "ve"], "samplers": ["em", "heun"], "checkpoint": {"ve": 30},
+                      "n_samples": 40, "points": {"em-4": {"sampler": "em", "steps": 4}, "em": {"sampler": "em", "steps": 8},
+                                                  "heun-2": {"sampler": "heun", "steps": 2},
+                                                  "heun-4": {"sampler": "heun", "steps": 4}}},
             "artefacts": {"tables": {"single": "table1", "repeated": "table3", "nfe": "fid_nfe", "nll": "nll"}}}
     write_tables(tmp_path / "metrics.parquet", grid, tmp_path / "tables", [nll])
     table1 = (tmp_path / "tables" / "table1.md").read_text()
@@ -152,16 +156,24 @@ def test_write_tables_files_by_the_papers_numbers(tmp_path):
         r"cell's best checkpoint (up to step 20). FID $\downarrow$, sampler em.}"]
     table3 = pd.read_parquet(tmp_path / "tables" / "table3.parquet")
     assert table3["fid_mean"].min() == pytest.approx(10.2) and set(table3["sample_rationale"]) == {"ve", "g", "e"}
+    # the literature's layout: rows solver / schedule, columns NFE (heun's 3 and 7 beside em's 4 and 8), best in bold
     assert (tmp_path / "tables" / "fid_nfe.md").read_text().splitlines() == [
-        "## FID against the number of denoiser evaluations (NFE) per image", "", "### trained with VE: FID (NFE)", "",
-        "| sampler / sampling   | 4 steps   | 8 steps   |", "|:---------------------|:----------|:----------|",
-        "| em / N(0,5²)         | 90.00 (4) | 30.00 (8) |"]
+        "## FID against the number of denoiser evaluations (NFE) per image", "",
+        "### trained with VE: FID (lowest of each NFE in bold)", "",
+        "| solver / schedule   | NFE 3     | NFE 4     | NFE 7     | NFE 8     |",
+        "|:--------------------|:----------|:----------|:----------|:----------|",
+        "| em / N(0,5²)        |           | 90.00     |           | **30.00** |",
+        "| em / VE             |           | **80.00** |           | 35.00     |",
+        "| heun / N(0,5²)      | **50.00** |           | **25.00** |           |"]
     assert (tmp_path / "tables" / "fid_nfe.tex").read_text().splitlines() == [
-        r"\begin{table}[t]", r"\centering", r"\caption{FID (NFE per image) against steps, trained with VE.}",
-        r"\begin{tabular}{lcc}", r"\toprule", r"Sampler / sampling & 4 steps & 8 steps \\", r"\midrule",
-        r"em / N(0,5$^2$) & 90.00 (4) & 30.00 (8) \\", r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        r"\begin{table}[t]", r"\centering",
+        r"\caption{FID against NFE per image, trained with VE (lowest of each NFE in bold).}",
+        r"\begin{tabular}{lcccc}", r"\toprule", r"Solver / schedule & NFE 3 & NFE 4 & NFE 7 & NFE 8 \\", r"\midrule",
+        r"em / N(0,5$^2$) &  & 90.00 &  & \textbf{30.00} \\", r"em / VE &  & \textbf{80.00} &  & 35.00 \\",
+        r"heun / N(0,5$^2$) & \textbf{50.00} &  & \textbf{25.00} &  \\", r"\bottomrule", r"\end{tabular}",
+        r"\end{table}"]
     assert pd.read_parquet(tmp_path / "tables" / "fid_nfe.parquet")[["steps", "nfe", "fid"]].values.tolist() == [
-        [4, 4, 90.0], [8, 8, 30.0]]
+        [4, 4, 90.0], [8, 8, 30.0], [4, 4, 80.0], [8, 8, 35.0], [2, 3, 50.0], [4, 7, 25.0]]
     nll_md = (tmp_path / "tables" / "nll.md").read_text()
     assert "| VE         | 20              | not computed           | 30          | 3.250 ± 0.096" in nll_md  # SE of 4
     assert (tmp_path / "tables" / "nll.tex").read_text().splitlines() == [
@@ -373,3 +385,12 @@ def test_the_edm_protocol_takes_the_lowest_fid_of_the_sets_whichever_set_it_is()
     summary = per_checkpoint(rows).set_index("sample_rationale")
     assert summary.loc["edm7", "fid_min"] == 1.97 and summary.loc["ve", "fid_min"] == 3.1
     assert summary.loc["edm7", "fid_mean"] == pytest.approx((2.10 + 2.04 + 1.97) / 3)
+
+
+def test_a_degenerate_sweep_point_is_never_the_bold_best_of_its_nfe():
+    from ied.tables import nfe_grid
+    frame = pd.DataFrame({"base_sampler": ["em", "em", "unipc"], "sample_label": ["VE", "L2", "VE"],
+                          "nfe": [5, 5, 5], "fid": [3.0, 9.0, 4.0], "degenerate": ["constant", "", ""]})
+    grid = nfe_grid(frame)
+    assert [grid.loc[r, 5].bold for r in ("em / VE", "em / L2", "unipc / VE")] == [False, False, True]
+    assert grid.loc["em / VE", 5].markdown() == "degenerate"

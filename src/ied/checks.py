@@ -13,7 +13,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ied import latex, layout, specs
-from ied.config import ConfigError, check_resources, extractor, fail, normalize, read  # noqa: F401 (re-exported)
+from ied.config import (ConfigError, check_resources, extractor, fail, normalize, read,  # noqa: F401 (re-exported)
+                        read_yaml)
 from ied.cost import CostError, read_throughput
 from ied.data import DATASETS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.expressions import FormulaError, compile_formula
@@ -21,7 +22,7 @@ from ied.io import content_sha256
 from ied.nll import EXACT_MAX_DIMS
 from ied.pretrained import FORMATS, PretrainedError, inspect as inspect_network
 from ied.rationales import RationaleError, build, check_numerics
-from ied.samplers import OptionError, resolve_options
+from ied.samplers import OptionError, resolve_options, steps_for_nfe
 
 MIN_SAMPLES = 20  # FID needs a covariance, KID two subsets
 MAX_CHECKPOINTS = 10_000  # one training job per checkpoint: more is a typo, and a bill
@@ -51,6 +52,7 @@ def validate(config: Mapping[str, Any], *, deep: bool = True) -> dict:
     _check_rationales(config)
     _check_lists(config)
     _check_samplers(config)
+    _check_sweep(config)  # after the samplers: NFE targets need each sampler's NFE per step
     _check_training(config)
     _check_ablation(config)
     _check_nll(config, given_nll)
@@ -59,8 +61,29 @@ def validate(config: Mapping[str, Any], *, deep: bool = True) -> dict:
     _check_gpus(config)
     _check_evaluation(config, deep)  # last: it opens the files
     _check_budget(config)
+    _check_published(config)
     check_resources(config, workflow_rules())
     return config
+
+
+def _check_published(config: dict) -> None:
+    """The published low-NFE rows the figures read: a mapping of network file names to rows of the PublishedRow
+    fields, each typed."""
+    path = config["published_results"]
+    if not path or not Path(path).is_file():
+        return
+    types = {"solver": str, "schedule": str, "nfe": int, "fid": (int, float), "source": str}
+    table = read_yaml(path)
+    if not isinstance(table, dict):
+        fail("published_results", f"{path}: a mapping of network file names to lists of rows")
+    for network, rows in table.items():
+        if not isinstance(rows, list):
+            fail("published_results", f"{path}: {network} must be a list of rows")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or set(row) != set(types) or not all(
+                    isinstance(row[k], t) and not isinstance(row[k], bool) for k, t in types.items()):
+                fail("published_results", f"{path}: {network}[{i}] needs exactly {', '.join(types)} "
+                                          f"(nfe an integer, fid a number), got {row!r}")
 
 
 # --- semantic checks ----------------------------------------------------------------------------------
@@ -133,22 +156,37 @@ def _check_lists(config: dict) -> None:
             fail(f"sample.{purpose}.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
     if config["sample"]["single"]["sets"] != 1:
         fail("sample.single.sets", "the single-set protocol has one set per checkpoint (use sample.repeated)")
-    _check_sweep(config)
 
 
 def _check_sweep(config: dict) -> None:
     sweep = config["nfe_sweep"]
-    if not sweep["steps"]:
+    if sweep["steps"] and sweep["nfe"]:
+        fail("nfe_sweep.nfe", "give steps or NFE targets, not both (an empty list clears one: nfe: [])")
+    if not (sweep["steps"] or sweep["nfe"]):
         return
     for key in ("rationales", "samplers", "n_samples"):
         if key not in sweep:
-            fail(f"nfe_sweep.{key}", "required when nfe_sweep.steps is given")
+            fail(f"nfe_sweep.{key}", "required when nfe_sweep.steps or nfe is given")
     _check_names("nfe_sweep.rationales", sweep["rationales"], config["rationales"], "defined under rationales")
     _check_names("nfe_sweep.samplers", sweep["samplers"], config["sample"]["samplers"], "under sample.samplers")
     _check_names("nfe_sweep.train_rationales", sweep.get("train_rationales", []), layout.models(config),
                  "a model (a training rationale or a pretrained model)")
+    if isinstance(sweep["nfe"], dict):
+        _check_names("nfe_sweep.nfe", [k for k in sweep["nfe"] if k != "default"], sweep["samplers"],
+                     "under nfe_sweep.samplers (or default)")
     if len(set(sweep["steps"])) != len(sweep["steps"]):
         fail("nfe_sweep.steps", f"lists a step count twice: {sweep['steps']}")
+    for name in sweep["samplers"] if sweep["nfe"] else []:
+        key, targets = layout.nfe_targets(sweep, name)
+        if not targets:
+            fail(key, f"no NFE targets for the sampler {name!r} (give its own list or a default)")
+        if len(set(targets)) != len(targets):
+            fail(key, f"lists an NFE twice: {targets}")
+        for target in targets:
+            try:
+                steps_for_nfe(config["sample"]["samplers"][name]["sampler"], target)
+            except ValueError as err:
+                fail(key, f"{name}: {err}")
     for model in layout.sweep_models(config):
         _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config, model)
     if sweep["n_samples"] < MIN_SAMPLES:

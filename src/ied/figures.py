@@ -257,19 +257,25 @@ def fig_paper_comparison(metrics: pd.DataFrame, experiment: FigureInputs, outdir
 
 # --- beyond the paper: FID against NFE, training loss per noise level ----------------------------------------
 def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
-    """FID against denoiser evaluations per image, per sampling rationale and sampler, at one checkpoint."""
+    """FID against denoiser evaluations per image, per sampling rationale and sampler, at one checkpoint; a
+    published network's published results (`published_results`) as black crosses beside its lines."""
     table = nfe_table(metrics, experiment)
     trains = list(dict.fromkeys(table["train_rationale"])) or experiment["sweep"]["train"]
     samples = experiment["sweep"]["rationales"]
     palette = _palette(samples)
-    styles = dict(zip(experiment["sweep"]["samplers"], ["-", "--", ":", "-."]))
+    samplers = experiment["sweep"]["samplers"]  # each its line style and marker (cycled past six)
+    styles = {name: ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 2))][i % 6] for i, name in enumerate(samplers)}
+    markers = {name: "osD^vP"[i % 6] for i, name in enumerate(samplers)}
     fig, axes = plt.subplots(1, len(trains), figsize=(4.5 * len(trains) + 2, 3.6), squeeze=False, sharey=True,
                              layout="constrained")
     for ax, train in zip(axes[0], trains):
         for (sampler, sample), line in table[table["train_rationale"] == train].groupby(
                 ["base_sampler", "sample_rationale"], sort=False):
-            ax.plot(line["nfe"], line["fid"], styles.get(sampler, "-"), marker="o", ms=3, color=palette[sample],
-                    label=f"{_label(experiment, sample)}, {sampler}")
+            ax.plot(line["nfe"], line["fid"], linestyle=styles[sampler], marker=markers[sampler], ms=3,
+                    color=palette[sample], label=f"{_label(experiment, sample)}, {sampler}")
+        for row in experiment.get("published", {}).get(train, []):  # a published network's published results
+            ax.plot([row["nfe"]], [row["fid"]], "kx", ms=6, mew=1.5,
+                     label=f"published: {row['schedule']}, {row['solver']} ({row['source']})")
         ax.set(xscale="log", xlabel="NFE per image", title=f"{_label(experiment, train)}, "
                                                             f"step {experiment['sweep']['checkpoint'][train]}")
         ax.legend(fontsize=7)

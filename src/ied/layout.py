@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, TypedDict
 
-from ied import specs
+from ied import samplers, specs
 from ied.config import read_yaml
 from ied.data import DATASETS
 
@@ -170,14 +170,36 @@ def ablation_cells(config: Mapping[str, Any]) -> list[Cell]:
                  config["sample"]["single"]["n_samples"], 0) for name in specs.ablation_rationales(config)]
 
 
-def sweep_cells(config: Mapping[str, Any]) -> list[Cell]:
-    """FID against NFE: each listed sampler at each step count, one set per cell, at one checkpoint."""
+def nfe_targets(sweep: Mapping[str, Any], sampler: str) -> tuple[str, list[int]]:
+    """A swept sampler's NFE targets and the config key they come from: `nfe` if a list, else `nfe.<sampler>` or
+    `nfe.default`."""
+    nfe = sweep["nfe"]
+    if isinstance(nfe, list):
+        return "nfe_sweep.nfe", list(nfe)
+    key = sampler if sampler in nfe else "default"
+    return f"nfe_sweep.nfe.{key}", list(nfe.get(key, []))
+
+
+def sweep_points(config: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The NFE sweep's step counts per sampler name: `nfe_sweep.steps`, or the steps that make each of the
+    sampler's NFE targets; empty when there is no sweep."""
     sweep = config["nfe_sweep"]
-    if not sweep["steps"]:
+    if sweep["steps"]:
+        return {name: list(sweep["steps"]) for name in sweep["samplers"]}
+    if not sweep["nfe"]:
+        return {}
+    return {name: [samplers.steps_for_nfe(config["sample"]["samplers"][name]["sampler"], n)
+                   for n in nfe_targets(sweep, name)[1]] for name in sweep["samplers"]}
+
+
+def sweep_cells(config: Mapping[str, Any]) -> list[Cell]:
+    """FID against NFE: each listed sampler at each of its step counts, one set per cell, at one checkpoint."""
+    sweep, points = config["nfe_sweep"], sweep_points(config)
+    if not points:
         return []
     return [Cell(t, sweep_step(config, t), s, specs.sweep_sampler(config, sampler, steps), sweep["n_samples"], 0)
-            for t in sweep_models(config) for s in sweep["rationales"] for sampler in sweep["samplers"]
-            for steps in sweep["steps"]]
+            for t in sweep_models(config) for s in sweep["rationales"]
+            for sampler, counts in points.items() for steps in counts]
 
 
 def cells(config: Mapping[str, Any]) -> list[Cell]:
@@ -194,7 +216,7 @@ def artefacts(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     figures = {**COMMON_FIGURES, **{k: v for k, v in numbers.items() if k not in tables}}
     if numbers["single"] == "table2" and not config["ablation"]["sigma_n"]:
         del figures["ablation"]  # the paper's σ_N ablation is a CIFAR-10 study
-    if config["nfe_sweep"]["steps"]:
+    if sweep_points(config):
         tables["nfe"] = figures["nfe"] = "fid_nfe"
     if "n_images" in config["nll"]:
         tables["nll"], figures["nll"] = "nll", "nll_over_training"
@@ -261,15 +283,26 @@ class Ablation(TypedDict):
     checkpoint: int | None
 
 
+class PublishedRow(TypedDict):
+    """One published result: a solver with a schedule at an NFE, its FID, and the paper and table it comes from."""
+
+    solver: str
+    schedule: str
+    nfe: int
+    fid: float
+    source: str
+
+
 class FigureInputs(TableInputs):
-    """What the figures read: the tables' inputs, the dataset and its paper style, the schedules, the ablation
-    and the paper's published tables."""
+    """What the figures read: the tables' inputs, the dataset and its paper style, the schedules, the ablation,
+    the paper's published tables and the published low-NFE rows of each pretrained model."""
 
     dataset: str
     paper_style: str
     schedules: list[str]
     ablation: Ablation
     paper: dict
+    published: dict[str, list[PublishedRow]]
 
 
 def protocol(config: Mapping[str, Any], purpose: str) -> Protocol:
@@ -281,11 +314,10 @@ def protocol(config: Mapping[str, Any], purpose: str) -> Protocol:
 
 def sweep(config: Mapping[str, Any]) -> Sweep:
     """The NFE sweep as the tables and figures read it."""
-    entry = config["nfe_sweep"]
-    if not entry["steps"]:
+    entry, counts = config["nfe_sweep"], sweep_points(config)
+    if not counts:
         return {}
-    points = {specs.sweep_sampler(config, s, k): {"sampler": s, "steps": k} for s in entry["samplers"]
-              for k in entry["steps"]}
+    points = {specs.sweep_sampler(config, s, k): {"sampler": s, "steps": k} for s, ks in counts.items() for k in ks}
     trained = sweep_models(config)
     return {"train": trained, "rationales": entry["rationales"], "samplers": entry["samplers"], "points": points,
             "checkpoint": {m: sweep_step(config, m) for m in trained}, "n_samples": entry["n_samples"]}
@@ -300,7 +332,8 @@ def table_inputs(config: Mapping[str, Any]) -> TableInputs:
 
 
 def figure_inputs(config: Mapping[str, Any]) -> FigureInputs:
-    """What `ied figures` receives (the paper's tables read from `paper_results`, if that file exists)."""
+    """What `ied figures` receives (the paper's tables read from `paper_results` and the published low-NFE rows from
+    `published_results`, where those files exist)."""
     ablation = {name: spec["sigma_n"] for name, spec in specs.ablation_rationales(config).items()}
     paper, dataset = config["paper_results"], config["dataset"]["name"]
     return {**table_inputs(config), "dataset": dataset, "paper_style": DATASETS[dataset].paper_style,
@@ -308,4 +341,13 @@ def figure_inputs(config: Mapping[str, Any]) -> FigureInputs:
             "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
                          "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
                          "checkpoint": ablation_step(config) if ablation else None},
-            "paper": read_yaml(paper) if paper and Path(paper).is_file() else {}}
+            "paper": read_yaml(paper) if paper and Path(paper).is_file() else {},
+            "published": published_rows(config)}
+
+
+def published_rows(config: Mapping[str, Any]) -> dict[str, list[dict]]:
+    """The published low-NFE rows (`published_results`) of each pretrained model, found by its file's name."""
+    path = config["published_results"]
+    table = read_yaml(path) if path and Path(path).is_file() else {}
+    return {model: table[Path(entry["path"]).name] for model, entry in (config.get("pretrained") or {}).items()
+            if Path(entry["path"]).name in table}

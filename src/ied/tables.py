@@ -296,23 +296,37 @@ def write_tables(metrics_path: str | Path, experiment: TableInputs, outdir: str 
         _write_nll(outdir / names["nll"], nll_table(nll_summary(nll_paths), single, experiment))
 
 
+def nfe_grid(frame: pd.DataFrame) -> pd.DataFrame:
+    """One model's sweep as the literature prints it: rows solver / schedule, columns NFE, FID Entries with the
+    lowest usable FID of each column in bold (None where a solver does not make that NFE)."""
+    frame = frame.reset_index(drop=True).assign(row=frame["base_sampler"].values + " / " + frame["sample_label"].values)
+    rows, columns = list(dict.fromkeys(frame["row"])), sorted(set(frame["nfe"]))
+    grid = pd.DataFrame(None, index=rows, columns=columns, dtype=object)
+    for nfe, column in frame.groupby("nfe"):
+        usable = column["degenerate"] == ""
+        best = column["fid"].where(usable).idxmin() if usable.any() else None
+        for i, line in column.iterrows():
+            grid.loc[line["row"], nfe] = Entry(line["fid"], bold=i == best, degenerate=not usable[i])
+    return grid
+
+
 def _write_nfe(stem: Path, table: pd.DataFrame) -> None:
     with atomic_path(stem.with_suffix(".parquet")) as tmp:
         table.to_parquet(tmp, index=False)
     md, tex = ["## FID against the number of denoiser evaluations (NFE) per image", ""], []
     for train, frame in table.groupby("train_label", sort=False):
-        frame = frame.assign(row=frame["base_sampler"] + " / " + frame["sample_label"],
-                             entry=[f"{f:.2f} ({n})" for f, n in zip(frame["fid"], frame["nfe"])])
-        wide = frame.pivot(index="row", columns="steps", values="entry").fillna("")
-        wide = wide.loc[list(dict.fromkeys(frame["row"])), sorted(wide.columns)]
-        wide.columns = [f"{c} steps" for c in wide.columns]
-        wide.index.name = "sampler / sampling"
-        md += [f"### trained with {train}: FID (NFE)", "", wide.to_markdown(disable_numparse=True), ""]
-        body = [" & ".join([latex_escape(r)] + list(row)) + r" \\" for r, row in wide.iterrows()]
+        grid = nfe_grid(frame)
+        heads = [f"NFE {n}" for n in grid.columns]
+        text = grid.map(lambda e: e.markdown() if isinstance(e, Entry) else "")
+        text.columns, text.index.name = heads, "solver / schedule"
+        md += [f"### trained with {train}: FID (lowest of each NFE in bold)", "", text.to_markdown(disable_numparse=True),
+               ""]
+        body = [" & ".join([latex_escape(r)] + [e.latex() if isinstance(e, Entry) else "" for e in row]) + r" \\"
+                for r, row in grid.iterrows()]
         tex += [r"\begin{table}[t]", r"\centering",
-                rf"\caption{{FID (NFE per image) against steps, trained with {latex_escape(train)}.}}",
-                rf"\begin{{tabular}}{{l{'c' * len(wide.columns)}}}", r"\toprule",
-                "Sampler / sampling & " + " & ".join(wide.columns) + r" \\", r"\midrule", *body,
+                rf"\caption{{FID against NFE per image, trained with {latex_escape(train)} (lowest of each NFE in bold).}}",
+                rf"\begin{{tabular}}{{l{'c' * len(heads)}}}", r"\toprule",
+                "Solver / schedule & " + " & ".join(heads) + r" \\", r"\midrule", *body,
                 r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     write_text(stem.with_suffix(".md"), "\n".join(md))
     write_text(stem.with_suffix(".tex"), "\n".join(tex))

@@ -31,8 +31,9 @@ try:
     _config = _validated_config()
 except ConfigError as err:
     sys.exit(f"Config error: {err}")
-if _config["paper_results"] and not Path(_config["paper_results"]).exists():
-    _config["paper_results"] = str(Path(workflow.basedir) / _config["paper_results"])
+for _published in ("paper_results", "published_results"):  # relative to the working directory, else to this checkout
+    if _config[_published] and not Path(_config[_published]).exists():
+        _config[_published] = str(Path(workflow.basedir) / _config[_published])
 config.clear()
 config.update(_config)
 
