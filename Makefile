@@ -20,7 +20,7 @@ run: $(STAMP)  ## the whole chain on the embedded digits dataset
 	snakemake --cores 2
 
 test: $(STAMP)  ## every test, the slow end-to-end ones included, on two pytest-xdist workers
-	$(PYTHON) -m pytest -n 2 --dist loadgroup
+	$(PYTHON) -m pytest -n 2
 
 lint: $(STAMP)
 	snakemake --lint

@@ -16,18 +16,31 @@ L2 = {"family": "l2", "sigma_min": 0.002, "sigma_max": 80.0, "v_max": 1.0}
 VE = {"family": "ve", "sigma_min": 0.002, "sigma_max": 80.0}
 
 
-SHARED_RUNS = ("e2e_run", "small_reference")
+# The finished runs the tests share (session fixtures below), by the files whose tests use them. Under pytest-xdist
+# (`make test`: -n 2) each file listed goes to one worker as a whole, so each run is made once; every other test is
+# scheduled on its own. (xdist's --dist loadgroup would group by marker, but its nodeid suffix does not reach
+# pytest ≥ 9.)
+SHARED_RUN_FILES = {"test_pipeline.py": "e2e_run", "test_cost.py": "e2e_run", "test_faults.py": "small_reference",
+                    "test_slurm.py": "small_reference"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRunScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_RUN_FILES.get(Path(nodeid.split("::")[0]).name, nodeid)
+
+    return SharedRunScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (--dist loadgroup) the tests of one shared finished run go to one worker, which makes the
-    run once; the other tests spread over the workers."""
+    """A test that uses a shared run from a file not listed for it would make the run a second time."""
     for item in items:
-        for run in SHARED_RUNS:
-            if run in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(run))
-                break
+        for run in set(SHARED_RUN_FILES.values()) & set(getattr(item, "fixturenames", ())):
+            if SHARED_RUN_FILES.get(item.path.name) != run:
+                raise pytest.UsageError(f"{item.nodeid} uses {run}: list {item.path.name} for it in "
+                                        f"SHARED_RUN_FILES (tests/conftest.py)")
 
 
 @pytest.fixture(scope="session")
