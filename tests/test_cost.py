@@ -220,3 +220,14 @@ def test_commands_that_run_no_job_are_never_refused(e2e_run, tmp_path):
     result = snakemake(schedule, "--cores", "1", "--configfile", DEFAULT, *tiny, cwd=fresh, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert bill_line(result.stderr).startswith("to run: 0 GPU jobs") and (fresh / schedule).is_file()
+
+
+def test_the_nfe_sweeps_work_is_each_solvers_calls_at_its_nfe_target():
+    """The default sweep at NFE 5, 10, 20 (Heun 5, 9, 19): every point's work is 360 images × its NFE, whatever the
+    solver's steps are."""
+    config = load([DEFAULT])
+    work = {job.output: job.work for job in cost.jobs(config, cost.PAPER_A100) if job.rule == "generate"}
+    swept = {out.split("/")[-2]: w for out, w in work.items() if "/ve/900/edm7/" in out}
+    assert swept == {"em-5": 360 * 5, "em-10": 360 * 10, "em-20": 360 * 20, "heun-3": 360 * 5, "heun-5": 360 * 9,
+                     "heun-10": 360 * 19, **{name: 360 * n for solver in ("dpmpp_2m", "ipndm", "unipc")
+                                             for name, n in ((f"{solver}-5", 5), (solver, 10), (f"{solver}-20", 20))}}
