@@ -19,8 +19,8 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 run: $(STAMP)  ## the whole chain on the embedded digits dataset
 	snakemake --cores 2
 
-test: $(STAMP)  ## every test, the slow end-to-end ones included, on two pytest-xdist workers
-	$(PYTHON) -m pytest -n 2
+test: $(STAMP)  ## every test, the slow end-to-end ones included (two pytest-xdist workers: pyproject's addopts)
+	$(PYTHON) -m pytest
 
 lint: $(STAMP)
 	snakemake --lint

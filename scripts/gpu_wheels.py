@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-ROOTS = ["snakemake", "snakemake-executor-plugin-slurm", "jsonschema", "torch-fidelity"]
+ROOTS = ["snakemake", "snakemake-executor-plugin-slurm", "jsonschema", "torch-fidelity", "pytest-xdist"]
 ON_THE_IMAGE = {  # present on the GPU image, never carried (their dependencies are there too)
     "torch", "torchvision", "numpy", "scipy", "pandas", "pyarrow", "pyyaml", "matplotlib", "seaborn", "pillow",
     "scikit-learn", "tqdm", "tabulate", "jinja2", "markupsafe", "packaging", "requests", "urllib3", "idna", "certifi",

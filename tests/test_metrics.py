@@ -125,6 +125,7 @@ def test_scores_equal_torch_fidelitys_own_calculate_metrics(digits, evaluator):
                     "recall": theirs["recall"]}
 
 
+@pytest.mark.slow  # Inception at 299×299 on the CPU, twice: about half a minute
 def test_inception_scores_equal_torch_fidelitys(inception):
     """The Inception route: the same numbers as torch-fidelity's calculate_metrics on the same weights file."""
     from fidelity_reference import calculate_metrics
