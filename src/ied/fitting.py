@@ -8,7 +8,7 @@ of pilot latents through those levels (Heun with sub-steps).
 - `cost_density`: a density whose CDF spaces levels evenly in accumulated cost (the score-optimal grids of
   Williams et al. 2024, σ_i = Λ⁻¹(iΛ/N), Λ = ∫√δ), for every NFE at once.
 `rationale_through` turns levels into a rationale (σ(t_i) = s_i at t_i = 1 − i/(N−1)), so a fitted schedule is
-sampled, tabled and plotted like any other. Torch is used through tensor methods only.
+sampled, tabled and plotted like any other. Torch is imported only where histories are stacked.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ied.rationales import PiecewiseLogLinear, Rationale
-from ied.samplers import noise_levels
+from ied.samplers import steps_for_nfe
 
 FINE_LEVELS = 120
 TEACHER_SUBSTEPS = 4
@@ -109,31 +109,34 @@ def jump_cost(denoiser: Denoiser, path: Teacher, i: int, j: int, sampler: str, c
     return float(_rms(step - path.states[j], path.states[j]))
 
 
-def history_costs(path: Teacher, i: int, j: int, sampler: str) -> np.ndarray:
-    """The local error of a step of a multistep `sampler` from level i to j after a step from each h < i, the
-    history (the denoiser at h and i) taken from the teacher: DPM-Solver++(2M)'s step, iPNDM's second-order
-    Adams–Bashforth step, UniPC's UniP-2 predictor (its corrector evaluates at the predicted point, which the
-    teacher does not hold; measured, the predictor's cost fits UniPC better than the corrector's with the
-    teacher's evaluation in its place)."""
+def history_costs(path: Teacher, i: int, ends: range, sampler: str) -> np.ndarray:
+    """The local error of a step of a multistep `sampler` from level i to each level j in `ends` after a step from
+    each h < i ([h, j]), the history (the denoiser at h and i) taken from the teacher: DPM-Solver++(2M)'s step,
+    iPNDM's second-order Adams–Bashforth step, UniPC's UniP-2 predictor, which is DPM-Solver++(2M)'s step (its
+    corrector evaluates at the predicted point, which the teacher does not hold; measured on Gaussian data, the
+    predictor's cost fits UniPC better than the corrector's with the teacher's evaluation in its place)."""
     import torch
 
-    s, s_next = path.sigmas[i], path.sigmas[j]
-    x, d = path.states[i], path.denoised[i]
+    s, x, d = path.sigmas[i], path.states[i], path.denoised[i]
     shape = (-1,) + (1,) * x.ndim
-    if sampler == "ipndm":
-        slopes = torch.stack([_slope(path, h) for h in range(i)])
-        step = x + (s_next - s) * (1.5 * _slope(path, i) - 0.5 * slopes)
-    else:
-        h = math.log(s / s_next)
-        r = torch.from_numpy(np.log(path.sigmas[:i] / s) / h).reshape(shape)  # an earlier level, in steps of h
-        earlier = torch.stack([path.denoised[k] for k in range(i)])
-        b = math.expm1(-h)
-        ddim = (s_next / s) * x - b * d
-        if sampler == "dpmpp_2m":  # x − (e^{−h} − 1)(D_i + (D_i − D_h)/2r)
-            step = ddim - b * (d - earlier) / (2 * r)
+    if sampler == "ipndm":  # the history enters as 1.5 d_i − 0.5 d_h
+        history = 1.5 * _slope(path, i) - 0.5 * torch.stack([_slope(path, h) for h in range(i)])
+    else:  # as D_i − D_h
+        history = d - torch.stack([path.denoised[h] for h in range(i)])
+    out = np.empty((i, len(ends)))
+    for column, j in enumerate(ends):
+        s_next = path.sigmas[j]
+        if sampler == "ipndm":
+            step = x + (s_next - s) * history
         else:
-            step = ddim - b * 0.5 * (earlier - d) / r
-    return _rms(step - path.states[j], path.states[j]).numpy()
+            h = math.log(s / s_next)
+            r = torch.from_numpy(np.log(path.sigmas[:i] / s) / h).reshape(shape)  # an earlier level, in steps of h
+            b = math.expm1(-h)
+            ddim = (s_next / s) * x - b * d
+            # 2M: x − (e^{−h} − 1)(D_i + (D_i − D_h)/2r); UniP-2: DDIM − B ½ (D_h − D_i)/r, the same step
+            step = ddim - b * history / (2 * r)
+        out[:, column] = _rms(step - path.states[j], path.states[j]).numpy()
+    return out
 
 
 def cheapest_path(cost: np.ndarray, nodes: int) -> list[int]:
@@ -186,8 +189,6 @@ def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str
     depends on the step before it (`history_costs`, the history taken from the teacher), and the dynamic
     programme runs over pairs of levels. `max_jump` bounds a jump in fine intervals (Heun's cost evaluates the
     denoiser once per jump considered)."""
-    from ied.samplers import steps_for_nfe
-
     if sampler not in FITTED_SAMPLERS:
         raise FittingError(f"no fitting cost for the sampler {sampler!r} (one of {sorted(FITTED_SAMPLERS)})")
     steps = steps_for_nfe(sampler, nfe)
@@ -205,8 +206,8 @@ def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str
         return path.sigmas[cheapest_path(cost, steps)]
     after = np.full((m, m, m), np.inf)
     for i in range(1, m - 1):
-        for j in range(i + 1, min(m, i + reach)):
-            after[:i, i, j] = history_costs(path, i, j, sampler)
+        ends = range(i + 1, min(m, i + reach))
+        after[:i, i, ends.start:ends.stop] = history_costs(path, i, ends, sampler)
     _check_finite(after, path.sigmas)
     return path.sigmas[cheapest_path_with_history(cost[0], after, steps)]
 
@@ -264,8 +265,3 @@ def rationale_through(sigmas: np.ndarray, base: Rationale, knots: int = THROUGH_
         cdf.append(t[k] + (t[k + 1] - t[k]) * share)
     spec = {"family": "tabulated", "sigma_min": base.sigma_min, "sigma_max": base.sigma_max}
     return PiecewiseLogLinear("fitted", np.concatenate(points), np.concatenate(cdf), spec)
-
-
-def levels_of(rationale: Rationale, steps: int) -> np.ndarray:
-    """The nonzero noise levels a sampler visits with `rationale` at `steps` steps."""
-    return noise_levels(rationale, steps)[:-1]
