@@ -1,0 +1,43 @@
+"""figures.py beyond the shared end-to-end run: the published rows beside a pretrained model's FID-vs-NFE lines."""
+import pandas as pd
+import yaml
+
+from ied import layout
+from ied.checks import load
+
+from conftest import DEFAULT
+
+
+def test_the_published_rows_of_a_pretrained_network_are_found_by_its_file_name_and_drawn(tmp_path, monkeypatch):
+    """`published_results` rows reach the figure under the model that names that network file, and the fid_nfe
+    figure draws them (their label in the legend) beside the model's lines."""
+    from unittest import mock
+
+    from ied import figures
+    from test_config import write_stand_in_network
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets").mkdir()
+    write_stand_in_network(tmp_path / "nets" / "edm-cifar10-32x32-cond-vp.pkl", img_channels=1, img_resolution=8,
+                           label_dim=10)
+    (tmp_path / "published.yaml").write_text(yaml.safe_dump({"edm-cifar10-32x32-cond-vp.pkl": [
+        {"solver": "heun", "schedule": "EDM (ρ=7)", "nfe": 35, "fid": 1.79, "source": "a paper, Table 2"}]}))
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump({
+        "pretrained": {"edm": {"format": "edm", "path": "nets/edm-cifar10-32x32-cond-vp.pkl"}},
+        "nfe_sweep": {"train_rationales": ["edm"], "rationales": ["edm7"], "samplers": ["heun"],
+                      "nfe": [5, 9], "n_samples": 360},
+        "published_results": "published.yaml"}))
+    config = load([DEFAULT, tmp_path / "local.yaml"])
+    experiment = layout.figure_inputs(config)
+    assert experiment["published"] == {"edm": [{"solver": "heun", "schedule": "EDM (ρ=7)", "nfe": 35, "fid": 1.79,
+                                                "source": "a paper, Table 2"}]}
+    metrics = pd.DataFrame([{"train_rationale": "edm", "sample_rationale": "edm7", "sampler_name": name,
+                             "checkpoint_step": layout.PRETRAINED_STEP, "n_samples": 360, "seed_set": 0,
+                             "steps": steps, "nfe": 2 * steps - 1, "fid": fid, "isc_mean": 1.0, "precision": 0.5,
+                             "recall": 0.5, "degenerate": ""}
+                            for name, steps, fid in (("heun-3", 3, 30.0), ("heun-5", 5, 9.0))])
+    with mock.patch.object(figures.plt.Axes, "plot", autospec=True, side_effect=figures.plt.Axes.plot) as plot:
+        figures.fig_fid_nfe(metrics, experiment, tmp_path, "fid_nfe")
+    labels = [call.kwargs.get("label") for call in plot.call_args_list]
+    assert "published: EDM (ρ=7), heun (a paper, Table 2)" in labels and "EDM (ρ=7), heun" in labels
+    assert (tmp_path / "fid_nfe.png").stat().st_size > 1000
