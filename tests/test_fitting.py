@@ -125,6 +125,11 @@ def test_a_fit_refuses_a_sampler_without_a_cost_and_more_levels_than_the_grid():
         fitting.fit_schedule(gaussian_denoiser, torch.zeros(2, 2, dtype=F64), base, "edm_stochastic", 9)
     with pytest.raises(fitting.FittingError, match="visits 30 levels: a fit needs 2 to 20"):
         fitting.fit_schedule(gaussian_denoiser, torch.zeros(2, 2, dtype=F64), base, "euler", 30, levels=20)
+    with pytest.raises(fitting.FittingError, match="4 jumps of at most 10 fine intervals cannot cross 119"):
+        fitting.fit_schedule(gaussian_denoiser, torch.zeros(2, 2, dtype=F64), base, "euler", 5, max_jump=10)
+    bounded = fitting.fit_schedule(gaussian_denoiser, torch.ones(2, 2, dtype=F64), base, "euler", 5, max_jump=40)
+    index = np.searchsorted(-fitting.fine_levels(base), -bounded)  # positions on the fine grid
+    assert len(bounded) == 5 and np.all(np.diff(index) > 0) and np.all(np.diff(index) <= 40)
 
 
 def test_the_teacher_follows_the_exact_gaussian_flow():

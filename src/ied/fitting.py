@@ -194,6 +194,8 @@ def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str
     steps = steps_for_nfe(sampler, nfe)
     if not 2 <= steps <= levels:
         raise FittingError(f"{sampler} at NFE {nfe} visits {steps} levels: a fit needs 2 to {levels} (fine levels)")
+    if max_jump is not None and max_jump * (steps - 1) < levels - 1:
+        raise FittingError(f"{steps - 1} jumps of at most {max_jump} fine intervals cannot cross {levels - 1}")
     path = path or teacher(denoiser, latents, fine_levels(base, levels), substeps, class_labels)
     m = len(path.sigmas)
     reach = m if max_jump is None else max_jump + 1
