@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ied.rationales import PiecewiseLogLinear, Rationale
-from ied.samplers import steps_for_nfe
+from ied.samplers import Denoiser, _denoise, steps_for_nfe
 
 FINE_LEVELS = 120
 TEACHER_SUBSTEPS = 4
@@ -27,9 +27,6 @@ THROUGH_KNOTS = 16  # knots per interval of `rationale_through` that follow the 
 LOG_UNIFORM_SHARE = 1e-3  # of each interval's mass spread log-uniformly, so a flat base CDF never makes a flat one
 FITTED_SAMPLERS = ("euler", "heun", "dpmpp_2m", "ipndm", "unipc")
 HISTORY_FREE = ("euler", "heun")  # one-step samplers; the multistep ones' cost depends on the jump before
-
-Denoiser = Callable[..., Any]
-
 
 class FittingError(ValueError):
     """A fit that cannot be made (an unknown sampler, too few fine levels for the NFE)."""
@@ -44,10 +41,6 @@ class Teacher:
     states: list
     denoised: list
     calls: int
-
-
-def _denoise(denoiser: Denoiser, x: Any, sigma: float, class_labels: Any) -> Any:
-    return denoiser(x, x.new_full((x.shape[0],), sigma), class_labels).double()
 
 
 def fine_levels(base: Rationale, levels: int = FINE_LEVELS) -> np.ndarray:
