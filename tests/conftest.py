@@ -112,6 +112,22 @@ def e2e_run(tmp_path_factory) -> Path:
     return workdir
 
 
+def without_fitted(config: dict) -> dict:
+    """A config (a raw dict) without its fitted rationales, for tests that replace the models they are fitted to."""
+    fitted = {name for name, entry in config["rationales"].items() if entry.get("family") == "fitted"}
+    config["rationales"] = {k: v for k, v in config["rationales"].items() if k not in fitted}
+    if config.get("nfe_sweep", {}).get("rationales"):
+        config["nfe_sweep"]["rationales"] = [n for n in config["nfe_sweep"]["rationales"] if n not in fitted]
+    return config
+
+
+def hand_made_default(tmp_path: Path) -> Path:
+    """config/config.yaml without its fitted rationales, written to tmp_path."""
+    path = tmp_path / "hand-made.yaml"
+    path.write_text(yaml.safe_dump(without_fitted(yaml.safe_load(DEFAULT.read_text())), allow_unicode=True))
+    return path
+
+
 def small_pipeline_config(tmp_path: Path, experiment: str = "small") -> Path:
     """The embedded default cut to one rationale, two 30-step segments and 40 samples; returns its path."""
     from ied.config import merge
@@ -124,6 +140,7 @@ def small_pipeline_config(tmp_path: Path, experiment: str = "small") -> Path:
                    "batch_size": 10, "shard_size": 10},
         "nfe_sweep": {"steps": [], "nfe": []}, "ablation": {"sigma_n": []}})
     config["sample"]["samplers"] = {"em": {"sampler": "euler_maruyama", "steps": 40}}
+    without_fitted(config)
     path = tmp_path / f"{experiment}.yaml"
     path.write_text(yaml.safe_dump(config, allow_unicode=True))
     return path

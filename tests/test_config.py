@@ -11,7 +11,7 @@ from ied.checks import validate
 from ied.config import ConfigError, read
 from ied.io import sha256_file
 
-from conftest import REPO, VENV_ENV
+from conftest import REPO, VENV_ENV, without_fitted
 from test_data import write_fake_cifar, write_fake_imagenet32
 
 
@@ -196,7 +196,7 @@ def test_file_names_too_long_for_the_file_system_are_refused_naming_the_key():
     ablation rationale's σ_N; the check names the key before any job."""
     from ied.config import merge
     long = "a" * 64
-    raw = merge(yaml.safe_load((REPO / "config" / "config.yaml").read_text()), {
+    raw = merge(without_fitted(yaml.safe_load((REPO / "config" / "config.yaml").read_text())), {
         "rationales": {long: {"family": "gaussian", "sigma_n": 5, "sigma_max": 15}},
         "train": {"rationales": [long], "total_steps": 20_000_000, "checkpoint_every": 10_000_000},
         "sample": {"samplers": {"s" * 64: {"sampler": "euler_maruyama", "steps": 10}},

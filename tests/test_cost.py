@@ -10,7 +10,7 @@ import yaml
 from ied import cost
 from ied.checks import load
 
-from conftest import DEFAULT, E2E, REPO, VENV_ENV, snakemake
+from conftest import DEFAULT, E2E, REPO, VENV_ENV, hand_made_default, snakemake
 from test_pipeline import job_counts
 
 
@@ -64,7 +64,7 @@ def test_gpu_hours_are_work_over_throughput(tmp_path):
     rates = cost.read_throughput(path)
     assert (rates.train_images_per_s, rates.nfe_per_s, rates.eval_images_per_s) == (2000.0, 40000.0, 5000.0)
     assert rates.nll_nfe_per_s == 1500.0 and rates.nll_nfe_per_image == 150 and "NVIDIA H100" in rates.source
-    config = load([DEFAULT], ["train={rationales: [ve], total_steps: 600, checkpoint_every: 300}",
+    config = load([hand_made_default(tmp_path)], ["train={rationales: [ve], total_steps: 600, checkpoint_every: 300}",
                                             "sample={single: {rationales: [l2], n_samples: 100}, "
                                             "repeated: {rationales: [l2], n_samples: 100, sets: 1}, "
                                             "samplers: {em: {sampler: euler_maruyama, steps: 50}}}",
@@ -227,7 +227,7 @@ def test_the_nfe_sweeps_work_is_each_solvers_calls_at_its_nfe_target():
     solver's steps are."""
     config = load([DEFAULT])
     work = {job.output: job.work for job in cost.jobs(config, cost.PAPER_A100) if job.rule == "generate"}
-    swept = {out.split("/")[-2]: w for out, w in work.items() if "/ve/900/edm7/" in out}
+    swept = {out.split("/")[-2]: w for out, w in work.items() if "/l2/900/edm7/" in out}
     assert swept == {"em-5": 360 * 5, "em-10": 360 * 10, "em-20": 360 * 20, "heun-3": 360 * 5, "heun-5": 360 * 9,
                      "heun-10": 360 * 19, **{name: 360 * n for solver in ("dpmpp_2m", "ipndm", "unipc")
                                              for name, n in ((f"{solver}-5", 5), (solver, 10), (f"{solver}-20", 20))}}

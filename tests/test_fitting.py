@@ -150,3 +150,84 @@ def test_a_non_finite_denoiser_stops_the_fit_naming_the_noise_level():
 
     with pytest.raises(fitting.FittingError, match=r"not finite at σ = 0\.9"):
         fitting.fit_schedule(broken, torch.ones(2, 2, dtype=F64), rationale(BASE), "euler", 5)
+
+
+def test_heuns_batched_costs_are_its_jump_costs_one_by_one(fits):
+    path = fits["mixture"][0]
+    ends = [3, 7, 40, 119]
+    batched = fitting.heun_costs(mixture_denoiser, path, 2, ends, rows=128)  # 2 ends per call: chunks of 64 pilots
+    single = [fitting.jump_cost(mixture_denoiser, path, 2, j, "heun") for j in ends]
+    assert batched == pytest.approx(single, rel=1e-12)
+
+
+def test_only_jumps_on_some_path_are_costed_and_the_fit_is_still_the_least_cost_one(fits):
+    """At 3 levels a path is 0 → j → M − 1: Heun's fit costs 2(M − 2) jumps, and its middle level is the brute
+    force's argmin."""
+    jumps = fitting.first_jumps(120, 3, "heun")
+    assert set(jumps) == {(0, j) for j in range(1, 119)} | {(i, 119) for i in range(1, 119)}
+    # at 5 levels every jump but six is on some path: 0 → 117, 118, 119 and 1, 2 → 119 and 1 → 118 leave too few levels
+    assert len(fitting.first_jumps(120, 5, "heun")) == 119 * 120 // 2 - 6
+    assert fitting.fit_calls({"method": "trajectory_dp", "sampler": "heun", "nfe": 5}) == \
+        fitting.teacher_calls() + len(jumps)
+    assert fitting.fit_calls({"method": "trajectory_dp", "sampler": "dpmpp_2m", "nfe": 5}) == fitting.teacher_calls()
+    path = fits["gaussian"][0]
+    levels = fitting.fit_schedule(gaussian_denoiser, None, rationale(BASE), "heun", 5, path=path)
+    totals = [fitting.jump_cost(gaussian_denoiser, path, 0, j, "heun")
+              + fitting.jump_cost(gaussian_denoiser, path, j, 119, "heun") for j in range(1, 119)]
+    assert levels[1] == path.sigmas[1 + int(np.argmin(totals))]
+
+
+def test_a_fitted_table_reads_back_its_rationale_and_only_for_its_spec(tmp_path):
+    base = rationale(BASE)
+    levels = np.array([80.0, 9.0, 1.3, 0.2, 0.002])
+    spec = {"family": "fitted", "model": "l2", "step": 900, "method": "trajectory_dp", "base": base.spec,
+            "sampler": "euler", "nfe": 5, "pilot": 64, "sigma_min": 0.002, "sigma_max": 80.0}
+    fitting.save_fitted(tmp_path / "f.parquet", "fit", spec, fitting.rationale_through(levels, base), {"pilot": 64})
+    back = fitting.load_fitted(tmp_path / "f.parquet", spec)
+    assert noise_levels(back, 5)[:-1] == pytest.approx(levels, rel=1e-9)
+    with pytest.raises(fitting.FittingError, match="fitted for another spec"):
+        fitting.load_fitted(tmp_path / "f.parquet", {**spec, "pilot": 32})
+    table = __import__("pandas").read_parquet(tmp_path / "f.parquet")  # a schedule table, as tabulate writes
+    assert list(table.columns) == ["t", "sigma", "pdf", "cdf"] and table["sigma"].iloc[-1] == pytest.approx(80.0)
+
+
+def test_pilot_keys_are_no_evaluation_seeds_key():
+    from ied.generate import SEED_SET_STRIDE
+    from ied.config import schema
+    sets = schema()["$defs"]["sample_set"]["properties"]["sets"]
+    largest_seed_key = sets["maximum"] * SEED_SET_STRIDE  # set k's keys are k·stride + image, image < stride
+    assert fitting.PILOT_KEY > largest_seed_key
+
+
+def test_the_fit_job_fits_a_checkpoint_and_generate_samples_its_table(digits, tmp_path, monkeypatch):
+    """`ied fit-rationale` on a tiny digits checkpoint, then `ied generate` with the table: the levels it logs are
+    the ones sampled; the table is required, and a non-finite cost is one line naming the checkpoint and σ."""
+    import json
+
+    from ied import specs as spec_module
+    from ied.cli import main
+    from ied.train import train
+    from conftest import sampling_spec, tiny_spec
+    ckpt = tmp_path / "ckpt-4.pt"
+    train(tiny_spec(), 0, 4, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=ckpt)
+    base = spec_module.rationale(BASE)
+    spec = {"family": "fitted", "model": "l2", "step": 4, "method": "trajectory_dp", "base": base.spec,
+            "sampler": "dpmpp_2m", "nfe": 4, "pilot": 3, "sigma_min": 0.002, "sigma_max": 80.0}
+    table, log = tmp_path / "fit.parquet", tmp_path / "fit.jsonl"
+    assert main(["fit-rationale", "--checkpoint", str(ckpt), "--spec", json.dumps(spec), "--name", "fit",
+                 "--expect-step", "4", "--out", str(table), "--log-file", str(log)]) == 0
+    info = json.loads(log.read_text())
+    assert info["denoiser_evaluations"] == 3 * fitting.teacher_calls() and info["teacher_calls"] == fitting.teacher_calls()
+    assert len(info["levels"]) == 4 and info["levels"][0] == 80.0 and info["levels"][-1] == pytest.approx(0.002)
+    assert noise_levels(fitting.load_fitted(table, spec), 4)[:-1] == pytest.approx(info["levels"], rel=1e-9)
+    sampling = json.dumps({**sampling_spec(sampler="dpmpp_2m", steps=4), "rationale": spec})
+    out = ["generate", "--checkpoint", str(ckpt), "--spec", sampling, "--n-samples", "3", "--out"]
+    assert main([*out, str(tmp_path / "s.npz"), f"--rationale-table={table}"]) == 0
+    assert main([*out, str(tmp_path / "t.npz"), "--rationale-table="]) == 1  # a fitted spec needs its table
+
+    def broken(*args, **kwargs):
+        raise fitting.FittingError("the cost of the jump σ = 3.1 → 0.9 is not finite")
+    monkeypatch.setattr(fitting, "fit_rationale", broken)
+    with pytest.raises(fitting.FittingError, match=r"ckpt-4.pt \(step 4\): the cost of the jump σ = 3.1"):
+        fitting.fit_checkpoint(ckpt, spec, "fit", tmp_path / "never.parquet")
+    assert not (tmp_path / "never.parquet").exists()

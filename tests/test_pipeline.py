@@ -24,11 +24,16 @@ def test_default_config_cells_follow_the_papers_protocol():
     single = 3 * 3 * 3  # train × checkpoints × VE/L2/N(0,5²), em: one set each
     repeated = 3 * 2 * 4 * 2 - 3 * 2 * 3  # train × checkpoints ≤ 600 × 4 rationales × 2 sets, less set 0 of single
     ablation = 3  # σ_N of 1, 3, 10 (σ_N = 5 is gauss5's cell)
-    sweep = 2 * 5 * 3  # l2/edm7 × em, heun, dpmpp_2m, ipndm, unipc × NFE 5, 10, 20 (heun 5, 9, 19)
+    # the L2 model: edm7/ve/l2 and the cost density × em, heun, dpmpp_2m, ipndm, unipc × NFE 5, 10, 20 (heun 5, 9,
+    # 19), and each grid fitted for one solver and NFE there only
+    sweep = 4 * 5 * 3 + 4
     assert len(cells(config)) == single + repeated + ablation + sweep
-    swept = {c.sampler for c in cells(config) if c.train == "ve" and c.step == 900 and c.sample == "edm7"}
+    swept = {c.sampler for c in cells(config) if c.train == "l2" and c.step == 900 and c.sample == "edm7"}
     assert swept == {"em-5", "em-10", "em-20", "heun-3", "heun-5", "heun-10", "dpmpp_2m-5", "dpmpp_2m", "dpmpp_2m-20",
                      "ipndm-5", "ipndm", "ipndm-20", "unipc-5", "unipc", "unipc-20"}
+    fitted = {(c.sample, c.sampler) for c in cells(config) if c.sample.startswith("fit-") and c.sample != "fit-density"}
+    assert fitted == {("fit-dpm-5", "dpmpp_2m-5"), ("fit-dpm-10", "dpmpp_2m"), ("fit-heun-5", "heun-3"),
+                      ("fit-heun-9", "heun-5")}
     assert config["sample"]["samplers"]["em"]["options"] == {}  # schema defaults are filled in
 
 
@@ -246,11 +251,12 @@ def test_end_to_end_reduced_default(e2e_run):
 
 @pytest.mark.parametrize("name, counts", [
     # the reproduction (1 single set + 2 more repeated sets of 50K) and the study (4 schedules × 4 solvers × 4 NFE,
-    # less Heun at NFE 35 on EDM ρ = 7: the reproduction's set 0)
-    ("edm-pretrained-cifar10", {"import_network": 1, "generate": 3 + 63, "evaluate": 3 + 63, "nll": 1,
-                                "prepare_data": 2}),
-    ("edm-pretrained-cifar10-uncond", {"import_network": 1, "generate": 3 + 63, "evaluate": 3 + 63, "nll": 1,
-                                       "prepare_data": 2}),
+    # less Heun at NFE 35 on EDM ρ = 7: the reproduction's set 0), the cost density at every point, 4 fitted grids
+    # at theirs, and their 5 fits
+    ("edm-pretrained-cifar10", {"import_network": 1, "generate": 3 + 63 + 16 + 4, "evaluate": 3 + 63 + 16 + 4,
+                                "nll": 1, "prepare_data": 2, "fit_rationale": 5}),
+    ("edm-pretrained-cifar10-uncond", {"import_network": 1, "generate": 3 + 63 + 16 + 4, "evaluate": 3 + 63 + 16 + 4,
+                                       "nll": 1, "prepare_data": 2, "fit_rationale": 5}),
     ("edm-pretrained-ffhq-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
     ("edm-pretrained-afhqv2-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
     ("edm-pretrained-imagenet64", {"import_network": 1, "generate": 3 + 2, "evaluate": 3 + 2}),

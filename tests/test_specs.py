@@ -8,7 +8,7 @@ from ied import specs
 from ied.cli import main
 from ied.checks import validate
 
-from conftest import DEFAULT
+from conftest import DEFAULT, without_fitted
 
 
 def default():
@@ -56,7 +56,7 @@ def test_ablation_shares_the_main_grids_rationale():
 
 
 def test_weighted_rationale_with_a_named_base_trains_and_samples_through_the_job_path(digits, tmp_path):
-    raw = default()
+    raw = without_fitted(default())
     raw["rationales"]["w"] = {"family": "weighted", "base": "l2", "weight": "sigma**2 / (sigma**2 + 0.25)",
                               "label": "weighted L2"}
     raw["train"].update(rationales=["w"], batch_size=16)

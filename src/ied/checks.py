@@ -18,11 +18,12 @@ from ied.config import (ConfigError, check_resources, extractor, fail, normalize
 from ied.cost import CostError, read_throughput
 from ied.data import DATASETS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.expressions import FormulaError, compile_formula
+from ied.fitting import FINE_LEVELS
 from ied.io import content_sha256
 from ied.nll import EXACT_MAX_DIMS
 from ied.pretrained import FORMATS, PretrainedError, inspect as inspect_network
 from ied.rationales import RationaleError, build, check_numerics
-from ied.samplers import OptionError, resolve_options, steps_for_nfe
+from ied.samplers import OptionError, nfe, resolve_options, steps_for_nfe
 
 MIN_SAMPLES = 20  # FID needs a covariance, KID two subsets
 MAX_CHECKPOINTS = 10_000  # one training job per checkpoint: more is a typo, and a bill
@@ -52,6 +53,7 @@ def validate(config: Mapping[str, Any], *, deep: bool = True) -> dict:
     _check_rationales(config)
     _check_lists(config)
     _check_samplers(config)
+    _check_fitted(config)  # after the lists: a fit names a model
     _check_sweep(config)  # after the samplers: NFE targets need each sampler's NFE per step
     _check_training(config)
     _check_ablation(config)
@@ -91,7 +93,10 @@ def _check_rationales(config: dict) -> None:
     for name in config["rationales"]:
         try:
             spec = specs.resolve_rationale(name, config["rationales"][name], config["rationales"])
-            check_numerics(build(name, spec))
+            if spec["family"] == "fitted":  # its schedule exists after its fit; its base is checked here
+                check_numerics(build(f"{name}.base", spec["base"]))
+            else:
+                check_numerics(build(name, spec))
         except RationaleError as err:
             fail(f"rationales.{err.rationale.split('.')[0]}.{err.key}", str(err))
 
@@ -187,10 +192,56 @@ def _check_sweep(config: dict) -> None:
                 steps_for_nfe(config["sample"]["samplers"][name]["sampler"], target)
             except ValueError as err:
                 fail(key, f"{name}: {err}")
+    points = layout.sweep_points(config)
+    for name in sweep["rationales"]:
+        spec = config["rationales"][name]
+        if spec["family"] == "fitted" and spec.get("method") == "trajectory_dp" and not any(
+                config["sample"]["samplers"][s]["sampler"] == spec.get("sampler")
+                and nfe(spec["sampler"], k) == spec.get("nfe") for s, ks in points.items() for k in ks):
+            fail("nfe_sweep.rationales", f"{name!r} is fitted for {spec.get('sampler')} at NFE {spec.get('nfe')}, "
+                                         f"a point the sweep does not sample")
     for model in layout.sweep_models(config):
         _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config, model)
     if sweep["n_samples"] < MIN_SAMPLES:
         fail("nfe_sweep.n_samples", f"needs at least {MIN_SAMPLES} samples for FID and KID")
+
+
+def _check_fitted(config: dict) -> None:
+    """A fitted rationale: a model of the grid at one of its checkpoints, a method, a sampler and NFE it can fit
+    (trajectory_dp only), a base inside the model's training domain; it samples, it does not train."""
+    for name, spec in specs.fitted_rationales(config).items():
+        entry, key = config["rationales"][name], f"rationales.{name}"
+        if spec["model"] not in layout.models(config):
+            fail(f"{key}.model", f"{spec['model']!r} is not a model (a training rationale or a pretrained model)")
+        _check_step(f"{key}.step", entry["step"], config, spec["model"])
+        if name in config["train"]["rationales"]:
+            fail("train.rationales", f"{name!r} is fitted to a model's samples; it cannot train one")
+        if spec["method"] == "trajectory_dp":
+            _check_fit_target(key, spec)
+        else:
+            for option in ("sampler", "nfe"):
+                if option in spec:
+                    fail(f"{key}.{option}", f"applies to method trajectory_dp only ({spec['method']} serves every NFE)")
+        if spec["model"] in config["train"]["rationales"]:
+            trained = specs.configured_rationales(config)[spec["model"]]
+            if spec["sigma_min"] < trained["sigma_min"] or spec["sigma_max"] > trained["sigma_max"]:
+                fail(f"{key}.base", f"its domain [{spec['sigma_min']:g}, {spec['sigma_max']:g}] leaves the domain "
+                                    f"[{trained['sigma_min']:g}, {trained['sigma_max']:g}] {spec['model']!r} was "
+                                    f"trained on")
+
+
+def _check_fit_target(key: str, spec: dict) -> None:
+    """A trajectory_dp fit names a sampler it can fit and an NFE that sampler makes with 2 to FINE_LEVELS levels."""
+    for option in ("sampler", "nfe"):
+        if option not in spec:
+            fail(f"{key}.{option}", "required by method trajectory_dp")
+    try:
+        steps = steps_for_nfe(spec["sampler"], spec["nfe"])
+    except ValueError as err:
+        fail(f"{key}.nfe", str(err))
+    if not 2 <= steps <= FINE_LEVELS:
+        fail(f"{key}.nfe", f"{spec['sampler']} at NFE {spec['nfe']} visits {steps} noise level{'s' * (steps != 1)}; a fit needs 2 to "
+                           f"{FINE_LEVELS} (NFE {nfe(spec['sampler'], 2)} to {nfe(spec['sampler'], FINE_LEVELS)})")
 
 
 def _check_samplers(config: dict) -> None:

@@ -157,6 +157,17 @@ def _sampling_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the samples .npz to write")
     p.add_argument("--grid", help="a 10×10 sample grid PNG to write")
     p.add_argument("--log-file", help="JSON-lines log")
+    p.add_argument("--rationale-table", default="", help="a fitted sampling rationale's table (fit-rationale's output)")
+
+    p = sub.add_parser("fit-rationale", help="fit a rationale to a checkpoint (ied.fitting) → its schedule table")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint to fit to")
+    p.add_argument("--spec", type=_json, required=True, help="resolved fitted-rationale spec (JSON)")
+    p.add_argument("--name", required=True, help="the rationale's name (stored with the table)")
+    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
+    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True, help="the Parquet schedule table to write")
+    p.add_argument("--log-file", help="JSON-lines log")
 
 
 def _scoring_commands(sub: argparse._SubParsersAction) -> None:
@@ -277,6 +288,7 @@ def _known(err: Exception) -> str | None:
     from ied.cost import CostError
     from ied.data import DataError
     from ied.device import DeviceError
+    from ied.fitting import FittingError
     from ied.generate import GenerationError
     from ied.io import CorruptFileError, quarantine
     from ied.metrics import MetricsError
@@ -293,7 +305,8 @@ def _known(err: Exception) -> str | None:
         return f"no space left on device writing {err.filename or 'an output'}; free space and rerun"
     if isinstance(err, OSError) and err.filename is not None:  # a read-only folder, a missing mount, a quota
         return f"{err.filename}: {err.strerror or err}"
-    known = (CheckpointError, ConfigError, CostError, DataError, DeviceError, GenerationError, MetricsError, NLLError,
+    known = (CheckpointError, ConfigError, CostError, DataError, DeviceError, FittingError, GenerationError,
+             MetricsError, NLLError,
              PretrainedError, RationaleError, OptionError, TrainingError)
     return str(err) if isinstance(err, known) else None
 
@@ -329,7 +342,15 @@ def _generate(a):
     from ied.generate import generate
     generate(a.checkpoint, a.spec, a.out, n_samples=a.n_samples, seed_set=a.seed_set, expect_step=a.expect_step,
              expect_config_hash=a.expect_config_hash, batch_size=a.batch_size, shard_size=a.shard_size, grid=a.grid,
-             device=a.device, precision=a.precision, compile=a.compile, log_path=a.log_file)
+             device=a.device, precision=a.precision, compile=a.compile, log_path=a.log_file,
+             rationale_table=a.rationale_table or None)
+
+
+def _fit_rationale(a):
+    from ied.fitting import fit_checkpoint
+    info = fit_checkpoint(a.checkpoint, a.spec, a.name, a.out, expect_step=a.expect_step,
+                          expect_config_hash=a.expect_config_hash, device=a.device, log_path=a.log_file)
+    print(json.dumps({k: info[k] for k in ("denoiser_evaluations", "seconds", "levels")}), file=sys.stderr)
 
 
 def _evaluate(a):
@@ -420,7 +441,7 @@ def _bench(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "cost": _cost,
+            "generate": _generate, "fit-rationale": _fit_rationale, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "cost": _cost,
             "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
             "check-config": _check_config, "bench": _bench}
 

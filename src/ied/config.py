@@ -18,6 +18,7 @@ import yaml
 from ied.data import DATASETS, EXTRACTORS
 from ied.device import DEVICE_PATTERN, PRECISIONS
 from ied.nll import ESTIMATORS
+from ied.fitting import FIT_METHODS, FITTED_SAMPLERS
 from ied.rationales import FAMILIES, KG_WEIGHTINGS
 from ied.samplers import SAMPLERS
 
@@ -155,6 +156,8 @@ def schema() -> dict:
     rationale = doc["$defs"]["rationale"]["properties"]
     rationale["family"]["enum"] = sorted(FAMILIES)
     rationale["weighting"]["enum"] = sorted(KG_WEIGHTINGS)
+    rationale["method"]["enum"] = list(FIT_METHODS)
+    rationale["sampler"]["enum"] = list(FITTED_SAMPLERS)
     doc["$defs"]["sampler"]["properties"]["sampler"]["enum"] = sorted(SAMPLERS)
     props = doc["properties"]
     props["dataset"]["properties"]["name"]["enum"] = sorted(DATASETS)

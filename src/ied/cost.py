@@ -5,7 +5,8 @@ them this invocation runs is Snakemake's own decision, read from the DAG it buil
 `dag_plan(dag)`. The Snakefile bills every run and dry run from it, and applies the budget just before the first job of
 a run (Snakemake's `onstart`): a command that runs no job (--unlock, --lint, --list-rules, --dag, --report, --touch)
 is never refused.
-Work per job: training images (steps × batch), generated images × NFE, likelihood images × probes × the expected
+Work per job: training images (steps × batch), a fit's pilot images × its denoiser evaluations (ied.fitting.fit_calls),
+generated images × NFE, likelihood images × probes × the expected
 NFE of one ODE solve, evaluated images. GPU-hours = work ÷ throughput, the throughput from a JSON `ied bench`
 wrote on the target GPU, or else the paper's A100 figures. Job start-up is not counted.
 
@@ -21,11 +22,12 @@ from typing import Any, Iterable, Mapping
 
 from ied import layout, specs
 from ied.data import DATASETS, DIGITS_CNN, INCEPTION
+from ied.fitting import fit_calls
 from ied.samplers import nfe
 
-GPU_RULES = ("train_segment", "generate", "evaluate", "nll")  # import_network, prepare, tables… run on CPUs
-UNITS = {"train_segment": "training images", "generate": "images × NFE", "evaluate": "images",
-         "nll": "images × NFE"}
+GPU_RULES = ("train_segment", "fit_rationale", "generate", "evaluate", "nll")  # import_network, tables… on CPUs
+UNITS = {"train_segment": "training images", "fit_rationale": "images × NFE", "generate": "images × NFE",
+         "evaluate": "images", "nll": "images × NFE"}
 BILL_OUT = "IED_BILL_OUT"  # a JSON path: the Snakefile writes its bill there (how `ied cost` reads a dry run's)
 
 
@@ -140,6 +142,9 @@ def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
         for step in layout.checkpoint_steps(config):
             out.append(Job("train_segment", f"{root}/{layout.CHECKPOINT.format(train=model, step=step)}",
                            train["checkpoint_every"] * train["batch_size"]))
+    for name, spec in specs.fitted_rationales(config).items():
+        out.append(Job("fit_rationale", f"{root}/{layout.SCHEDULE.format(rationale=name)}",
+                       spec["pilot"] * fit_calls(spec)))
     for cell in layout.cells(config):
         entry = specs.sampler_entry(config, cell.sampler)
         out.append(Job("generate", f"{root}/{layout.cell_path(layout.SAMPLES, cell)}",
@@ -159,6 +164,7 @@ def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
 def hours(job: Job, throughput: Throughput) -> float:
     """GPU-hours of one job: its work over the rule's rate."""
     rate = {"train_segment": throughput.train_images_per_s, "generate": throughput.nfe_per_s,
+            "fit_rationale": throughput.nfe_per_s,
             "evaluate": throughput.eval_images_per_s, "nll": throughput.nll_nfe_per_s}[job.rule]
     return job.work / rate / 3600
 

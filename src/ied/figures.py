@@ -65,13 +65,13 @@ def _legend(fig, axes, experiment: FigureInputs, names: Sequence[str], title: st
 
 # --- Figs. 1 and 2: the rationales themselves -----------------------------------------------------------
 def fig_rationales(schedules: dict[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str) -> None:
-    """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale."""
+    """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale, those fitted to a model dashed."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     for key, table in schedules.items():
-        label = _label(experiment, key)
-        axes[0].plot(table["sigma"], table["pdf"] * table["sigma"], label=label)
-        axes[1].plot(table["sigma"], table["cdf"], label=label)
-        axes[2].plot(table["t"], table["sigma"], label=label)
+        style = {"label": _label(experiment, key), "linestyle": "--" if key in experiment.get("fitted", []) else "-"}
+        axes[0].plot(table["sigma"], table["pdf"] * table["sigma"], **style)
+        axes[1].plot(table["sigma"], table["cdf"], **style)
+        axes[2].plot(table["t"], table["sigma"], **style)
     axes[0].set(xscale="log", xlabel="σ", ylabel="σ·φ(σ)  (density per unit log σ)", title="(a) rationale, PDF")
     axes[1].set(xscale="log", xlabel="σ", ylabel="Φ(σ)", title="(b) CDF")
     axes[2].set(yscale="log", xlabel="t", ylabel="σ(t) = Φ⁻¹(t)", title="(c) variance schedule")
@@ -81,8 +81,9 @@ def fig_rationales(schedules: dict[str, pd.DataFrame], experiment: FigureInputs,
 
 def fig_marginals(schedules: dict[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str,
                   x_max: float = 10.0) -> None:
-    """Fig. 2: the density of p₀ₜ(x(t) | 0) = N(x; 0, σ(t)²) over t and x, a panel per rationale, one colorbar."""
-    names = list(schedules)
+    """Fig. 2: the density of p₀ₜ(x(t) | 0) = N(x; 0, σ(t)²) over t and x, a panel per hand-made rationale (the
+    fitted ones are in Fig. 1), one colorbar."""
+    names = [name for name in schedules if name not in experiment.get("fitted", [])]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 3.2), sharey=True, squeeze=False,
                              layout="constrained")
     x = np.linspace(-x_max, x_max, 301)

@@ -12,13 +12,16 @@ sampled, tabled and plotted like any other. Torch is imported only where histori
 """
 from __future__ import annotations
 
+import json
 import math
+import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 
-from ied.rationales import PiecewiseLogLinear, Rationale
+from ied.rationales import PiecewiseLogLinear, Rationale, build, tabulate
 from ied.samplers import Denoiser, _denoise, steps_for_nfe
 
 FINE_LEVELS = 120
@@ -26,7 +29,10 @@ TEACHER_SUBSTEPS = 4
 THROUGH_KNOTS = 16  # knots per interval of `rationale_through` that follow the base's shape
 LOG_UNIFORM_SHARE = 1e-3  # of each interval's mass spread log-uniformly, so a flat base CDF never makes a flat one
 FITTED_SAMPLERS = ("euler", "heun", "dpmpp_2m", "ipndm", "unipc")
+FIT_METHODS = ("trajectory_dp", "cost_density")  # the `method` of a fitted rationale
 HISTORY_FREE = ("euler", "heun")  # one-step samplers; the multistep ones' cost depends on the jump before
+HEUN_BATCH_ROWS = 1024  # images per denoiser call of Heun's jump costs
+PILOT_KEY = 1 << 62  # pilot image i has the noise key PILOT_KEY + i: no evaluation seed (set·10⁷ + image) reaches it
 
 class FittingError(ValueError):
     """A fit that cannot be made (an unknown sampler, too few fine levels for the NFE)."""
@@ -100,6 +106,27 @@ def jump_cost(denoiser: Denoiser, path: Teacher, i: int, j: int, sampler: str, c
             end = _denoise(denoiser, step, float(s_next), class_labels)
             step = x + (s_next - s) * 0.5 * (slope + (step - end) / s_next)
     return float(_rms(step - path.states[j], path.states[j]))
+
+
+def heun_costs(denoiser: Denoiser, path: Teacher, i: int, ends: list[int], class_labels: Any = None,
+               rows: int = HEUN_BATCH_ROWS) -> np.ndarray:
+    """`jump_cost` of Heun from level i to each level of `ends`, its end evaluations batched over the ends (at most
+    `rows` images per denoiser call; a call's overhead dominates a small network's)."""
+    import torch
+
+    x, slope, s = path.states[i], _slope(path, i), path.sigmas[i]
+    per_call = max(1, rows // x.shape[0])
+    out = []
+    for chunk in (ends[k:k + per_call] for k in range(0, len(ends), per_call)):
+        s_next = torch.tensor([path.sigmas[j] for j in chunk], dtype=x.dtype, device=x.device)
+        h = (s_next - s).reshape((-1,) + (1,) * x.ndim)
+        euler = x + h * slope  # [J, B, ...]
+        flat = euler.reshape((-1,) + tuple(x.shape[1:]))
+        labels = None if class_labels is None else class_labels.repeat(len(chunk))
+        end = denoiser(flat, s_next.repeat_interleave(x.shape[0]), labels).double().reshape(euler.shape)
+        step = x + h * 0.5 * (slope + (euler - end) / s_next.reshape(h.shape))
+        out += [float(_rms(step[k] - path.states[j], path.states[j])) for k, j in enumerate(chunk)]
+    return np.asarray(out)
 
 
 def history_costs(path: Teacher, i: int, ends: range, sampler: str) -> np.ndarray:
@@ -193,9 +220,13 @@ def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str
     m = len(path.sigmas)
     reach = m if max_jump is None else max_jump + 1
     cost = np.full((m, m), np.inf)
-    for i in range(m - 1 if sampler in HISTORY_FREE else 1):
-        for j in range(i + 1, min(m, i + reach)):
-            cost[i, j] = jump_cost(denoiser, path, i, j, sampler, class_labels)
+    jumps = first_jumps(m, steps, sampler, max_jump)
+    if sampler == "heun":
+        for i in sorted({i for i, _ in jumps}):
+            ends = [j for start, j in jumps if start == i]
+            cost[i, ends] = heun_costs(denoiser, path, i, ends, class_labels)
+    for i, j in jumps if sampler != "heun" else []:
+        cost[i, j] = jump_cost(denoiser, path, i, j, sampler, class_labels)
     _check_finite(cost, path.sigmas)
     if sampler in HISTORY_FREE:
         return path.sigmas[cheapest_path(cost, steps)]
@@ -205,6 +236,29 @@ def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str
         after[:i, i, ends.start:ends.stop] = history_costs(path, i, ends, sampler)
     _check_finite(after, path.sigmas)
     return path.sigmas[cheapest_path_with_history(cost[0], after, steps)]
+
+
+def first_jumps(m: int, steps: int, sampler: str, max_jump: int | None = None) -> list[tuple[int, int]]:
+    """The jumps i → j of the fine grid whose history-free cost the fit needs: for a one-step sampler those on some
+    path of `steps` levels from 0 to m − 1 (at 3 levels: from 0 or to m − 1), for a multistep one those from 0."""
+    reach = m if max_jump is None else max_jump + 1
+    jumps = steps - 1
+    return [(i, j) for i in range(m - 1 if sampler in HISTORY_FREE else 1) for j in range(i + 1, min(m, i + reach))
+            if (i > 0) + 1 + (j < m - 1) <= jumps <= i + 1 + (m - 1 - j)]
+
+
+def teacher_calls(levels: int = FINE_LEVELS, substeps: int = TEACHER_SUBSTEPS) -> int:
+    """Denoiser evaluations per pilot image of the teacher's trajectory (`teacher`)."""
+    return 1 + (levels - 1) * 2 * substeps
+
+
+def fit_calls(spec: Mapping[str, Any], levels: int = FINE_LEVELS, substeps: int = TEACHER_SUBSTEPS) -> int:
+    """Denoiser evaluations per pilot image of a fit: the teacher's, and Heun's one per jump considered (every
+    other cost is computed from the teacher's evaluations)."""
+    calls = teacher_calls(levels, substeps)
+    if spec["method"] == "trajectory_dp" and spec["sampler"] == "heun":
+        calls += len(first_jumps(levels, steps_for_nfe("heun", spec["nfe"]), "heun"))
+    return calls
 
 
 def _check_finite(cost: np.ndarray, sigmas: np.ndarray) -> None:
@@ -260,3 +314,74 @@ def rationale_through(sigmas: np.ndarray, base: Rationale, knots: int = THROUGH_
         cdf.append(t[k] + (t[k + 1] - t[k]) * share)
     spec = {"family": "tabulated", "sigma_min": base.sigma_min, "sigma_max": base.sigma_max}
     return PiecewiseLogLinear("fitted", np.concatenate(points), np.concatenate(cdf), spec)
+
+
+# --- the pipeline's fit job: a checkpoint in, a schedule table with the fitted knots out -----------------------
+def fit_rationale(denoiser: Denoiser, spec: Mapping[str, Any], latents: Any, class_labels: Any = None
+                  ) -> tuple[PiecewiseLogLinear, Teacher]:
+    """The rationale a resolved `fitted` spec asks for, fitted to `denoiser` on pilot `latents`, and the teacher."""
+    base = build("base", spec["base"])
+    path = teacher(denoiser, latents, fine_levels(base), class_labels=class_labels)
+    if spec["method"] == "cost_density":
+        return cost_density(path, base), path
+    levels = fit_schedule(denoiser, latents, base, spec["sampler"], spec["nfe"], class_labels=class_labels, path=path)
+    return rationale_through(levels, base), path
+
+
+def save_fitted(path: str | Path, name: str, spec: Mapping[str, Any], rationale: PiecewiseLogLinear,
+                info: Mapping[str, Any]) -> None:
+    """A schedule table of the fitted rationale (the columns of `tabulate`), its spec, knots and fit in the
+    metadata."""
+    table = tabulate(rationale)
+    table.name, table.spec = name, dict(spec)
+    knots = {"sigma": rationale.knots.tolist(), "cdf": rationale.knot_cdf.tolist()}
+    table.to_parquet(str(path), extra={"ied.knots": json.dumps(knots), "ied.fit": json.dumps(dict(info))})
+
+
+def load_fitted(path: str | Path, spec: Mapping[str, Any]) -> PiecewiseLogLinear:
+    """The fitted rationale of a `save_fitted` table, which must have been fitted for `spec`."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(str(path)).metadata or {}
+    if b"ied.knots" not in meta or b"ied.spec" not in meta:
+        raise FittingError(f"{path}: not a fitted rationale's table (no knots in its metadata)")
+    if json.loads(meta[b"ied.spec"]) != json.loads(json.dumps(dict(spec))):
+        raise FittingError(f"{path}: fitted for another spec than the one asked for; rerun its fit_rationale job")
+    knots = json.loads(meta[b"ied.knots"])
+    return PiecewiseLogLinear(meta[b"ied.rationale"].decode(), knots["sigma"], knots["cdf"], dict(spec))
+
+
+def fit_checkpoint(checkpoint: str | Path, spec: Mapping[str, Any], name: str, out: str | Path, *,
+                   expect_step: int | None = None, expect_config_hash: str | None = None, device: str = "auto",
+                   log_path: str | Path | None = None) -> dict:
+    """The `fit_rationale` job: fit `spec` to the checkpoint's EMA denoiser on its pilot latents (counter-based
+    noise, keys PILOT_KEY + i) and write the table; returns what the log line holds."""
+    import torch
+
+    from ied import device as devices
+    from ied.checkpoints import load_ema_denoiser
+    from ied.generate import balanced_labels
+    from ied.noise import PerImageNoise
+
+    dev = devices.choose(device)
+    denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
+    shape = (spec["pilot"], ckpt["channels"], ckpt["resolution"], ckpt["resolution"])
+    latents = PerImageNoise([PILOT_KEY + i for i in range(spec["pilot"])], dev).randn(shape)
+    labels = torch.as_tensor(balanced_labels(spec["pilot"], ckpt["num_classes"], 0), device=dev) \
+        if ckpt["num_classes"] else None
+    tick = time.perf_counter()
+    try:
+        with torch.no_grad():
+            rationale, path = fit_rationale(denoiser, spec, latents, labels)
+    except FittingError as err:
+        raise FittingError(f"{checkpoint} (step {ckpt['step']}): {err}") from None
+    info = {"event": "fitted", "checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"],
+            "config_hash": ckpt["config_hash"], "pilot": spec["pilot"], "teacher_calls": path.calls,
+            "denoiser_evaluations": fit_calls(spec) * spec["pilot"], "seconds": time.perf_counter() - tick,
+            "levels": rationale.sigma(np.linspace(1.0, 0.0, steps_for_nfe(spec["sampler"], spec["nfe"]))).tolist()
+            if spec["method"] == "trajectory_dp" else None, "device": str(dev)}
+    save_fitted(out, name, spec, rationale, info)
+    if log_path:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(info) + "\n")
+    return info

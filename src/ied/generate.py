@@ -13,9 +13,10 @@ import torch
 from ied import device as devices
 from ied.checkpoints import load_ema_denoiser
 from ied.data import DataError, ImageSet, load_imageset, load_imageset_meta, save_imageset, to_uint8
-from ied.io import atomic_path
+from ied.fitting import load_fitted
+from ied.io import atomic_path, content_sha256
 from ied.noise import PerImageNoise
-from ied.rationales import build
+from ied.rationales import Rationale, build
 from ied.samplers import SAMPLERS, nfe, resolve_options
 from ied.specs import identity_hash
 
@@ -54,18 +55,22 @@ class GenerationError(RuntimeError):
 def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *, n_samples: int, seed_set: int = 0,
              expect_step: int | None = None, expect_config_hash: str | None = None, batch_size: int = 256,
              shard_size: int = 1000, grid: str | Path | None = None, device: str = "auto", precision: str = "auto",
-             compile: bool = False, log_path: str | Path | None = None) -> ImageSet:
+             compile: bool = False, log_path: str | Path | None = None,
+             rationale_table: str | Path | None = None) -> ImageSet:
     """Sample `n_samples` images of seed set `seed_set` with the resolved sampling spec (ied.specs.sampling_spec)
     into `out` (.npz). Finished shards in `out`.parts/ survive a kill and are reused only if they were made
-    from the same checkpoint content, spec and seed set; batch and shard sizes do not change any image."""
+    from the same checkpoint content, spec, seed set and (a fitted rationale) table content; batch and shard sizes
+    do not change any image."""
     options = resolve_options(spec["sampler"], spec["options"])
+    schedule, table_sha256 = _schedule(spec["rationale"], rationale_table)
     dev = devices.choose(device)
     denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
     net = devices.prepare_module(denoiser, dev, compile=compile)
     labels_all = balanced_labels(n_samples, ckpt["num_classes"], seed_set)
-    sample = _sampler(net, dev, devices.autocast(dev, precision), ckpt, spec, options, labels_all, seed_set, out)
+    sample = _sampler(net, dev, devices.autocast(dev, precision), ckpt, spec, schedule, options, labels_all, seed_set,
+                      out)
     identity = {"checkpoint_sha256": ckpt["sha256"], "spec": {**dict(spec), "options": options},
-                "seed_set": seed_set, "n_samples": n_samples}
+                "seed_set": seed_set, "n_samples": n_samples, **table_sha256}
     parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     tick = time.perf_counter()
@@ -86,12 +91,21 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
     return data
 
 
+def _schedule(spec: Mapping[str, Any], table: str | Path | None) -> tuple[Rationale, dict]:
+    """The sampling rationale of a resolved spec: built from it, or a fitted one read from its fit's table (whose
+    content then enters the shards' identity)."""
+    if spec["family"] != "fitted":
+        return build("sampling rationale", spec), {}
+    if not table:
+        raise GenerationError("a fitted sampling rationale needs its fit's table (--rationale-table)")
+    return load_fitted(table, spec), {"rationale_table_sha256": content_sha256(table)}
+
+
 def _sampler(net: torch.nn.Module, dev: torch.device, autocast: Any, ckpt: Mapping[str, Any],
-             spec: Mapping[str, Any], options: Mapping[str, Any], labels_all: np.ndarray, seed_set: int,
-             out: str | Path) -> Callable[[list[int]], np.ndarray]:
+             spec: Mapping[str, Any], schedule: Rationale, options: Mapping[str, Any], labels_all: np.ndarray,
+             seed_set: int, out: str | Path) -> Callable[[list[int]], np.ndarray]:
     """The images of the given indices as uint8, each from its own counter-based noise; a non-finite sample stops."""
     shape = (ckpt["channels"], ckpt["resolution"], ckpt["resolution"])
-    schedule = build("sampling rationale", spec["rationale"])
 
     def call(x, sigma, labels):
         with autocast:

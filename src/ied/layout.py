@@ -75,7 +75,7 @@ def cell_path(pattern: str, cell: Cell) -> str:
     return pattern.format(**cell.wildcards())
 
 
-PRETRAINED_STEP = 0  # a pretrained model's one checkpoint: its published weights, nothing trained here
+PRETRAINED_STEP = specs.PRETRAINED_STEP
 
 
 def trained_models(config: Mapping[str, Any]) -> list[str]:
@@ -131,7 +131,7 @@ def nll_steps(config: Mapping[str, Any], model: str) -> list[int]:
 
 
 def _step(config: Mapping[str, Any], step: int | str, model: str) -> int:
-    return model_steps(config, model)[-1] if step == "last" else int(step)
+    return specs.checkpoint_step(config, model, step)
 
 
 def ablation_step(config: Mapping[str, Any]) -> int:
@@ -192,14 +192,25 @@ def sweep_points(config: Mapping[str, Any]) -> dict[str, list[int]]:
                    for n in nfe_targets(sweep, name)[1]] for name in sweep["samplers"]}
 
 
+def sweeps_at(spec: Mapping[str, Any], algorithm: str, steps: int) -> bool:
+    """Whether the sweep samples a rationale at a point (a sampler algorithm at a step count): a trajectory_dp fit
+    only at the sampler and NFE it was fitted for, every other rationale everywhere."""
+    if spec.get("method") != "trajectory_dp":
+        return True
+    return algorithm == spec["sampler"] and samplers.nfe(algorithm, steps) == spec["nfe"]
+
+
 def sweep_cells(config: Mapping[str, Any]) -> list[Cell]:
-    """FID against NFE: each listed sampler at each of its step counts, one set per cell, at one checkpoint."""
+    """FID against NFE: each listed sampler at each of its step counts, one set per cell, at one checkpoint (a grid
+    fitted for one sampler and NFE only there)."""
     sweep, points = config["nfe_sweep"], sweep_points(config)
     if not points:
         return []
+    rationales, algorithms = specs.configured_rationales(config), config["sample"]["samplers"]
     return [Cell(t, sweep_step(config, t), s, specs.sweep_sampler(config, sampler, steps), sweep["n_samples"], 0)
             for t in sweep_models(config) for s in sweep["rationales"]
-            for sampler, counts in points.items() for steps in counts]
+            for sampler, counts in points.items() for steps in counts
+            if sweeps_at(rationales[s], algorithms[sampler]["sampler"], steps)]
 
 
 def cells(config: Mapping[str, Any]) -> list[Cell]:
@@ -294,12 +305,14 @@ class PublishedRow(TypedDict):
 
 
 class FigureInputs(TableInputs):
-    """What the figures read: the tables' inputs, the dataset and its paper style, the schedules, the ablation,
+    """What the figures read: the tables' inputs, the dataset and its paper style, the schedules (the fitted ones
+    among them), the ablation,
     the paper's published tables and the published low-NFE rows of each pretrained model."""
 
     dataset: str
     paper_style: str
     schedules: list[str]
+    fitted: list[str]
     ablation: Ablation
     paper: dict
     published: dict[str, list[PublishedRow]]
@@ -338,6 +351,7 @@ def figure_inputs(config: Mapping[str, Any]) -> FigureInputs:
     paper, dataset = config["paper_results"], config["dataset"]["name"]
     return {**table_inputs(config), "dataset": dataset, "paper_style": DATASETS[dataset].paper_style,
             "schedules": list(specs.configured_rationales(config)),
+            "fitted": list(specs.fitted_rationales(config)),
             "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
                          "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
                          "checkpoint": ablation_step(config) if ablation else None},

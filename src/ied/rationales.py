@@ -395,8 +395,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {  # family → its parameters (the regis
     "ve": (), "l2": ("v_max",), "gaussian": ("sigma_n",), "kl": ("v_max",), "edm": ("rho",),
     "lognormal": ("p_mean", "p_std"), "expression": ("density", "params"), "weighted": ("base", "weight"),
     "kingma_gao": ("weighting", "k"),
+    # fitted to a model's checkpoint by a pipeline job (ied.fitting); built from that job's table, not from the spec
+    "fitted": ("model", "step", "method", "base", "sampler", "nfe", "pilot"),
 }
-OPTIONAL = {"params", "k"}
+OPTIONAL = {"params", "k", "sampler", "nfe"}
 _POSITIVE = {"v_max", "sigma_n", "rho", "p_std"}
 
 
@@ -428,6 +430,8 @@ def check_keys(name: str, spec: Mapping[str, Any], extra: tuple[str, ...] = ()) 
 def build(name: str, spec: Mapping[str, Any]) -> Rationale:
     """Turn one resolved spec (every key given, a weighted base inlined) into a Rationale."""
     family = check_keys(name, spec)
+    if family == "fitted":
+        raise RationaleError(name, "family", "a fitted rationale is read from its fit's table (ied.fitting.load_fitted)")
     for key in COMMON_KEYS + FAMILIES[family]:
         if key not in spec and key not in OPTIONAL:
             raise RationaleError(name, key, f"family {family!r} requires this key")
@@ -515,15 +519,16 @@ class ScheduleTable:
     pdf: np.ndarray
     cdf: np.ndarray
 
-    def to_parquet(self, path: str) -> None:
-        """Write the table (atomically) with the rationale spec in the Parquet metadata."""
+    def to_parquet(self, path: str, extra: Mapping[str, str] | None = None) -> None:
+        """Write the table (atomically) with the rationale spec, and any `extra` text, in the Parquet metadata."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         from ied.io import atomic_path
 
         table = pa.table({"t": self.t, "sigma": self.sigma, "pdf": self.pdf, "cdf": self.cdf})
-        meta = {b"ied.rationale": self.name.encode(), b"ied.spec": json.dumps(self.spec, sort_keys=True).encode()}
+        meta = {b"ied.rationale": self.name.encode(), b"ied.spec": json.dumps(self.spec, sort_keys=True).encode(),
+                **{key.encode(): value.encode() for key, value in (extra or {}).items()}}
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)

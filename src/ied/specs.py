@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from ied.rationales import Rationale, RationaleError, build, check_keys
 from ied.samplers import resolve_options
 
+PRETRAINED_STEP = 0  # a pretrained model's one checkpoint: its published weights, nothing trained here
+
 
 def identity_hash(obj: Any) -> str:
     """Short SHA-256 of a spec's canonical JSON: the identity checkpoints and sample shards carry."""
@@ -32,7 +34,7 @@ def resolve_rationale(name: str, entry: Mapping[str, Any], registry: Mapping[str
     """A config entry (defaults filled by the schema) as a self-contained, label-free spec."""
     family = check_keys(name, entry, extra=("label",))
     spec = _without_label(entry)
-    if family != "weighted":
+    if family not in ("weighted", "fitted"):
         return spec
     base = entry.get("base")
     if isinstance(base, str):
@@ -45,16 +47,39 @@ def resolve_rationale(name: str, entry: Mapping[str, Any], registry: Mapping[str
         spec["base"] = resolve_rationale(f"{name}.base", base, registry, _seen + (name,))
     else:
         raise RationaleError(name, "base", f"must be a rationale name or an inline entry, got {base!r}")
-    # A weighted rationale lives on its base's domain unless it names its own.
+    if spec["base"]["family"] == "fitted":
+        raise RationaleError(name, "base", "a fitted rationale cannot be a base (it exists only after its fit)")
+    if family == "fitted" and ("sigma_min" in spec or "sigma_max" in spec):
+        key = "sigma_min" if "sigma_min" in spec else "sigma_max"
+        raise RationaleError(name, key, "a fitted rationale lives on its base's domain; give the base this domain")
+    # A weighted rationale lives on its base's domain unless it names its own; a fitted one always does.
     spec.setdefault("sigma_min", spec["base"]["sigma_min"])
     spec.setdefault("sigma_max", spec["base"]["sigma_max"])
     return spec
 
 
+def checkpoint_step(config: Mapping[str, Any], model: str, step: int | str) -> int:
+    """A model's checkpoint `step` as a number: `last` is the training's last checkpoint, or a pretrained model's
+    one (PRETRAINED_STEP)."""
+    if step != "last":
+        return int(step)
+    return int(config["train"]["total_steps"]) if model in config["train"]["rationales"] else PRETRAINED_STEP
+
+
 def configured_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
-    """Every entry of `rationales:`, resolved."""
+    """Every entry of `rationales:`, resolved; a fitted one's checkpoint by its number (`last` and 900 are one
+    identity)."""
     registry = config["rationales"]
-    return {name: resolve_rationale(name, entry, registry) for name, entry in registry.items()}
+    out = {name: resolve_rationale(name, entry, registry) for name, entry in registry.items()}
+    for spec in out.values():
+        if spec["family"] == "fitted":
+            spec["step"] = checkpoint_step(config, spec["model"], spec["step"])
+    return out
+
+
+def fitted_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
+    """The rationales fitted to a model (family `fitted`), resolved: each is made by a `fit_rationale` job."""
+    return {name: spec for name, spec in configured_rationales(config).items() if spec["family"] == "fitted"}
 
 
 def ablation_rationales(config: Mapping[str, Any]) -> dict[str, dict]:

@@ -43,6 +43,7 @@ SRC = shlex.quote(str(Path(workflow.basedir) / "src"))
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 EXP = layout.experiment_root(config)
 RATIONALES = specs.all_rationales(config)
+FITTED = specs.fitted_rationales(config)  # made by fit_rationale jobs; every cell sampling one reads its table
 CELLS = layout.cells(config)
 EVERY = config["train"].get("checkpoint_every", 0)
 EXTRACTOR = extractor(config)
@@ -57,6 +58,11 @@ CELL_JOB = layout.CELL_JOB  # one file name per cell for logs and benchmarks
 def names_pattern(names):
     """A wildcard constraint matching exactly these names (none: nothing)."""
     return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def fitted_table(w):
+    """A cell's fitted sampling rationale's table (an input of its generate job), or none."""
+    return [out(layout.SCHEDULE, rationale=w.sample)] if w.sample in FITTED else []
 
 
 wildcard_constraints:

@@ -1,7 +1,8 @@
 rule generate:
     """Sample one checkpoint with one schedule, sampler and seed set; shards make a killed job resumable."""
     input:
-        out(layout.CHECKPOINT),
+        checkpoint=out(layout.CHECKPOINT),
+        fitted=fitted_table,
     output:
         samples=out(layout.SAMPLES),
         grid=out(layout.GRID),
@@ -25,7 +26,7 @@ rule generate:
     conda:
         ENV
     shell:
-        "python -m ied generate --checkpoint {input:q} --spec {params.spec:q} --n-samples {wildcards.n}"
+        "python -m ied generate --checkpoint {input.checkpoint:q} --rationale-table={input.fitted:q} --spec {params.spec:q} --n-samples {wildcards.n}"
         " --seed-set {wildcards.seed} --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
         " --batch-size {resources.batch_size} --shard-size {resources.shard_size} --device {resources.device}"
         " --precision {resources.precision} --compile {resources.compile}"

@@ -1,5 +1,7 @@
 rule tabulate_schedule:
     """σ(t), φ and Φ of one rationale on a t grid (Algorithm 1 where no closed form exists)."""
+    wildcard_constraints:
+        rationale=names_pattern(n for n in RATIONALES if n not in FITTED),
     output:
         out(layout.SCHEDULE),
     params:
@@ -12,3 +14,32 @@ rule tabulate_schedule:
         ENV
     shell:
         "python -m ied tabulate --spec {params.spec:q} --name {wildcards.rationale} --out {output:q} > {log:q} 2>&1"
+
+
+rule fit_rationale:
+    """A rationale fitted to a model's checkpoint (ied.fitting): its schedule table, the fitted knots in the metadata."""
+    wildcard_constraints:
+        rationale=names_pattern(FITTED),
+    input:
+        lambda w: out(layout.CHECKPOINT, train=FITTED[w.rationale]["model"], step=FITTED[w.rationale]["step"]),
+    output:
+        out(layout.SCHEDULE),
+    params:
+        spec=lambda w: dumps(FITTED[w.rationale]),
+        # the checkpoint must hold this step of this model's training spec (or its pretrained file)
+        config_hash=lambda w: specs.model_hash(config, FITTED[w.rationale]["model"]),
+        step=lambda w: FITTED[w.rationale]["step"],
+    benchmark:
+        bench("fit_rationale", "{rationale}")
+    log:
+        jsonl=log("fit_rationale", "{rationale}", "jsonl"),
+        stderr=log("fit_rationale", "{rationale}"),
+    threads: res("fit_rationale")["cpus"]
+    resources:
+        **gpu_resources("fit_rationale", device=config["sample"]["device"]),
+    conda:
+        ENV
+    shell:
+        "python -m ied fit-rationale --checkpoint {input:q} --spec {params.spec:q} --name {wildcards.rationale}"
+        " --expect-step {params.step} --expect-config-hash {params.config_hash} --device {resources.device}"
+        " --out {output:q} --log-file {log.jsonl:q} 2> {log.stderr:q}"
