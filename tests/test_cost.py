@@ -85,13 +85,13 @@ def test_done_moves_to_the_done_column_after_a_run(e2e_run, monkeypatch):
     monkeypatch.chdir(e2e_run)  # the pretrained model's path is relative to the working directory
     bill = the_bill([DEFAULT, REPO / "tests" / "configs" / "e2e.yaml", e2e_run / "pretrained.yaml"], e2e_run)
     assert bill["total"]["jobs_to_do"] == 0 and bill["total"]["gpu_hours_to_do"] == 0
-    assert (bill["train_segment"]["jobs_done"], bill["generate"]["jobs_done"], bill["evaluate"]["jobs_done"],
-            bill["nll"]["jobs_done"]) == (4, 43, 43, 5)
+    assert (bill["train_segment"]["jobs_done"], bill["fit_rationale"]["jobs_done"], bill["generate"]["jobs_done"],
+            bill["evaluate"]["jobs_done"], bill["nll"]["jobs_done"]) == (4, 6, 54, 54, 5)
     result = subprocess.run([sys.executable, "-m", "ied", "cost", *E2E, "--table", "bill"],
                             cwd=e2e_run, env=VENV_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("to run: 0 GPU jobs, ≈ 0.0 GPU-hours at the paper's")
-    assert "| generate | images × NFE | 43 | 0 |" in (e2e_run / "bill.md").read_text()
+    assert "| generate | images × NFE | 54 | 0 |" in (e2e_run / "bill.md").read_text()
 
 
 @pytest.mark.slow
@@ -100,9 +100,9 @@ def test_a_budget_below_the_estimate_refuses_before_any_job(tmp_path):
     refused = snakemake("--cores", "1", *small, "budget={gpu_hours: 0.001}", cwd=tmp_path, check=False)
     lines = [l for l in refused.stderr.splitlines() if l.startswith("Config error:")]
     assert refused.returncode != 0 and len(lines) == 1 and "Traceback" not in refused.stderr
-    assert "config key 'budget.gpu_hours': this run needs ≈ 0.2 GPU-hours at the paper's A100 figures" in lines[0]
-    assert lines[0].endswith("over the budget of 0.001; the largest: generate × 81 (0.1 h), train_segment × 6 "
-                             "(0.1 h), nll × 6 (0.0 h)")
+    assert "config key 'budget.gpu_hours': this run needs ≈ 0.3 GPU-hours at the paper's A100 figures" in lines[0]
+    assert lines[0].endswith("over the budget of 0.001; the largest: generate × 115 (0.1 h), fit_rationale × 5 "
+                             "(0.1 h), train_segment × 6 (0.1 h)")
     assert not (tmp_path / "results").exists()
     planned = snakemake("-n", *small, "budget={gpu_hours: 1000}", cwd=tmp_path)
     assert "to run: " in planned.stderr and "GPU jobs" in planned.stderr

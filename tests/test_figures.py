@@ -1,4 +1,5 @@
-"""figures.py beyond the shared end-to-end run: the published rows beside a pretrained model's FID-vs-NFE lines."""
+"""figures.py beyond the shared end-to-end run: the published rows beside a pretrained model's FID-vs-NFE lines, the
+fitted rationales in Figs. 1 and 2."""
 import pandas as pd
 import yaml
 
@@ -41,3 +42,28 @@ def test_the_published_rows_of_a_pretrained_network_are_found_by_its_file_name_a
     labels = [call.kwargs.get("label") for call in plot.call_args_list]
     assert "published: EDM (ρ=7), heun (a paper, Table 2)" in labels and "EDM (ρ=7), heun" in labels
     assert (tmp_path / "fid_nfe.png").stat().st_size > 1000
+
+
+def test_figure_1_draws_the_fitted_rationales_dashed_beside_the_hand_made_ones(tmp_path):
+    """Every configured rationale's table is drawn in Fig. 1 (the fitted ones dashed); Fig. 2 shows the hand-made."""
+    from unittest import mock
+
+    import numpy as np
+
+    from ied import figures
+    config = load([DEFAULT])
+    experiment = layout.figure_inputs(config)
+    assert experiment["fitted"] == ["fit-dpm-5", "fit-dpm-10", "fit-heun-5", "fit-heun-9", "fit-density"]
+    t = np.linspace(0, 1, 11)
+    schedules = {name: pd.DataFrame({"t": t, "sigma": 0.002 * 40000**t, "pdf": np.ones(11), "cdf": t})
+                 for name in experiment["schedules"]}
+    with mock.patch.object(figures.plt.Axes, "plot", autospec=True, side_effect=figures.plt.Axes.plot) as plot:
+        figures.fig_rationales(schedules, experiment, tmp_path, "fig1")
+    styles = {call.kwargs["label"]: call.kwargs["linestyle"] for call in plot.call_args_list}
+    labels = experiment["labels"]
+    assert {styles[labels[n]] for n in experiment["fitted"]} == {"--"}
+    assert {styles[labels[n]] for n in experiment["schedules"] if n not in experiment["fitted"]} == {"-"}
+    with mock.patch.object(figures.plt.Axes, "set", autospec=True, side_effect=figures.plt.Axes.set) as titled:
+        figures.fig_marginals(schedules, experiment, tmp_path, "fig2")
+    titles = [call.kwargs.get("title") for call in titled.call_args_list]
+    assert labels["l2"] in titles and not any(labels[n] in titles for n in experiment["fitted"])

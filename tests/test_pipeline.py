@@ -1,10 +1,12 @@
 """The Snakemake pipeline: the DAG, what a config edit reruns, the end-to-end run and its report."""
+import json
 import math
 import re
 import subprocess
 import sys
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -89,6 +91,11 @@ EDITS = {
     "add a training rationale": ({"train": {"rationales": ["ve", "l2", "gauss5"]}},
                                  {"train_segment": 2, "generate": 12, "evaluate": 12, "nll": 2, **AGGREGATION}),
     # unipc's single sets ((2 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (3, 7 steps) stay
+    # its fit, its one sweep cell (DPM-Solver++(2M) at NFE 7), and the aggregation
+    "add a fitted rationale": ({"rationales": {"fit-new": {"family": "fitted", "model": "l2", "method": "trajectory_dp",
+                                                           "base": "ve", "sampler": "dpmpp_2m", "nfe": 7, "pilot": 2}},
+                                "nfe_sweep": {"rationales": ["l2", "fit-dpm-3", "fit-density", "fit-new"]}},
+                               {"fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
     "sampler steps": ({"sample": {"samplers": {"unipc": {"steps": 5}}}},
                       {"generate": 10, "evaluate": 10, **AGGREGATION}),
     # the pretrained model's label is a label; its file moved (same content) is the same model
@@ -198,13 +205,25 @@ def test_slurm_profile_dry_run_from_the_repository_root():
 def test_end_to_end_reduced_default(e2e_run):
     exp = e2e_run / "results" / "e2e"
     metrics = pd.read_parquet(exp / "metrics.parquet")
-    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's 5 samplers × NFE 3 and 7; the
-    # pretrained model: single 2 × 2, repeated 3 × 2 − 2 shared
-    assert len(metrics) == 16 + 8 + 1 + 10 + 4 + 4
+    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's 5 samplers × NFE 3 and 7 with L2 and the
+    # fitted cost density, and the grid fitted for DPM-Solver++(2M) at NFE 3; the pretrained model: single 2 × 2,
+    # repeated 3 × 2 − 2 shared
+    assert len(metrics) == 16 + 8 + 1 + 10 + 10 + 1 + 4 + 4
     sweep = metrics[metrics["sampler_name"].isin(["em-3", "em-7", "heun-2", "heun", "dpmpp_2m-3", "dpmpp_2m-7",
                                                    "ipndm-3", "ipndm-7", "unipc-3", "unipc-7"])
                     & (metrics["train_rationale"] == "ve") & (metrics["checkpoint_step"] == 40)]
-    assert sorted(sweep["nfe"]) == [3] * 5 + [7] * 5  # every sampler hits each NFE target
+    for sample in ("l2", "fit-density"):  # every sampler hits each NFE target
+        assert sorted(sweep.loc[sweep["sample_rationale"] == sample, "nfe"]) == [3] * 5 + [7] * 5
+    fitted = sweep[sweep["sample_rationale"] == "fit-dpm-3"]
+    assert list(fitted["sampler_name"]) == ["dpmpp_2m-3"]  # a fitted grid is sampled at its own point only
+    # every fitted rationale's table (the default's too, on 2 pilot images) holds its knots and its fit
+    fits = sorted(p.stem for p in (exp / "schedules").iterdir() if p.stem.startswith("fit-"))
+    assert fits == ["fit-density", "fit-dpm-10", "fit-dpm-3", "fit-dpm-5", "fit-heun-5", "fit-heun-9"]
+    for name in fits:
+        meta = pq.read_schema(exp / "schedules" / f"{name}.parquet").metadata
+        assert json.loads(meta[b"ied.fit"])["checkpoint_step"] == 40 and b"ied.knots" in meta
+    nfe_rows = pd.read_parquet(exp / "tables" / "fid_nfe.parquet")
+    assert {"fit-dpm-3", "fit-density"} <= set(nfe_rows["sample_rationale"])
     assert (metrics.loc[metrics["train_rationale"] == "edm-tiny", "checkpoint_step"] == 0).all()
     for column in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall"):
         assert metrics[column].map(math.isfinite).all(), column

@@ -347,7 +347,7 @@ def _generate(a):
 
 
 def _fit_rationale(a):
-    from ied.fitting import fit_checkpoint
+    from ied.fit import fit_checkpoint
     info = fit_checkpoint(a.checkpoint, a.spec, a.name, a.out, expect_step=a.expect_step,
                           expect_config_hash=a.expect_config_hash, device=a.device, log_path=a.log_file)
     print(json.dumps({k: info[k] for k in ("denoiser_evaluations", "seconds", "levels")}), file=sys.stderr)

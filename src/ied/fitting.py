@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -349,39 +348,3 @@ def load_fitted(path: str | Path, spec: Mapping[str, Any]) -> PiecewiseLogLinear
         raise FittingError(f"{path}: fitted for another spec than the one asked for; rerun its fit_rationale job")
     knots = json.loads(meta[b"ied.knots"])
     return PiecewiseLogLinear(meta[b"ied.rationale"].decode(), knots["sigma"], knots["cdf"], dict(spec))
-
-
-def fit_checkpoint(checkpoint: str | Path, spec: Mapping[str, Any], name: str, out: str | Path, *,
-                   expect_step: int | None = None, expect_config_hash: str | None = None, device: str = "auto",
-                   log_path: str | Path | None = None) -> dict:
-    """The `fit_rationale` job: fit `spec` to the checkpoint's EMA denoiser on its pilot latents (counter-based
-    noise, keys PILOT_KEY + i) and write the table; returns what the log line holds."""
-    import torch
-
-    from ied import device as devices
-    from ied.checkpoints import load_ema_denoiser
-    from ied.generate import balanced_labels
-    from ied.noise import PerImageNoise
-
-    dev = devices.choose(device)
-    denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
-    shape = (spec["pilot"], ckpt["channels"], ckpt["resolution"], ckpt["resolution"])
-    latents = PerImageNoise([PILOT_KEY + i for i in range(spec["pilot"])], dev).randn(shape)
-    labels = torch.as_tensor(balanced_labels(spec["pilot"], ckpt["num_classes"], 0), device=dev) \
-        if ckpt["num_classes"] else None
-    tick = time.perf_counter()
-    try:
-        with torch.no_grad():
-            rationale, path = fit_rationale(denoiser, spec, latents, labels)
-    except FittingError as err:
-        raise FittingError(f"{checkpoint} (step {ckpt['step']}): {err}") from None
-    info = {"event": "fitted", "checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"],
-            "config_hash": ckpt["config_hash"], "pilot": spec["pilot"], "teacher_calls": path.calls,
-            "denoiser_evaluations": fit_calls(spec) * spec["pilot"], "seconds": time.perf_counter() - tick,
-            "levels": rationale.sigma(np.linspace(1.0, 0.0, steps_for_nfe(spec["sampler"], spec["nfe"]))).tolist()
-            if spec["method"] == "trajectory_dp" else None, "device": str(dev)}
-    save_fitted(out, name, spec, rationale, info)
-    if log_path:
-        with open(log_path, "a") as f:
-            f.write(json.dumps(info) + "\n")
-    return info
