@@ -240,8 +240,9 @@ def _check_fit_target(key: str, spec: dict) -> None:
     except ValueError as err:
         fail(f"{key}.nfe", str(err))
     if not 2 <= steps <= FINE_LEVELS:
-        fail(f"{key}.nfe", f"{spec['sampler']} at NFE {spec['nfe']} visits {steps} noise level{'s' * (steps != 1)}; a fit needs 2 to "
-                           f"{FINE_LEVELS} (NFE {nfe(spec['sampler'], 2)} to {nfe(spec['sampler'], FINE_LEVELS)})")
+        fail(f"{key}.nfe", f"{spec['sampler']} at NFE {spec['nfe']} visits {steps} noise level{'s' * (steps != 1)}; "
+                           f"a fit needs 2 to {FINE_LEVELS} (NFE {nfe(spec['sampler'], 2)} to "
+                           f"{nfe(spec['sampler'], FINE_LEVELS)})")
 
 
 def _check_samplers(config: dict) -> None:

@@ -339,9 +339,14 @@ def save_fitted(path: str | Path, name: str, spec: Mapping[str, Any], rationale:
 
 def load_fitted(path: str | Path, spec: Mapping[str, Any]) -> PiecewiseLogLinear:
     """The fitted rationale of a `save_fitted` table, which must have been fitted for `spec`."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(str(path)).metadata or {}
+    try:
+        meta = pq.read_schema(str(path)).metadata or {}
+    except (OSError, pa.ArrowException) as err:
+        raise FittingError(f"{path}: not a readable Parquet table ({type(err).__name__}); rerun its fit_rationale "
+                           f"job") from None
     if b"ied.knots" not in meta or b"ied.spec" not in meta:
         raise FittingError(f"{path}: not a fitted rationale's table (no knots in its metadata)")
     if json.loads(meta[b"ied.spec"]) != json.loads(json.dumps(dict(spec))):

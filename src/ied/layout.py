@@ -306,8 +306,8 @@ class PublishedRow(TypedDict):
 
 class FigureInputs(TableInputs):
     """What the figures read: the tables' inputs, the dataset and its paper style, the schedules (the fitted ones
-    among them), the ablation,
-    the paper's published tables and the published low-NFE rows of each pretrained model."""
+    among them), the ablation, the paper's published tables and the published low-NFE rows of each pretrained
+    model."""
 
     dataset: str
     paper_style: str
