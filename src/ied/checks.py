@@ -195,11 +195,10 @@ def _check_sweep(config: dict) -> None:
     points = layout.sweep_points(config)
     for name in sweep["rationales"]:
         spec = config["rationales"][name]
-        if spec["family"] == "fitted" and spec.get("method") == "trajectory_dp" and not any(
-                config["sample"]["samplers"][s]["sampler"] == spec.get("sampler")
-                and nfe(spec["sampler"], k) == spec.get("nfe") for s, ks in points.items() for k in ks):
-            fail("nfe_sweep.rationales", f"{name!r} is fitted for {spec.get('sampler')} at NFE {spec.get('nfe')}, "
-                                         f"a point the sweep does not sample")
+        if not any(layout.sweeps_at(spec, config["sample"]["samplers"][s]["sampler"], k)
+                   for s, ks in points.items() for k in ks):
+            fail("nfe_sweep.rationales", f"{name!r} is fitted for {spec['sampler']} at NFE {spec['nfe']}, a point "
+                                         f"the sweep does not sample")
     for model in layout.sweep_models(config):
         _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config, model)
     if sweep["n_samples"] < MIN_SAMPLES:

@@ -441,7 +441,8 @@ def _bench(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "fit-rationale": _fit_rationale, "evaluate": _evaluate, "nll": _nll, "import-edm": _import_edm, "cost": _cost,
+            "generate": _generate, "fit-rationale": _fit_rationale, "evaluate": _evaluate, "nll": _nll,
+            "import-edm": _import_edm, "cost": _cost,
             "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
             "check-config": _check_config, "bench": _bench}
 

@@ -220,12 +220,13 @@ def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str
     reach = m if max_jump is None else max_jump + 1
     cost = np.full((m, m), np.inf)
     jumps = first_jumps(m, steps, sampler, max_jump)
-    if sampler == "heun":
+    if sampler == "heun":  # its cost evaluates the denoiser: batched over the ends of the jumps from each level
         for i in sorted({i for i, _ in jumps}):
             ends = [j for start, j in jumps if start == i]
             cost[i, ends] = heun_costs(denoiser, path, i, ends, class_labels)
-    for i, j in jumps if sampler != "heun" else []:
-        cost[i, j] = jump_cost(denoiser, path, i, j, sampler, class_labels)
+    else:
+        for i, j in jumps:
+            cost[i, j] = jump_cost(denoiser, path, i, j, sampler, class_labels)
     _check_finite(cost, path.sigmas)
     if sampler in HISTORY_FREE:
         return path.sigmas[cheapest_path(cost, steps)]

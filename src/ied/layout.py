@@ -101,11 +101,6 @@ def checkpoint_steps(config: Mapping[str, Any]) -> list[int]:
     return list(range(train["checkpoint_every"], train["total_steps"] + 1, train["checkpoint_every"]))
 
 
-def model_steps(config: Mapping[str, Any], model: str) -> list[int]:
-    """A model's checkpoints: the training's, or a pretrained model's one."""
-    return checkpoint_steps(config) if model in config["train"]["rationales"] else [PRETRAINED_STEP]
-
-
 def protocol_steps(config: Mapping[str, Any], purpose: str, model: str | None = None) -> list[int]:
     """The checkpoints a sample-set protocol (`single` or `repeated`) evaluates of `model`: a trained model's listed
     checkpoints up to `up_to`, a pretrained model's one; without `model`, those of every model."""
@@ -130,13 +125,9 @@ def nll_steps(config: Mapping[str, Any], model: str) -> list[int]:
     return steps[-1:] if wanted == "last" else steps if wanted == "all" else sorted(wanted)
 
 
-def _step(config: Mapping[str, Any], step: int | str, model: str) -> int:
-    return specs.checkpoint_step(config, model, step)
-
-
 def ablation_step(config: Mapping[str, Any]) -> int:
     ablation = config["ablation"]
-    return _step(config, ablation["checkpoint"], ablation["train_rationale"])
+    return specs.checkpoint_step(config, ablation["train_rationale"], ablation["checkpoint"])
 
 
 def sweep_models(config: Mapping[str, Any]) -> list[str]:
@@ -145,7 +136,7 @@ def sweep_models(config: Mapping[str, Any]) -> list[str]:
 
 
 def sweep_step(config: Mapping[str, Any], model: str) -> int:
-    return _step(config, config["nfe_sweep"]["checkpoint"], model)
+    return specs.checkpoint_step(config, model, config["nfe_sweep"]["checkpoint"])
 
 
 def protocol_cells(config: Mapping[str, Any], purpose: str) -> list[Cell]:

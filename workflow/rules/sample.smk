@@ -26,7 +26,8 @@ rule generate:
     conda:
         ENV
     shell:
-        "python -m ied generate --checkpoint {input.checkpoint:q} --rationale-table={input.fitted:q} --spec {params.spec:q} --n-samples {wildcards.n}"
+        "python -m ied generate --checkpoint {input.checkpoint:q} --rationale-table={input.fitted:q}"
+        " --spec {params.spec:q} --n-samples {wildcards.n}"
         " --seed-set {wildcards.seed} --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
         " --batch-size {resources.batch_size} --shard-size {resources.shard_size} --device {resources.device}"
         " --precision {resources.precision} --compile {resources.compile}"
