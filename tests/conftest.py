@@ -35,7 +35,10 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 def pytest_collection_modifyitems(items):
-    """A test that uses a shared run from a file not listed for it would make the run a second time."""
+    """Slow tests first (a stable sort): the workers take the long ones while there is other work to balance them,
+    rather than one worker running the last long test alone. A test that uses a shared run from a file not listed
+    for it would make the run a second time: refused."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         for run in set(SHARED_RUN_FILES.values()) & set(getattr(item, "fixturenames", ())):
             if SHARED_RUN_FILES.get(item.path.name) != run:
