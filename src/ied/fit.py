@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from ied import device as devices
@@ -15,6 +14,7 @@ from ied import fitting
 from ied.checkpoints import load_ema_denoiser
 from ied.generate import balanced_labels
 from ied.noise import PerImageNoise
+from ied.samplers import noise_levels
 
 
 def fit_checkpoint(checkpoint: str | Path, spec: Mapping[str, Any], name: str, out: str | Path, *,
@@ -34,11 +34,12 @@ def fit_checkpoint(checkpoint: str | Path, spec: Mapping[str, Any], name: str, o
             rationale, path = fitting.fit_rationale(denoiser, spec, latents, labels)
     except fitting.FittingError as err:
         raise fitting.FittingError(f"{checkpoint} (step {ckpt['step']}): {err}") from None
-    levels = fitting.steps_for_nfe(spec["sampler"], spec["nfe"]) if spec["method"] == "trajectory_dp" else None
+    levels = noise_levels(rationale, fitting.steps_for_nfe(spec["sampler"], spec["nfe"]))[:-1].tolist() \
+        if spec["method"] == "trajectory_dp" else None
     info = {"event": "fitted", "checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"],
             "config_hash": ckpt["config_hash"], "pilot": spec["pilot"], "teacher_calls": path.calls,
             "denoiser_evaluations": fitting.fit_calls(spec) * spec["pilot"], "seconds": time.perf_counter() - tick,
-            "levels": rationale.sigma(np.linspace(1.0, 0.0, levels)).tolist() if levels else None, "device": str(dev)}
+            "levels": levels, "device": str(dev)}
     fitting.save_fitted(out, name, spec, rationale, info)
     if log_path:
         with open(log_path, "a") as f:

@@ -34,7 +34,8 @@ HEUN_BATCH_ROWS = 1024  # images per denoiser call of Heun's jump costs
 PILOT_KEY = 1 << 62  # pilot image i has the noise key PILOT_KEY + i: no evaluation seed (set·10⁷ + image) reaches it
 
 class FittingError(ValueError):
-    """A fit that cannot be made (an unknown sampler, too few fine levels for the NFE)."""
+    """A fit that cannot be made (an unknown sampler, too few fine levels for the NFE, a non-finite trajectory or
+    cost) or a fitted table that cannot be used (unreadable, or fitted for another spec)."""
 
 
 @dataclass
