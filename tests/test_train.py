@@ -331,3 +331,58 @@ def test_training_sigma_follows_the_rationale(family):
     uniform = np.random.default_rng(0).uniform(r.sigma_min, r.sigma_max, len(sigma))
     assert stats.kstest(uniform, r.cdf).pvalue < 1e-6
     assert len(np.unique(sigma)) == len(sigma)  # 53-bit t: no two examples share a σ
+
+
+# --- the adaptive training rationale (ied.adaptive) --------------------------------------------------------
+def adaptive_spec(**overrides):
+    """A tiny training spec whose rationale is adaptive with target L2 (8 bins, so every bin is seen early)."""
+    from conftest import L2
+    rationale = {"family": "adaptive", "target": dict(L2), "bins": 8, "ema": 0.9, "sigma_min": L2["sigma_min"],
+                 "sigma_max": L2["sigma_max"]}
+    return tiny_spec(rationale=rationale, **overrides)
+
+
+def test_adaptive_training_resumes_exactly_and_writes_its_density(digits, tmp_path):
+    """0→12→24 equals 0→24 bit for bit, the loss EMAs included; each segment writes the learned density."""
+    from ied.adaptive import AdaptiveSchedule, read_density
+    cfg = adaptive_spec()
+    whole = run(cfg, digits, tmp_path, 0, 24, "one")
+    run(cfg, digits, tmp_path, 0, 12, "two")
+    train(cfg, 12, 24, data_path=digits / "train.npz", checkpoint_in=tmp_path / "two-12.pt",
+          checkpoint_out=tmp_path / "two-24.pt", density_table=tmp_path / "density.parquet", log_every=5)
+    resumed = torch.load(tmp_path / "two-24.pt", weights_only=True)
+    assert_identical(whole, resumed)
+    for key in ("loss", "count"):
+        assert torch.equal(whole["adaptive"][key], resumed["adaptive"][key])
+    assert int(whole["adaptive"]["count"].sum()) == 24 * 32 and (whole["adaptive"]["count"] > 0).all()
+    spec, step, rows = read_density(tmp_path / "density.parquet")
+    assert (spec, step) == (cfg["rationale"], 24)
+    schedule = AdaptiveSchedule(cfg["rationale"])
+    schedule.load_state_dict({k: v.numpy() if hasattr(v, "numpy") else v for k, v in whole["adaptive"].items()})
+    np.testing.assert_array_equal(rows["probability"], schedule.rationale().probabilities)
+    np.testing.assert_array_equal(rows["count"], whole["adaptive"]["count"].numpy())
+    fixed = run(tiny_spec(), digits, tmp_path, 0, 24, "fixed")
+    assert max_difference(whole, fixed, "net") > 1e-3  # the adaptive draws are not L2's
+
+
+def test_adaptive_training_stops_at_a_nan_loss_naming_the_step(digits, tmp_path):
+    cfg = adaptive_spec(weighting="log(sigma - 1)")
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 1;"):
+        train(cfg, 0, 5, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=tmp_path / "c.pt",
+              log_every=100)
+    assert not (tmp_path / "c.pt").exists()
+    with pytest.raises(TrainingError, match="adaptive training rationale only"):
+        train(tiny_spec(), 0, 1, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=tmp_path / "c.pt",
+              density_table=tmp_path / "d.parquet")
+
+
+@pytest.mark.slow
+def test_adaptive_two_ranks_match_one_rank(digits, tmp_path):
+    """The per-bin loss sums are reduced over the ranks every step: 2 gloo ranks draw the same σ as 1 process."""
+    spec = adaptive_spec(batch_size=16, network={**tiny_spec()["network"], "dropout": 0.0})
+    one = run(spec, digits, tmp_path, 0, 6, "one", log_every=2)
+    two = torchrun(spec, digits, tmp_path, 0, 6, "two")
+    print(f"max |EMA(2 ranks) − EMA(1 rank)| = {max_difference(one, two):.2e}")
+    assert max_difference(one, two) < DDP_TOLERANCE
+    assert torch.equal(one["adaptive"]["count"], two["adaptive"]["count"])
+    np.testing.assert_allclose(one["adaptive"]["loss"].numpy(), two["adaptive"]["loss"].numpy(), rtol=1e-6)

@@ -121,6 +121,7 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the checkpoint to write")
     p.add_argument("--log-file", help="JSON-lines log")
     p.add_argument("--loss-table", help="Parquet: the segment's ε-loss per log-σ bin")
+    p.add_argument("--density-table", help="Parquet: an adaptive training rationale's learned density at --to-step")
     p.add_argument("--log-every", type=POSITIVE, default=100, help="training steps between log lines")
     _runtime(p)
     p.add_argument("--gpus", type=COUNT, default=0, help="> 1: data-parallel ranks on this node (torchrun)")
@@ -326,7 +327,7 @@ def _tabulate(a):
 def _train(a):
     from ied.train import train
     train(a.spec, a.from_step, a.to_step, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out, log_path=a.log_file,
-          loss_table=a.loss_table, log_every=a.log_every, device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
+          loss_table=a.loss_table, density_table=a.density_table, log_every=a.log_every, device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
 
 
 def _train_evaluator(a):

@@ -352,6 +352,75 @@ class PiecewiseLogLinear(Rationale):
         return np.where(t == 1.0, self.sigma_max, np.where(t == 0.0, self.sigma_min, sigma))
 
 
+class Binned(Rationale):
+    """A target rationale reweighted per bin of log σ: p(σ) = π_b φ_T(σ) / m_b in bin b, where m_b is the target's
+    mass there and π_b the bin's probability (0 where m_b is 0). The adaptive training rationale (ied.adaptive)
+    draws from it; within a bin σ follows the target, so the importance weight φ_T/p = m_b/π_b is one number."""
+
+    def __init__(self, name: str, target: Rationale, edges: Array, probabilities: Array,
+                 spec: Mapping[str, Any] | None = None):
+        edges, pi = _f64(edges), _f64(probabilities)
+        if edges.ndim != 1 or len(edges) < 3 or pi.shape != (len(edges) - 1,):
+            raise RationaleError(name, "bins", "needs at least two bins and one probability per bin")
+        super().__init__(name, edges[0], edges[-1], spec)
+        self.target, self.edges = target, edges
+        self.lower = target.cdf(edges[:-1])  # C_b: the target's mass below bin b
+        self.mass = bin_mass(target, edges)
+        if not (np.isfinite(pi).all() and (pi >= 0).all() and np.all((pi > 0) <= (self.mass > 0))):
+            raise RationaleError(name, "bins", "bin probabilities must be finite, ≥ 0, and 0 where the target has no mass")
+        self.probabilities = pi / pi.sum()
+        self._cum = np.concatenate([[0.0], np.cumsum(self.probabilities)])
+        self._cum[-1] = 1.0
+
+    def _bin(self, sigma: Array) -> Array:
+        return np.clip(np.searchsorted(self.edges, sigma, side="right") - 1, 0, len(self.mass) - 1)
+
+    def importance(self, sigma: Array) -> Array:
+        """φ_T(σ)/p(σ) = m_b/π_b: the weight that makes a loss drawn from p estimate the target's objective."""
+        b = self._bin(_f64(sigma))
+        return self.mass[b] / self.probabilities[b]
+
+    def density(self, sigma: Array) -> Array:
+        return self.pdf(sigma)
+
+    @_quiet
+    def pdf(self, sigma: Array) -> Array:
+        sigma = _f64(sigma)
+        b = self._bin(sigma)
+        ratio = np.where(self.mass[b] > 0, self.probabilities[b] / np.maximum(self.mass[b], 1e-300), 0.0)
+        return np.where(self._inside(sigma), ratio * self.target.pdf(sigma), 0.0)
+
+    @_quiet
+    def cdf(self, sigma: Array) -> Array:
+        sigma = np.clip(_f64(sigma), self.sigma_min, self.sigma_max)
+        b = self._bin(sigma)
+        within = np.where(self.mass[b] > 0, (self.target.cdf(sigma) - self.lower[b]) / np.maximum(self.mass[b], 1e-300),
+                          0.0)
+        return np.clip(self._cum[b] + self.probabilities[b] * np.clip(within, 0.0, 1.0), 0.0, 1.0)
+
+    @_quiet
+    def sigma(self, t: Array) -> Array:
+        t = np.clip(_f64(t), 0.0, 1.0)
+        # the bin b with Π_b ≤ t < Π_{b+1} (a bin of probability 0 holds no t), then the target's inverse inside it
+        b = np.clip(np.searchsorted(self._cum, t, side="right") - 1, 0, len(self.mass) - 1)
+        s = np.clip((t - self._cum[b]) / np.maximum(self.probabilities[b], 1e-300), 0.0, 1.0)
+        sigma = np.clip(self.target.sigma(self.lower[b] + s * self.mass[b]), self.edges[b], self.edges[b + 1])
+        return np.where(t == 1.0, self.sigma_max, np.where(t == 0.0, self.sigma_min, sigma))
+
+
+def log_bins(sigma_min: float, sigma_max: float, bins: int) -> Array:
+    """`bins` + 1 edges evenly spaced in log σ (Kingma & Gao App. F: evenly in λ = −2 ln σ)."""
+    edges = np.exp(np.linspace(math.log(sigma_min), math.log(sigma_max), int(bins) + 1))
+    edges[0], edges[-1] = sigma_min, sigma_max
+    return edges
+
+
+def bin_mass(target: Rationale, edges: Array) -> Array:
+    """The target's probability per bin, each from the nearer end of the CDF so that small bins keep precision."""
+    cdf = target.cdf(_f64(edges))
+    return np.maximum(np.diff(cdf), 0.0)
+
+
 class L2(Tabulated):
     """Squared L2 distance of N(±v, σ²) (eq. 43); closed-form CDF, numerical inverse.
 
@@ -397,8 +466,14 @@ FAMILIES: dict[str, tuple[str, ...]] = {  # family → its parameters (the regis
     "kingma_gao": ("weighting", "k"),
     # fitted to a model's checkpoint by a pipeline job (ied.fitting); built from that job's table, not from the spec
     "fitted": ("model", "step", "method", "base", "sampler", "nfe", "pilot"),
+    # learned in training (ied.adaptive): a training density ∝ target × EMA of the loss per bin of log σ
+    "adaptive": ("target", "bins", "ema"),
+    # an adaptive model's learned density at one of its checkpoints, read from that training segment's table
+    "learned": ("model", "step", "adaptive"),
 }
-OPTIONAL = {"params", "k", "sampler", "nfe"}
+# families whose density exists only after a pipeline job (a fit, a training): read from that job's table
+TABLED = ("fitted", "learned")
+OPTIONAL = {"params", "k", "sampler", "nfe", "adaptive"}
 _POSITIVE = {"v_max", "sigma_n", "rho", "p_std"}
 
 
@@ -430,8 +505,11 @@ def check_keys(name: str, spec: Mapping[str, Any], extra: tuple[str, ...] = ()) 
 def build(name: str, spec: Mapping[str, Any]) -> Rationale:
     """Turn one resolved spec (every key given, a weighted base inlined) into a Rationale."""
     family = check_keys(name, spec)
-    if family == "fitted":
-        raise RationaleError(name, "family", "a fitted rationale is read from its fit's table (ied.fitting.load_fitted)")
+    if family in TABLED:
+        raise RationaleError(name, "family", f"a {family} rationale is read from the table of the job that makes it "
+                                             f"(ied.fitting.load_fitted)")
+    if family == "adaptive":
+        raise RationaleError(name, "family", "an adaptive rationale's density is learned in training (ied.adaptive)")
     for key in COMMON_KEYS + FAMILIES[family]:
         if key not in spec and key not in OPTIONAL:
             raise RationaleError(name, key, f"family {family!r} requires this key")

@@ -34,28 +34,71 @@ def resolve_rationale(name: str, entry: Mapping[str, Any], registry: Mapping[str
     """A config entry (defaults filled by the schema) as a self-contained, label-free spec."""
     family = check_keys(name, entry, extra=("label",))
     spec = _without_label(entry)
+    if family == "adaptive":
+        return _resolve_adaptive(name, spec, registry, _seen)
+    if family == "learned":
+        return _resolve_learned(name, spec, registry, _seen)
     if family not in ("weighted", "fitted"):
         return spec
-    base = entry.get("base")
-    if isinstance(base, str):
-        if base not in registry:
-            raise RationaleError(name, "base", f"no rationale named {base!r} is defined")
-        if base in _seen + (name,):
-            raise RationaleError(name, "base", f"circular reference through {base!r}")
-        spec["base"] = resolve_rationale(base, registry[base], registry, _seen + (name,))
-    elif isinstance(base, Mapping):
-        spec["base"] = resolve_rationale(f"{name}.base", base, registry, _seen + (name,))
-    else:
-        raise RationaleError(name, "base", f"must be a rationale name or an inline entry, got {base!r}")
-    if spec["base"]["family"] == "fitted":
-        raise RationaleError(name, "base", "a fitted rationale cannot be a base (it exists only after its fit)")
-    if family == "fitted" and ("sigma_min" in spec or "sigma_max" in spec):
-        key = "sigma_min" if "sigma_min" in spec else "sigma_max"
-        raise RationaleError(name, key, "a fitted rationale lives on its base's domain; give the base this domain")
+    spec["base"] = _reference(name, "base", entry.get("base"), registry, _seen)
+    if family == "fitted":
+        _own_domain_refused(name, spec, "a fitted rationale lives on its base's domain; give the base this domain")
     # A weighted rationale lives on its base's domain unless it names its own; a fitted one always does.
     spec.setdefault("sigma_min", spec["base"]["sigma_min"])
     spec.setdefault("sigma_max", spec["base"]["sigma_max"])
     return spec
+
+
+def _reference(name: str, key: str, ref: Any, registry: Mapping[str, Mapping[str, Any]], seen: tuple[str, ...]) -> dict:
+    """A rationale another one is built on (a `base`, a `target`): a defined name or an inline entry, resolved; one
+    whose density exists only after a job or a training cannot be."""
+    if isinstance(ref, str):
+        if ref not in registry:
+            raise RationaleError(name, key, f"no rationale named {ref!r} is defined")
+        if ref in seen + (name,):
+            raise RationaleError(name, key, f"circular reference through {ref!r}")
+        out = resolve_rationale(ref, registry[ref], registry, seen + (name,))
+    elif isinstance(ref, Mapping):
+        out = resolve_rationale(f"{name}.{key}", ref, registry, seen + (name,))
+    else:
+        raise RationaleError(name, key, f"must be a rationale name or an inline entry, got {ref!r}")
+    if out["family"] in ("fitted", "adaptive", "learned"):
+        raise RationaleError(name, key, f"a {out['family']} rationale cannot be a {key} (its density exists only "
+                                        f"after a fit or a training)")
+    return out
+
+
+def _own_domain_refused(name: str, spec: Mapping[str, Any], why: str) -> None:
+    for key in ("sigma_min", "sigma_max"):
+        if key in spec:
+            raise RationaleError(name, key, why)
+
+
+def _resolve_adaptive(name: str, spec: dict, registry: Mapping[str, Mapping[str, Any]], seen: tuple[str, ...]) -> dict:
+    """An adaptive rationale: its target inlined, its domain the target's."""
+    _own_domain_refused(name, spec, "an adaptive rationale lives on its target's domain; give the target this domain")
+    spec["target"] = _reference(name, "target", spec.get("target"), registry, seen)
+    if int(spec["bins"]) < 2:
+        raise RationaleError(name, "bins", f"needs at least 2 bins, got {spec['bins']}")
+    if not 0 < float(spec["ema"]) < 1:
+        raise RationaleError(name, "ema", f"the loss EMA's decay must lie in (0, 1), got {spec['ema']}")
+    spec["bins"], spec["ema"] = int(spec["bins"]), float(spec["ema"])
+    return {**spec, "sigma_min": spec["target"]["sigma_min"], "sigma_max": spec["target"]["sigma_max"]}
+
+
+def _resolve_learned(name: str, spec: dict, registry: Mapping[str, Mapping[str, Any]], seen: tuple[str, ...]) -> dict:
+    """A learned rationale: an adaptive model's density at a checkpoint, the model's adaptive spec inlined, its
+    domain the model's."""
+    _own_domain_refused(name, spec, "a learned rationale lives on its model's domain")
+    if "adaptive" in spec:
+        raise RationaleError(name, "adaptive", "is set from the model; name the model only")
+    model = spec.get("model")
+    if model not in registry or registry[model].get("family") != "adaptive":
+        raise RationaleError(name, "model", f"{model!r} is not an adaptive rationale (family adaptive) defined here")
+    if model in seen:
+        raise RationaleError(name, "model", f"circular reference through {model!r}")
+    adaptive = resolve_rationale(model, registry[model], registry, seen + (name,))
+    return {**spec, "adaptive": adaptive, "sigma_min": adaptive["sigma_min"], "sigma_max": adaptive["sigma_max"]}
 
 
 def checkpoint_step(config: Mapping[str, Any], model: str, step: int | str) -> int:
@@ -72,7 +115,7 @@ def configured_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
     registry = config["rationales"]
     out = {name: resolve_rationale(name, entry, registry) for name, entry in registry.items()}
     for spec in out.values():
-        if spec["family"] == "fitted":
+        if spec["family"] in ("fitted", "learned"):
             spec["step"] = checkpoint_step(config, spec["model"], spec["step"])
     return out
 
@@ -80,6 +123,18 @@ def configured_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
 def fitted_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
     """The rationales fitted to a model (family `fitted`), resolved: each is made by a `fit_rationale` job."""
     return {name: spec for name, spec in configured_rationales(config).items() if spec["family"] == "fitted"}
+
+
+def learned_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
+    """Adaptive models' densities at a checkpoint (family `learned`), resolved: each is read from that training
+    segment's density table by a `learned_rationale` job."""
+    return {name: spec for name, spec in configured_rationales(config).items() if spec["family"] == "learned"}
+
+
+def adaptive_models(config: Mapping[str, Any]) -> list[str]:
+    """The trained models whose training rationale is adaptive (their segments also write the learned density)."""
+    registry = config["rationales"]
+    return [name for name in config["train"]["rationales"] if registry[name].get("family") == "adaptive"]
 
 
 def ablation_rationales(config: Mapping[str, Any]) -> dict[str, dict]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ied import checkpoints, device as devices, distributed, noise
+from ied.adaptive import AdaptiveError, AdaptiveSchedule, write_density
 from ied.data import load_imageset, to_model_range
 from ied.distributed import Context
 from ied.expressions import compile_formula
@@ -69,11 +70,13 @@ class _Stats:
         self.steps = 0
         self.rows: list[dict] = []  # the segment's loss per σ bin and log interval (ied.layout.LOSS)
 
-    def add(self, step: int, per_example: torch.Tensor, sigma: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    def add(self, step: int, per_example: torch.Tensor, sigma: torch.Tensor, grad_norm: torch.Tensor,
+            objective: torch.Tensor) -> None:
+        """`per_example`: the loss at each σ (binned); `objective`: the step's loss estimate (its mean is logged)."""
         loss = per_example.detach().double()
         bad = ~(torch.isfinite(loss.mean()) & torch.isfinite(grad_norm))
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        self.loss += loss.mean()
+        self.loss += objective.detach().double().mean()
         which = torch.bucketize(sigma.to(self.edges), self.edges, right=True)
         self.by_sigma[0].index_add_(0, which, loss)
         self.by_sigma[1].index_add_(0, which, torch.ones_like(loss))
@@ -116,13 +119,17 @@ class _Stats:
 
 class Plan:
     """What step k draws, as a function of the global example positions k·B … k·B + B − 1 only (any world size):
-    data indices (seeded epochs), t ~ U[0, 1] → σ = σ_r(t) and λ(σ) on the host, ε on the device (ied.noise)."""
+    data indices (seeded epochs), t ~ U[0, 1] → σ = σ_r(t) and λ(σ) on the host, ε on the device (ied.noise).
+
+    An adaptive rationale (ied.adaptive) moves with every step's loss, so its σ = σ_p(t) and importance weights are
+    drawn step by step from its state after the previous step; a fixed rationale's for a block of steps at once."""
 
     def __init__(self, rationale, weighting, n_images: int, seed: int, batch: int, ctx: Context,
-                 device: torch.device):
+                 device: torch.device, adaptive: AdaptiveSchedule | None = None):
         self.rationale, self.weighting, self.seed, self.batch, self.ctx = rationale, weighting, seed, batch, ctx
-        self.order, self.device = DataOrder(n_images, seed), device
+        self.order, self.device, self.adaptive = DataOrder(n_images, seed), device, adaptive
         self.local = batch // ctx.world
+        self._t = np.empty((0, self.local))
 
     def host(self, steps: range) -> dict[str, torch.Tensor]:
         """This rank's indices, σ and λ(σ) for a block of steps, in one (pinned) host→device copy each."""
@@ -130,13 +137,44 @@ class Plan:
                                          k * self.batch + (self.ctx.rank + 1) * self.local) for k in steps])
         t = noise.uniform(torch.full((len(rows),), self.seed, dtype=torch.int64), torch.from_numpy(rows),
                           noise.STREAM_TIME).numpy()
-        sigma = self.rationale.sigma(t)
-        out = {"index": torch.from_numpy(self._indices(rows)), "position": torch.from_numpy(rows),
-               "sigma": torch.from_numpy(sigma)}
+        out = {"index": torch.from_numpy(self._indices(rows)), "position": torch.from_numpy(rows)}
+        if self.adaptive is None:
+            out.update(self._levels(self.rationale.sigma(t)))
+        else:
+            self._t = t.reshape(len(steps), self.local)
+        return self._to_device(out)
+
+    def step(self, draws: Mapping[str, torch.Tensor], j: int) -> dict[str, torch.Tensor]:
+        """This rank's rows of the block's j-th step (an adaptive rationale's σ drawn now, from its current state)."""
+        draw = {key: value[j * self.local:(j + 1) * self.local] for key, value in draws.items()}
+        if self.adaptive is not None:
+            sigma, importance, bins = self.adaptive.draw(self._t[j])
+            draw.update(self._to_device({**self._levels(sigma), "importance": torch.from_numpy(importance),
+                                         "bin": torch.from_numpy(bins)}))
+        return draw
+
+    def _levels(self, sigma: np.ndarray) -> dict[str, torch.Tensor]:
+        out = {"sigma": torch.from_numpy(sigma)}
         if self.weighting is not None:
             out["weight"] = torch.from_numpy(np.asarray(self.weighting(sigma), dtype=np.float64))
+        return out
+
+    def _to_device(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         pin = self.device.type == "cuda"
-        return {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=True) for k, v in out.items()}
+        return {k: (v.pin_memory() if pin else v).to(self.device, non_blocking=True) for k, v in tensors.items()}
+
+    def learn(self, step: int, per_example: torch.Tensor, bins: torch.Tensor) -> None:
+        """Move the adaptive density by the step's loss per bin, summed over every rank's examples."""
+        n = len(self.adaptive.mass)
+        totals = torch.zeros(2, n, dtype=torch.float64, device=per_example.device)
+        totals[0].index_add_(0, bins, per_example.detach().double())
+        totals[1].index_add_(0, bins, torch.ones_like(per_example, dtype=torch.float64))
+        sums, counts = self.ctx.all_reduce(totals).cpu().numpy()
+        try:
+            self.adaptive.update(sums, counts, step)
+        except AdaptiveError as err:
+            raise TrainingError(f"{err}; no checkpoint written (check train.weighting, train.lr and the training "
+                                f"rationale's domain)") from None
 
     def _indices(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows), dtype=np.int64)
@@ -162,13 +200,15 @@ def _block(start: int, end: int, size: int):
 
 def train(spec: Mapping[str, Any], start_step: int, end_step: int, *, data_path: str | Path,
           checkpoint_in: str | Path | None, checkpoint_out: str | Path, log_path: str | Path | None = None,
-          loss_table: str | Path | None = None, log_every: int = 100, device: str = "auto", precision: str = "auto",
-          compile: bool = False, allow_config_change: bool = False) -> dict | None:
+          loss_table: str | Path | None = None, density_table: str | Path | None = None, log_every: int = 100,
+          device: str = "auto", precision: str = "auto", compile: bool = False,
+          allow_config_change: bool = False) -> dict | None:
     """Train the resolved training spec from the checkpoint at `start_step` (fresh if 0) to `end_step`.
 
     Only `spec` (ied.specs.training_spec) determines the weights; logging, device, precision, compile and the
     number of data-parallel ranks (torchrun) are run-time choices. `loss_table`: a Parquet file of the
-    segment's ε-loss per log-σ bin and log interval. Returns the checkpoint's state on rank 0."""
+    segment's ε-loss per log-σ bin and log interval; `density_table`: an adaptive rationale's learned density at
+    `end_step` (ied.adaptive.write_density). Returns the checkpoint's state on rank 0."""
     if not 0 <= start_step < end_step:
         raise ValueError(f"need 0 <= start_step < end_step, got {start_step}, {end_step}")
     dev = devices.choose(device)
@@ -178,7 +218,8 @@ def train(spec: Mapping[str, Any], start_step: int, end_step: int, *, data_path:
         torch.cuda.set_device(dev)
     try:
         return _train(spec, start_step, end_step, dev, ctx, data_path=data_path, checkpoint_in=checkpoint_in,
-                      checkpoint_out=checkpoint_out, log_path=log_path, loss_table=loss_table, log_every=log_every,
+                      checkpoint_out=checkpoint_out, log_path=log_path, loss_table=loss_table,
+                      density_table=density_table, log_every=log_every,
                       precision=precision, compile=compile, allow_config_change=allow_config_change)
     finally:
         ctx.close()
@@ -201,7 +242,7 @@ def _model(spec: Mapping[str, Any], shape: tuple[int, int, int], dev: torch.devi
 
 
 def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, checkpoint_out, log_path, loss_table,
-           log_every, precision, compile, allow_config_change) -> dict | None:
+           density_table, log_every, precision, compile, allow_config_change) -> dict | None:
     data = load_imageset(data_path)
     images = torch.from_numpy(data.images).to(dev)  # uint8, resident on the device (CIFAR-10: 150 MB)
     labels = torch.from_numpy(data.labels).to(dev)
@@ -218,7 +259,9 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
         if ctx.world > 1 else denoiser, dev, compile=compile)
 
     weighting = compile_formula(spec["weighting"]) if spec["weighting"] else None
-    plan = Plan(build("training rationale", spec["rationale"]), weighting, len(images), seed, batch, ctx, dev)
+    adaptive = _adaptive(spec["rationale"], state, density_table)
+    rationale = adaptive.target if adaptive else build("training rationale", spec["rationale"])
+    plan = Plan(rationale, weighting, len(images), seed, batch, ctx, dev, adaptive)
     ema_decay, grad_clip = float(spec["ema"]), spec["grad_clip"]
     autocast = devices.autocast(dev, precision)
     log_file = open(log_path, "a") if (log_path and ctx.main) else None
@@ -231,11 +274,12 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
         draws = plan.host(block)
         for j, step in enumerate(block):
             torch.manual_seed(_dropout_seed(seed, step, ctx.rank))
-            rows = slice(j * plan.local, (j + 1) * plan.local)
-            draw = {key: value[rows] for key, value in draws.items()}
-            per_example, grad_norm = _step(net, optimizer, params, ema, draw, images, labels, plan, autocast,
-                                           grad_clip, ema_decay)
-            stats.add(step, per_example, draw["sigma"], grad_norm)
+            draw = plan.step(draws, j)
+            per_example, objective, grad_norm = _step(net, optimizer, params, ema, draw, images, labels, plan,
+                                                      autocast, grad_clip, ema_decay)
+            stats.add(step, per_example, draw["sigma"], grad_norm, objective)
+            if adaptive is not None:
+                plan.learn(step, per_example, draw["bin"])
             if progress is not None:
                 progress.update(1)
         stats.reduce(ctx)
@@ -248,10 +292,13 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
     state = checkpoints.make_state(step=end_step, ema=ema.state_dict(), spec=spec, config_hash=chash,
                                    channels=channels, resolution=resolution, num_classes=data.num_classes,
                                    net=denoiser.state_dict(), optimizer=optimizer.state_dict(),
-                                   data_position=end_step * batch)
+                                   data_position=end_step * batch,
+                                   **({"adaptive": _adaptive_state(adaptive)} if adaptive else {}))
     if ctx.main:
         if loss_table:
             stats.write(loss_table)
+        if density_table:
+            write_density(density_table, adaptive, end_step)
         checkpoints.save(checkpoint_out, state)
         _log({"event": "checkpoint", "step": end_step, "path": str(checkpoint_out)}, log_file)
     ctx.barrier()  # no rank leaves before rank 0 has written the checkpoint
@@ -264,21 +311,43 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
 
 def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], ema: torch.nn.Module,
           draw: Mapping[str, torch.Tensor], images: torch.Tensor, labels: torch.Tensor, plan: Plan, autocast: Any,
-          grad_clip: float | None, ema_decay: float) -> tuple[torch.Tensor, torch.Tensor]:
+          grad_clip: float | None, ema_decay: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimiser step on the examples `draw` names (this rank's rows of the step), then the EMA update; the
-    per-example loss and the gradient norm before clipping."""
+    per-example loss, the loss the step descends (× an adaptive rationale's importance weights) and the gradient norm
+    before clipping."""
     idx, sigma = draw["index"], draw["sigma"]
     x = to_model_range(images[idx])
     eps = plan.epsilon(draw["position"], tuple(x.shape))
     with autocast:
         per_example = epsilon_loss(net, x, labels[idx], sigma, eps, draw.get("weight"))
+    objective = per_example * draw["importance"].to(per_example) if "importance" in draw else per_example
     optimizer.zero_grad(set_to_none=True)
-    per_example.mean().backward()  # DDP averages over ranks: the global batch's mean
+    objective.mean().backward()  # DDP averages over ranks: the global batch's mean
     grad_norm = torch.nn.utils.clip_grad_norm_(params, float(grad_clip) if grad_clip else math.inf)
     optimizer.step()
     with torch.no_grad():  # ema = d·ema + (1 − d)·net, one fused call for all tensors
         torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - ema_decay)
-    return per_example, grad_norm
+    return per_example, objective, grad_norm
+
+
+def _adaptive(rationale: Mapping[str, Any], state: dict | None, density_table: str | Path | None
+              ) -> AdaptiveSchedule | None:
+    """An adaptive training rationale's schedule, as the checkpoint left it (None for a fixed rationale)."""
+    if rationale["family"] != "adaptive":
+        if density_table:
+            raise TrainingError("--density-table is written by an adaptive training rationale only")
+        return None
+    adaptive = AdaptiveSchedule(rationale, "training rationale")
+    if state is not None:
+        if "adaptive" not in state:
+            raise checkpoints.CheckpointError("the checkpoint holds no adaptive state to resume the training rationale")
+        adaptive.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                  for k, v in state["adaptive"].items()})
+    return adaptive
+
+
+def _adaptive_state(adaptive: AdaptiveSchedule) -> dict:
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in adaptive.state_dict().items()}
 
 
 def _resume_from(checkpoint_in: str | Path | None, start_step: int, chash: str, allow_config_change: bool

@@ -1,0 +1,144 @@
+"""The adaptive training rationale of Kingma & Gao (2023, Sec. 5.1, App. F): σ drawn from p(σ) ∝ r_T(σ)·L̄(σ).
+
+L̄ is an exponential moving average of the (training-weighted) ε-loss per bin of log σ, updated at every step
+from the whole batch (summed over data-parallel ranks). Within a bin σ follows the target rationale T, so each
+example's loss is multiplied by the one number φ_T(σ)/p(σ) = m_b/π_b (m_b: T's mass in bin b, π_b: p's) and the
+expected loss is exactly that of training with T as a fixed rationale: the sampling only changes the gradient's
+variance (K&G eq. 9). Until every bin with target mass has been seen, p is T itself. A floor mixes a uniform
+share FLOOR over those bins into p, so every bin keeps at least FLOOR/bins of the examples in expectation and
+no weight exceeds m_b·bins/FLOOR.
+
+Torch-free (NumPy float64): the training loop passes in per-bin sums and counts, the state travels in the
+checkpoint as float64 and int64 arrays.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ied.rationales import Binned, Rationale, RationaleError, bin_mass, build, log_bins
+
+FLOOR = 0.05  # the share of examples spread uniformly over the bins that hold target mass
+
+
+class AdaptiveError(ValueError):
+    """The adaptive state cannot be updated (a non-finite loss) or read (a table or state of another spec)."""
+
+
+class AdaptiveSchedule:
+    """The state of one adaptive rationale: per-bin EMA of the loss and examples seen, and the density they give."""
+
+    def __init__(self, spec: Mapping[str, Any], name: str = "adaptive"):
+        self.spec, self.name = dict(spec), name
+        self.target = build(f"{name}.target", spec["target"])
+        self.edges = log_bins(self.target.sigma_min, self.target.sigma_max, int(spec["bins"]))
+        self.decay = float(spec["ema"])
+        self.mass = bin_mass(self.target, self.edges)
+        self.live = self.mass > 0
+        if not self.live.any():
+            raise RationaleError(name, "target", "the target has no mass in any bin")
+        self.loss = np.zeros(len(self.mass))  # L̄_b (meaningful where count_b > 0)
+        self.count = np.zeros(len(self.mass), dtype=np.int64)  # examples seen per bin, over the whole training
+        self._rationale: Binned | None = None
+
+    def probabilities(self) -> np.ndarray:
+        """π_b = (1 − FLOOR)·q_b + FLOOR/(bins with mass), q ∝ m·L̄ once every such bin was seen, else q = m."""
+        q = self.mass
+        if (self.count[self.live] > 0).all():
+            weighted = self.mass * np.maximum(self.loss, 0.0)
+            if weighted.sum() > 0:
+                q = weighted
+        uniform = self.live / self.live.sum()
+        return (1.0 - FLOOR) * q / q.sum() + FLOOR * uniform
+
+    def rationale(self) -> Binned:
+        """The current density p as a rationale (σ(t) by its inverse CDF, as every rationale)."""
+        if self._rationale is None:
+            self._rationale = Binned(self.name, self.target, self.edges, self.probabilities(), self.spec)
+        return self._rationale
+
+    def draw(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """σ = σ_p(t), the importance weights φ_T/p and the bins of the uniform draws `t`."""
+        p = self.rationale()
+        sigma = p.sigma(t)
+        bins = p._bin(sigma)
+        return sigma, p.mass[bins] / p.probabilities[bins], bins
+
+    def update(self, sums: np.ndarray, counts: np.ndarray, step: int) -> None:
+        """One step's loss sums and example counts per bin (all ranks): the EMA moves where the bin was drawn."""
+        sums, counts = np.asarray(sums, dtype=np.float64), np.asarray(counts, dtype=np.float64)
+        if not np.isfinite(sums).all():
+            raise AdaptiveError(f"non-finite loss at step {step + 1}")
+        hit = counts > 0
+        mean = np.where(hit, sums / np.maximum(counts, 1.0), 0.0)
+        first = hit & (self.count == 0)
+        self.loss = np.where(first, mean, np.where(hit, self.decay * self.loss + (1.0 - self.decay) * mean, self.loss))
+        self.count += counts.astype(np.int64)
+        self._rationale = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss.copy(), "count": self.count.copy(), "spec": json.dumps(self.spec, sort_keys=True)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a checkpoint's state, which must be of this spec."""
+        if json.loads(state["spec"]) != json.loads(json.dumps(self.spec)):
+            raise AdaptiveError("the checkpoint's adaptive state is of another adaptive spec")
+        self.loss = np.asarray(state["loss"], dtype=np.float64).copy()
+        self.count = np.asarray(state["count"], dtype=np.int64).copy()
+        if self.loss.shape != self.mass.shape or self.count.shape != self.mass.shape:
+            raise AdaptiveError(f"the checkpoint's adaptive state has {len(self.loss)} bins, not {len(self.mass)}")
+        self._rationale = None
+
+    def table(self, step: int):
+        """The learned density at `step`: per bin its σ range, σ (geometric mid), p(σ) there, π, m, L̄, count."""
+        import pandas as pd
+
+        p = self.rationale()
+        mid = np.sqrt(self.edges[:-1] * self.edges[1:])
+        return pd.DataFrame({"step": step, "sigma_lo": self.edges[:-1], "sigma_hi": self.edges[1:], "sigma": mid,
+                             "pdf": p.pdf(mid), "probability": p.probabilities, "target_mass": self.mass,
+                             "loss": np.where(self.count > 0, self.loss, np.nan), "count": self.count})
+
+
+def write_density(path: str | Path, schedule: AdaptiveSchedule, step: int) -> None:
+    """The learned density at `step` as Parquet (atomically), the adaptive spec in its metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ied.io import atomic_path
+
+    table = pa.Table.from_pandas(schedule.table(step), preserve_index=False)
+    meta = {b"ied.adaptive": json.dumps(schedule.spec, sort_keys=True).encode(), b"ied.step": str(step).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_density(path: str | Path) -> tuple[dict, int, Any]:
+    """A `write_density` table: the adaptive spec, the step, and the rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(str(path))
+    except (OSError, pa.ArrowException) as err:
+        raise AdaptiveError(f"{path}: not a readable Parquet table ({type(err).__name__})") from None
+    meta = table.schema.metadata or {}
+    if b"ied.adaptive" not in meta:
+        raise AdaptiveError(f"{path}: not an adaptive rationale's density table")
+    return json.loads(meta[b"ied.adaptive"]), int(meta[b"ied.step"]), table.to_pandas()
+
+
+def learned_rationale(name: str, adaptive_spec: Mapping[str, Any], rows: Any) -> Binned:
+    """The density a density table holds, as a rationale (its target's shape within each bin)."""
+    target = build(f"{name}.target", adaptive_spec["target"])
+    edges = np.concatenate([rows["sigma_lo"].to_numpy(), rows["sigma_hi"].to_numpy()[-1:]])
+    return Binned(name, target, edges, rows["probability"].to_numpy())
+
+
+def target_of(rationale: Rationale) -> Rationale:
+    """The target a learned rationale reweights (itself for any other rationale)."""
+    return getattr(rationale, "target", rationale)

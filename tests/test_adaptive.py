@@ -1,0 +1,150 @@
+"""The adaptive training rationale (ied.adaptive): its density, floor, importance weights and state."""
+import math
+
+import numpy as np
+import pytest
+
+from ied import adaptive
+from ied.adaptive import FLOOR, AdaptiveError, AdaptiveSchedule
+from ied.rationales import Binned, RationaleError, check_numerics, log_bins
+from ied.specs import rationale, resolve_rationale
+
+from conftest import L2
+
+
+def spec(bins=20, ema=0.9, target=None):
+    return {"family": "adaptive", "target": dict(target or L2), "bins": bins, "ema": ema,
+            "sigma_min": (target or L2)["sigma_min"], "sigma_max": (target or L2)["sigma_max"]}
+
+
+def seen_everywhere(schedule, loss_of_sigma):
+    """Feed one example at each bin's mid, with the given loss."""
+    mid = np.sqrt(schedule.edges[:-1] * schedule.edges[1:])
+    schedule.update(loss_of_sigma(mid), np.ones(len(mid)), step=0)
+
+
+def test_starts_from_the_target_with_the_floor_until_every_bin_is_seen():
+    s = AdaptiveSchedule(spec())
+    m = s.mass / s.mass.sum()
+    np.testing.assert_allclose(s.probabilities(), (1 - FLOOR) * m + FLOOR / len(m))
+    counts = np.ones(len(m))
+    counts[3] = 0  # one bin not yet seen: still the target's
+    s.update(np.arange(len(m), dtype=float) * counts, counts, step=0)
+    np.testing.assert_allclose(s.probabilities(), (1 - FLOOR) * m + FLOOR / len(m))
+    seen_everywhere(s, lambda sigma: np.ones_like(sigma))
+    assert not np.allclose(s.probabilities(), (1 - FLOOR) * m + FLOOR / len(m))
+
+
+def test_density_is_target_times_the_loss_ema_with_the_floor():
+    s = AdaptiveSchedule(spec(ema=0.5))
+    seen_everywhere(s, lambda sigma: 1.0 / sigma)  # first sight sets the EMA
+    seen_everywhere(s, lambda sigma: 3.0 / sigma)  # then L̄ ← ½ L̄ + ½ L
+    mid = np.sqrt(s.edges[:-1] * s.edges[1:])
+    np.testing.assert_allclose(s.loss, 2.0 / mid)
+    q = s.mass * s.loss
+    expected = (1 - FLOOR) * q / q.sum() + FLOOR / len(q)
+    np.testing.assert_allclose(s.probabilities(), expected)
+    # the floor: every bin keeps FLOOR/bins of the examples, however small its loss
+    seen_everywhere(s, lambda sigma: np.where(sigma < 1, 1e-30, 1.0))
+    assert s.probabilities().min() >= FLOOR / len(q) * (1 - 1e-12)
+    # p(σ) = π_b φ_T(σ)/m_b inside bin b
+    p = s.rationale()
+    sigma = np.geomspace(L2["sigma_min"], L2["sigma_max"], 1000)[1:-1]
+    b = np.searchsorted(s.edges, sigma, side="right") - 1
+    np.testing.assert_allclose(p.pdf(sigma), p.probabilities[b] / s.mass[b] * s.target.pdf(sigma), rtol=1e-12)
+
+
+def test_importance_weighted_loss_is_an_unbiased_estimate_of_the_target_objective():
+    """E_p[(φ_T/p)(σ)·L(σ)] = E_T[L(σ)], by Monte Carlo against quadrature, with a density far from the target."""
+    s = AdaptiveSchedule(spec(bins=30))
+    loss = lambda sigma: 1.0 / (1.0 + sigma) + 0.1 * np.sin(sigma)  # noqa: E731
+    seen_everywhere(s, lambda sigma: 1.0 / sigma**0.5)
+    rng = np.random.default_rng(0)
+    sigma, weight, _ = s.draw(rng.random(400_000))
+    estimate = weight * loss(sigma)
+    grid = np.geomspace(L2["sigma_min"], L2["sigma_max"], 200_001)
+    f = s.target.pdf(grid) * loss(grid) * grid  # ∫ φ_T L dσ in ln σ
+    exact = float(np.sum(0.5 * (f[1:] + f[:-1]) * np.diff(np.log(grid))))
+    se = estimate.std() / math.sqrt(len(estimate))
+    assert abs(estimate.mean() - exact) < 4 * se, (estimate.mean(), exact, se)
+    assert not np.allclose(weight, 1.0)  # the draw is not the target's
+    assert weight.max() <= s.mass.max() * len(s.mass) / FLOOR
+
+
+def test_draws_follow_the_density_and_its_inverse_is_monotone():
+    s = AdaptiveSchedule(spec(bins=10))
+    seen_everywhere(s, lambda sigma: sigma**0.3)
+    p = s.rationale()
+    check_numerics(p)
+    t = np.linspace(0, 1, 10001)
+    np.testing.assert_allclose(p.cdf(p.sigma(t)), t, atol=1e-9)
+    sigma = p.sigma(np.random.default_rng(1).random(200_000))
+    counts = np.histogram(sigma, s.edges)[0] / len(sigma)
+    np.testing.assert_allclose(counts, p.probabilities, atol=4e-3)
+
+
+def test_state_round_trips_and_a_nan_loss_names_its_step():
+    s = AdaptiveSchedule(spec())
+    seen_everywhere(s, lambda sigma: sigma)
+    other = AdaptiveSchedule(spec())
+    other.load_state_dict(s.state_dict())
+    np.testing.assert_array_equal(other.probabilities(), s.probabilities())
+    with pytest.raises(AdaptiveError, match="another adaptive spec"):
+        AdaptiveSchedule(spec(ema=0.5)).load_state_dict(s.state_dict())
+    sums = np.zeros(20)
+    sums[4] = math.nan
+    with pytest.raises(AdaptiveError, match="step 8"):
+        s.update(sums, np.ones(20), step=7)
+
+
+def test_density_table_and_the_learned_rationale(tmp_path):
+    s = AdaptiveSchedule(spec())
+    seen_everywhere(s, lambda sigma: 1 + sigma)
+    adaptive.write_density(tmp_path / "d.parquet", s, 300)
+    got, step, rows = adaptive.read_density(tmp_path / "d.parquet")
+    assert (got, step) == (s.spec, 300)
+    assert list(rows.columns) == ["step", "sigma_lo", "sigma_hi", "sigma", "pdf", "probability", "target_mass",
+                                  "loss", "count"]
+    learned = adaptive.learned_rationale("learned", got, rows)
+    t = np.linspace(0, 1, 101)
+    np.testing.assert_array_equal(learned.sigma(t), s.rationale().sigma(t))
+    rows.to_parquet(tmp_path / "plain.parquet")  # the rows without the spec
+    with pytest.raises(AdaptiveError, match="not an adaptive"):
+        adaptive.read_density(tmp_path / "plain.parquet")
+
+
+def test_binned_refuses_probability_where_the_target_has_none():
+    target = rationale({"family": "ve", "sigma_min": 0.01, "sigma_max": 10})
+    edges = log_bins(0.01, 10, 3)
+    with pytest.raises(RationaleError, match="bins"):
+        Binned("b", target, edges, [1.0, -1.0, 1.0])
+    b = Binned("b", target, edges, [1.0, 0.0, 1.0])  # an empty bin holds no draw
+    sigma = b.sigma(np.linspace(0, 1, 1001)[1:-1])
+    assert not ((sigma > edges[1]) & (sigma < edges[2])).any()
+
+
+@pytest.mark.parametrize("entry, key", [
+    ({"family": "adaptive", "target": "nothing"}, "target"),
+    ({"family": "adaptive", "target": "ad"}, "target"),
+    ({"family": "adaptive", "target": "l2", "bins": 1}, "bins"),
+    ({"family": "adaptive", "target": "l2", "ema": 1.0}, "ema"),
+    ({"family": "adaptive", "target": "l2", "sigma_min": 0.1}, "sigma_min"),
+    ({"family": "learned", "model": "l2"}, "model"),
+])
+def test_resolving_refuses_bad_adaptive_and_learned_entries(entry, key):
+    registry = {"l2": {"family": "l2", "v_max": 1.0, "sigma_min": 0.002, "sigma_max": 80},
+                "ad": {"family": "adaptive", "target": "l2", "bins": 100, "ema": 0.99}}
+    entry = {"bins": 100, "ema": 0.99, **entry} if entry["family"] == "adaptive" else {"step": 300, **entry}
+    with pytest.raises(RationaleError, match=f"key '{key}'"):
+        resolve_rationale("x", entry, {**registry, "x": entry})
+
+
+def test_an_adaptive_spec_inlines_its_target_and_a_learned_one_its_model():
+    registry = {"l2": {"family": "l2", "v_max": 1.0, "sigma_min": 0.002, "sigma_max": 80, "label": "L2"},
+                "ad": {"family": "adaptive", "target": "l2", "bins": 100, "ema": 0.99},
+                "lr": {"family": "learned", "model": "ad", "step": 300}}
+    ad = resolve_rationale("ad", registry["ad"], registry)
+    assert ad == {"family": "adaptive", "target": {"family": "l2", "v_max": 1.0, "sigma_min": 0.002,
+                                                   "sigma_max": 80}, "bins": 100, "ema": 0.99,
+                  "sigma_min": 0.002, "sigma_max": 80}
+    assert resolve_rationale("lr", registry["lr"], registry)["adaptive"] == ad
