@@ -67,3 +67,40 @@ def test_figure_1_draws_the_fitted_rationales_dashed_beside_the_hand_made_ones(t
         figures.fig_marginals(schedules, experiment, tmp_path, "fig2")
     titles = [call.kwargs.get("title") for call in titled.call_args_list]
     assert labels["l2"] in titles and not any(labels[n] in titles for n in experiment["fitted"])
+
+
+def test_the_adaptive_figure_draws_each_segment_s_learned_density_beside_its_target_and_the_fixed_ones(tmp_path):
+    """One column per adaptive model: its learned σ·p(σ) per segment (from the density tables), the target dashed,
+    the fixed training rationales; below, the loss EMA per bin."""
+    from unittest import mock
+
+    import numpy as np
+
+    from ied import figures
+    from ied.adaptive import AdaptiveSchedule, write_density
+    from ied.specs import configured_rationales
+    config = load([DEFAULT])
+    experiment = layout.figure_inputs(config)
+    assert experiment["adaptive"] == {"adaptive-l2": "l2"} and "figures/adaptive_density.png" in layout.figures(config)
+    assert "adaptive-l2" not in experiment["schedules"]  # its density moves: no schedule table
+    schedule = AdaptiveSchedule(configured_rationales(config)["adaptive-l2"])
+    paths = []
+    for step in (300, 600):
+        mid = np.sqrt(schedule.edges[:-1] * schedule.edges[1:])
+        schedule.update(mid ** (step / 600), np.ones(len(mid)), step)
+        paths.append(tmp_path / "densities" / "adaptive-l2" / f"density-{step}.parquet")
+        paths[-1].parent.mkdir(parents=True, exist_ok=True)
+        write_density(paths[-1], schedule, step)
+    densities = figures.read_densities([str(p) for p in paths])
+    t = np.linspace(0, 1, 11)
+    schedules = {name: pd.DataFrame({"t": t, "sigma": 0.002 * 40000**t, "pdf": np.ones(11), "cdf": t})
+                 for name in experiment["schedules"]}
+    with mock.patch.object(figures.plt.Axes, "plot", autospec=True, side_effect=figures.plt.Axes.plot) as plot:
+        figures.fig_adaptive_density(densities, schedules, experiment, tmp_path, "adaptive_density")
+    labels = [call.kwargs.get("label") for call in plot.call_args_list]
+    assert labels.count("step 300") == labels.count("step 600") == 1
+    assert "target: L2" in labels and {"VE", "L2", "N(0,5²)"} <= set(labels)
+    drawn = next(call for call in plot.call_args_list if call.kwargs.get("label") == "step 600")
+    sigma, density = drawn.args[1], drawn.args[2]
+    np.testing.assert_allclose(density, schedule.rationale().pdf(sigma) * sigma)
+    assert (tmp_path / "adaptive_density.png").stat().st_size > 1000

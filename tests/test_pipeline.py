@@ -83,21 +83,38 @@ EDITS = {
     "nll run-time settings": ({"nll": {"max_nfe": 500, "batch_size": 7, "device": "cpu"}}, {}),
     "batch and shard size": ({"sample": {"batch_size": 7, "shard_size": 5}, "evaluate": {"batch_size": 16}}, {}),
     "paper results path": ({"paper_results": str(REPO / "config" / "paper_results.yaml")}, {}),
-    # (2 trained × 2 checkpoints + the pretrained model's one) × 2 samplers, one set, with ve (already tabulated)
+    # (3 trained × 2 checkpoints + the pretrained model's one) × 2 samplers, one set, with ve (already tabulated)
     "add a sampling rationale": ({"sample": {"single": {"rationales": ["l2", "gauss5", "ve"]}}},
-                                 {"generate": 10, "evaluate": 10, **AGGREGATION}),
-    # its two segments; single: 2 checkpoints × 2 rationales × 2 samplers; repeated: 3 rationales × 2 sets,
+                                 {"generate": 14, "evaluate": 14, **AGGREGATION}),
+    # its two segments; single: 2 checkpoints × 2 rationales × 2 samplers; repeated: 4 rationales × 2 sets,
     # less the 2 single sets of step 20 with em
-    "add a training rationale": ({"train": {"rationales": ["ve", "l2", "gauss5"]}},
-                                 {"train_segment": 2, "generate": 12, "evaluate": 12, "nll": 2, **AGGREGATION}),
-    # unipc's single sets ((2 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (3, 7 steps) stay
+    "add a training rationale": ({"train": {"rationales": ["ve", "l2", "adaptive-l2", "gauss5"]},
+                                  "sample": {"repeated": {"train_rationales": ["ve", "l2", "gauss5"]}}},
+                                 {"train_segment": 2, "generate": 14, "evaluate": 14, "nll": 2, **AGGREGATION}),
+    # its two segments (writing its density too) and its single sets: 2 checkpoints × 2 rationales × 2 samplers
+    "add an adaptive training rationale": ({"rationales": {"adaptive-ve": {"family": "adaptive", "target": "ve",
+                                                                           "bins": 10}},
+                                            "train": {"rationales": ["ve", "l2", "adaptive-l2", "adaptive-ve"]}},
+                                           {"train_adaptive_segment": 2, "generate": 8, "evaluate": 8, "nll": 2,
+                                            **AGGREGATION}),
+    # its table from the density at step 20, and its repeated sets: 2 models × 2 sets at step 20
+    "add a learned rationale": ({"rationales": {"learned-20": {"family": "learned", "model": "adaptive-l2",
+                                                               "step": 20}},
+                                 "sample": {"repeated": {"rationales": ["l2", "gauss5", "edm7", "learned-l2",
+                                                                        "learned-20"]}}},
+                                {"learned_rationale": 1, "generate": 4, "evaluate": 4, **AGGREGATION}),
+    # the adaptive density's spec is its model's identity: its training, its learned table and what samples them
+    "adaptive decay": ({"rationales": {"adaptive-l2": {"ema": 0.9}}},
+                       {"train_adaptive_segment": 2, "learned_rationale": 1, "generate": 12, "evaluate": 12, "nll": 2,
+                        **AGGREGATION}),
+    # unipc's single sets ((3 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (3, 7 steps) stay
     # its fit, its one sweep cell (DPM-Solver++(2M) at NFE 7), and the aggregation
     "add a fitted rationale": ({"rationales": {"fit-new": {"family": "fitted", "model": "l2", "method": "trajectory_dp",
                                                            "base": "ve", "sampler": "dpmpp_2m", "nfe": 7, "pilot": 2}},
                                 "nfe_sweep": {"rationales": ["l2", "fit-dpm-3", "fit-density", "fit-new"]}},
                                {"fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
     "sampler steps": ({"sample": {"samplers": {"unipc": {"steps": 5}}}},
-                      {"generate": 10, "evaluate": 10, **AGGREGATION}),
+                      {"generate": 14, "evaluate": 14, **AGGREGATION}),
     # the pretrained model's label is a label; its file moved (same content) is the same model
     "pretrained label and path": ({"pretrained": {"edm-tiny": {"label": "tiny EDM", "path": "moved/edm-tiny.pkl"}}},
                                   {"tables": 1, "figures": 1, "report": 1, "all": 1}),

@@ -8,9 +8,10 @@ from ied.data import DATASETS
 from ied.tables import Entry, grids, repeated_table, single_table, starred, to_latex
 
 GRID = {"train": ["ve", "l2"], "samplers": ["em"], "labels": {"ve": "VE", "l2": "L2", "g": "N(0,5²)", "e": "EDM (ρ=7)"},
-        "single": {"rationales": ["ve", "g"], "samplers": ["em"], "n_samples": 100, "sets": 1, "steps": [10, 20, 30]},
-        "repeated": {"rationales": ["ve", "g", "e"], "samplers": ["em"], "n_samples": 100, "sets": 2,
-                     "steps": [10, 20]}}
+        "single": {"train": ["ve", "l2"], "rationales": ["ve", "g"], "samplers": ["em"], "n_samples": 100, "sets": 1,
+                   "steps": [10, 20, 30]},
+        "repeated": {"train": ["ve", "l2"], "rationales": ["ve", "g", "e"], "samplers": ["em"], "n_samples": 100,
+                     "sets": 2, "steps": [10, 20]}}
 
 
 def row(train, sample, step, fid, seed=0, n=100, isc=2.0, isc_std=0.1, degenerate=""):
@@ -46,6 +47,17 @@ def test_repeated_table_is_mean_and_std_over_sets_within_its_range():
     assert table.loc[("ve", "e"), "fid_mean"] == pytest.approx(20.2)  # step 20, mean of 20.0 and 20.4
     assert (table["checkpoint_step"] == 20).all()  # step 30 is outside the repeated range
     assert table.loc[("ve", "e"), "fid_std"] == pytest.approx(0.4 / math.sqrt(2))
+
+
+def test_a_protocol_holds_only_its_models_though_another_model_has_sets_of_its_size():
+    """A model outside the repeated protocol (its train_rationales) has single sets that look like repeated set 0:
+    the repeated table leaves them out, and Table 1 keeps them without a repeated spread."""
+    grid = {**GRID, "repeated": {**GRID["repeated"], "train": ["ve"]}}
+    table = repeated_table(metrics(), grid)
+    assert set(table["train_rationale"]) == {"ve"}
+    single = single_table(metrics(), grid).set_index(["train_rationale", "sample_rationale"])
+    assert single.loc[("l2", "ve"), "fid_std_repeated"] != single.loc[("l2", "ve"), "fid_std_repeated"]  # NaN
+    assert not math.isnan(single.loc[("ve", "ve"), "fid_std_repeated"])
 
 
 def test_star_rule_is_overlap_with_the_best():

@@ -139,6 +139,41 @@ def learned_rationale(name: str, adaptive_spec: Mapping[str, Any], rows: Any) ->
     return Binned(name, target, edges, rows["probability"].to_numpy())
 
 
-def target_of(rationale: Rationale) -> Rationale:
-    """The target a learned rationale reweights (itself for any other rationale)."""
-    return getattr(rationale, "target", rationale)
+def domain_rationale(spec: Mapping[str, Any], name: str = "training rationale") -> Rationale:
+    """A training rationale built from its spec, or an adaptive one's target: either has the model's σ domain."""
+    return build(f"{name}.target", spec["target"]) if spec["family"] == "adaptive" else build(name, spec)
+
+
+def save_learned(density: str | Path, spec: Mapping[str, Any], name: str, out: str | Path) -> None:
+    """The `learned_rationale` job: a density table's learned density, which must be of `spec`'s model and step,
+    as a schedule table (the columns of `tabulate`), its bins and probabilities in the metadata."""
+    from ied.rationales import tabulate
+
+    adaptive_spec, step, rows = read_density(density)
+    if adaptive_spec != json.loads(json.dumps(dict(spec["adaptive"]))) or step != int(spec["step"]):
+        raise AdaptiveError(f"{density}: the density of another adaptive spec or step than {name!r} reads "
+                            f"(step {step}, expected {spec['step']}); rerun its training segment")
+    rationale = learned_rationale(name, adaptive_spec, rows)
+    table = tabulate(rationale)
+    table.name, table.spec = name, dict(spec)
+    bins = {"edges": rationale.edges.tolist(), "probabilities": rationale.probabilities.tolist()}
+    table.to_parquet(str(out), extra={"ied.bins": json.dumps(bins)})
+
+
+def load_learned(path: str | Path, spec: Mapping[str, Any]) -> Binned:
+    """The learned rationale of a `save_learned` table, which must have been made for `spec`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(str(path)).metadata or {}
+    except (OSError, pa.ArrowException) as err:
+        raise AdaptiveError(f"{path}: not a readable Parquet table ({type(err).__name__}); rerun its "
+                            f"learned_rationale job") from None
+    if b"ied.bins" not in meta or b"ied.spec" not in meta:
+        raise AdaptiveError(f"{path}: not a learned rationale's table (no bins in its metadata)")
+    if json.loads(meta[b"ied.spec"]) != json.loads(json.dumps(dict(spec))):
+        raise AdaptiveError(f"{path}: made for another spec than the one asked for; rerun its learned_rationale job")
+    bins = json.loads(meta[b"ied.bins"])
+    target = build("learned.target", spec["adaptive"]["target"])
+    return Binned(meta[b"ied.rationale"].decode(), target, bins["edges"], bins["probabilities"], dict(spec))

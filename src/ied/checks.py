@@ -54,6 +54,7 @@ def validate(config: Mapping[str, Any], *, deep: bool = True) -> dict:
     _check_lists(config)
     _check_samplers(config)
     _check_fitted(config)  # after the lists: a fit names a model
+    _check_adaptive(config)
     _check_sweep(config)  # after the samplers: NFE targets need each sampler's NFE per step
     _check_training(config)
     _check_ablation(config)
@@ -95,7 +96,9 @@ def _check_rationales(config: dict) -> None:
             spec = specs.resolve_rationale(name, config["rationales"][name], config["rationales"])
             if spec["family"] == "fitted":  # its schedule exists after its fit; its base is checked here
                 check_numerics(build(f"{name}.base", spec["base"]))
-            else:
+            elif spec["family"] == "adaptive":  # its density is learned in training, on its target's domain
+                check_numerics(build(f"{name}.target", spec["target"]))
+            elif spec["family"] != "learned":  # a learned one's model is checked by _check_adaptive
                 check_numerics(build(name, spec))
         except RationaleError as err:
             fail(f"rationales.{err.rationale.split('.')[0]}.{err.key}", str(err))
@@ -153,6 +156,8 @@ def _check_lists(config: dict) -> None:
                      "defined under rationales")
         _check_names(f"sample.{purpose}.samplers", protocol.get("samplers", []), config["sample"]["samplers"],
                      "under sample.samplers")
+        _check_names(f"sample.{purpose}.train_rationales", protocol.get("train_rationales", []),
+                     layout.models(config), "a model (a training rationale or a pretrained model)")
         for step in [] if protocol["checkpoints"] == "all" else protocol["checkpoints"]:
             _check_step(f"sample.{purpose}.checkpoints", step, config)
         if trained and not layout.protocol_steps(config, purpose, trained[0]):
@@ -227,6 +232,30 @@ def _check_fitted(config: dict) -> None:
                 fail(f"{key}.base", f"its domain [{spec['sigma_min']:g}, {spec['sigma_max']:g}] leaves the domain "
                                     f"[{trained['sigma_min']:g}, {trained['sigma_max']:g}] {spec['model']!r} was "
                                     f"trained on")
+
+
+def _check_adaptive(config: dict) -> None:
+    """An adaptive rationale trains (its density exists only in training); a learned one reads a trained adaptive
+    model's density at one of its checkpoints, and samples."""
+    registry, trained = config["rationales"], config["train"]["rationales"]
+    for name, entry in registry.items():
+        key = f"rationales.{name}"
+        if entry["family"] == "learned":
+            if entry["model"] not in trained:
+                fail(f"{key}.model", f"{entry['model']!r} is not trained here (list it in train.rationales)")
+            _check_step(f"{key}.step", entry["step"], config, entry["model"])
+            if name in trained:
+                fail("train.rationales", f"{name!r} is a learned density to sample with; train with its model "
+                                         f"{entry['model']!r}")
+        if entry["family"] != "adaptive":
+            continue
+        sampling = {f"sample.{p}.rationales": config["sample"][p]["rationales"] for p in ("single", "repeated")}
+        sampling["nfe_sweep.rationales"] = config["nfe_sweep"].get("rationales", [])
+        sampling["ablation.rationale"] = [config["ablation"].get("rationale")]
+        for where, names in sampling.items():
+            if name in names:
+                fail(where, f"{name!r} is an adaptive training rationale; sample its learned density with a "
+                            f"rationale {{family: learned, model: {name}}}")
 
 
 def _check_fit_target(key: str, spec: dict) -> None:

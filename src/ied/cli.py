@@ -158,7 +158,8 @@ def _sampling_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the samples .npz to write")
     p.add_argument("--grid", help="a 10×10 sample grid PNG to write")
     p.add_argument("--log-file", help="JSON-lines log")
-    p.add_argument("--rationale-table", default="", help="a fitted sampling rationale's table (fit-rationale's output)")
+    p.add_argument("--rationale-table", default="",
+                   help="a fitted or learned sampling rationale's table (fit-rationale's or learn-rationale's output)")
 
     p = sub.add_parser("fit-rationale", help="fit a rationale to a checkpoint (ied.fitting) → its schedule table")
     p.add_argument("--checkpoint", required=True, help="the checkpoint to fit to")
@@ -169,6 +170,12 @@ def _sampling_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", required=True, help="the Parquet schedule table to write")
     p.add_argument("--log-file", help="JSON-lines log")
+
+    p = sub.add_parser("learn-rationale", help="an adaptive model's learned density at a checkpoint → its schedule table")
+    p.add_argument("--density", required=True, help="the training segment's density table (train --density-table)")
+    p.add_argument("--spec", type=_json, required=True, help="resolved learned-rationale spec (JSON)")
+    p.add_argument("--name", required=True, help="the rationale's name (stored with the table)")
+    p.add_argument("--out", required=True, help="the Parquet schedule table to write")
 
 
 def _scoring_commands(sub: argparse._SubParsersAction) -> None:
@@ -223,6 +230,8 @@ def _summary_commands(sub: argparse._SubParsersAction, with_bench_options: bool 
                    help="what the figures receive (JSON of ied.layout.figure_inputs)")
     p.add_argument("--schedules", nargs="+", required=True, help="schedule tables (ied.layout.SCHEDULE)")
     p.add_argument("--losses", nargs="*", default=[], help="training segments' loss tables (ied.layout.LOSS)")
+    p.add_argument("--densities", nargs="*", default=[],
+                   help="adaptive training rationales' density tables (ied.layout.DENSITY)")
     p.add_argument("--nll", nargs="*", default=[], help="NLL tables (ied.layout.NLL)")
     p.add_argument("--root", required=True, help="the experiment folder (sample grids are found there)")
     p.add_argument("--outdir", required=True, help="folder of the figures")
@@ -289,6 +298,7 @@ def _known(err: Exception) -> str | None:
     from ied.cost import CostError
     from ied.data import DataError
     from ied.device import DeviceError
+    from ied.adaptive import AdaptiveError
     from ied.fitting import FittingError
     from ied.generate import GenerationError
     from ied.io import CorruptFileError, quarantine
@@ -306,7 +316,7 @@ def _known(err: Exception) -> str | None:
         return f"no space left on device writing {err.filename or 'an output'}; free space and rerun"
     if isinstance(err, OSError) and err.filename is not None:  # a read-only folder, a missing mount, a quota
         return f"{err.filename}: {err.strerror or err}"
-    known = (CheckpointError, ConfigError, CostError, DataError, DeviceError, FittingError, GenerationError,
+    known = (AdaptiveError, CheckpointError, ConfigError, CostError, DataError, DeviceError, FittingError, GenerationError,
              MetricsError, NLLError,
              PretrainedError, RationaleError, OptionError, TrainingError)
     return str(err) if isinstance(err, known) else None
@@ -354,6 +364,11 @@ def _fit_rationale(a):
     print(json.dumps({k: info[k] for k in ("denoiser_evaluations", "seconds", "levels")}), file=sys.stderr)
 
 
+def _learn_rationale(a):
+    from ied.adaptive import save_learned
+    save_learned(a.density, a.spec, a.name, a.out)
+
+
 def _evaluate(a):
     from ied.metrics import evaluate
     row = evaluate(a.samples, a.reference or None, a.extractor, a.weights, a.out, cell=a.cell, sha256=a.sha256 or None,
@@ -393,7 +408,7 @@ def _tables(a):
 
 def _figures(a):
     from ied.figures import write_figures
-    write_figures(a.metrics, a.experiment, a.schedules, a.losses, a.root, a.outdir, a.nll)
+    write_figures(a.metrics, a.experiment, a.schedules, a.losses, a.root, a.outdir, a.nll, a.densities)
 
 
 def _report(a):
@@ -442,7 +457,8 @@ def _bench(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "fit-rationale": _fit_rationale, "evaluate": _evaluate, "nll": _nll,
+            "generate": _generate, "fit-rationale": _fit_rationale,
+            "learn-rationale": _learn_rationale, "evaluate": _evaluate, "nll": _nll,
             "import-edm": _import_edm, "cost": _cost,
             "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
             "check-config": _check_config, "bench": _bench}

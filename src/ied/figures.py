@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ied import layout  # noqa: E402
+from ied.adaptive import learned_rationale, read_density  # noqa: E402
+from ied.rationales import build  # noqa: E402
 from ied.layout import FigureInputs  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
 from ied.tables import (nfe_table, nll_summary, per_checkpoint, protocol_rows, repeated_table,  # noqa: E402
@@ -65,10 +67,11 @@ def _legend(fig, axes, experiment: FigureInputs, names: Sequence[str], title: st
 
 # --- Figs. 1 and 2: the rationales themselves -----------------------------------------------------------
 def fig_rationales(schedules: dict[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str) -> None:
-    """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale, those fitted to a model dashed."""
+    """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale, those fitted to or learned by a model dashed."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    made = _made_by_models(experiment)
     for key, table in schedules.items():
-        style = {"label": _label(experiment, key), "linestyle": "--" if key in experiment.get("fitted", []) else "-"}
+        style = {"label": _label(experiment, key), "linestyle": "--" if key in made else "-"}
         axes[0].plot(table["sigma"], table["pdf"] * table["sigma"], **style)
         axes[1].plot(table["sigma"], table["cdf"], **style)
         axes[2].plot(table["t"], table["sigma"], **style)
@@ -79,11 +82,52 @@ def fig_rationales(schedules: dict[str, pd.DataFrame], experiment: FigureInputs,
     _save(fig, outdir, name)
 
 
+def _made_by_models(experiment: FigureInputs) -> set[str]:
+    """The rationales fitted to or learned by a model (their densities come from a job's table)."""
+    return set(experiment.get("fitted", [])) | set(experiment.get("learned", []))
+
+
+def fig_adaptive_density(densities: Mapping[str, pd.DataFrame], schedules: Mapping[str, pd.DataFrame],
+                         experiment: FigureInputs, outdir: Path, name: str) -> None:
+    """The adaptive training rationales: (a) the learned density after each segment (darker: earlier) beside its
+    target (dashed) and the fixed training rationales, in Fig. 1's σ·φ(σ); (b) the loss EMA per bin it follows."""
+    models = list(experiment["adaptive"])
+    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models) + 1.5, 7), squeeze=False,
+                             layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for (top, bottom), model in zip(axes.T, models):
+        table, spec = densities.get(model, (pd.DataFrame(columns=["step"]), None))
+        last = max(int(table["step"].max()) if len(table) else 1, 1)
+        for step, rows in table.groupby("step"):
+            p = learned_rationale(model, spec, rows.sort_values("sigma_lo"))
+            grid = np.geomspace(p.sigma_min, p.sigma_max, 2000)
+            top.plot(grid, p.pdf(grid) * grid, color=cmap(step / last), lw=1.2, label=f"step {step}")
+            bottom.step(rows["sigma_lo"], rows["loss"], where="post", color=cmap(step / last), lw=1)
+        fixed = [t for t in experiment["train"] if t in schedules and t not in experiment.get("pretrained", [])]
+        palette = _palette(fixed)
+        for other in fixed:
+            line = schedules[other]
+            top.plot(line["sigma"], line["pdf"] * line["sigma"], color=palette[other], lw=0.8, alpha=0.7,
+                     label=_label(experiment, other))
+        if spec is not None:
+            target = build("target", spec["target"])
+            grid = np.geomspace(target.sigma_min, target.sigma_max, 2000)
+            named = experiment["adaptive"][model]
+            top.plot(grid, target.pdf(grid) * grid, "k--", lw=1.2,
+                     label=f"target: {_label(experiment, named) if named else 'inline'}")
+        top.set(xscale="log", xlabel="σ", ylabel="σ·p(σ)  (density per unit log σ)",
+                title=f"(a) {_label(experiment, model)}: learned density")
+        top.legend(fontsize=7)
+        bottom.set(xscale="log", yscale="log", xlabel="σ", ylabel="loss EMA per bin  L̄(σ)",
+                   title="(b) the per-bin loss it follows")
+    _save(fig, outdir, name)
+
+
 def fig_marginals(schedules: dict[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str,
                   x_max: float = 10.0) -> None:
     """Fig. 2: the density of p₀ₜ(x(t) | 0) = N(x; 0, σ(t)²) over t and x, a panel per hand-made rationale (the
     fitted ones are in Fig. 1), one colorbar."""
-    names = [name for name in schedules if name not in experiment.get("fitted", [])]
+    names = [name for name in schedules if name not in _made_by_models(experiment)]
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names) + 1, 3.2), sharey=True, squeeze=False,
                              layout="constrained")
     x = np.linspace(-x_max, x_max, 301)
@@ -140,7 +184,7 @@ def _over_training(summary: pd.DataFrame, experiment: FigureInputs, panels: list
 def fig_over_training(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Figs. 3/4: (a) FID and (b) IS over training from the single sets; IS bands: std over its 10 splits."""
     single = experiment["single"]
-    summary = per_checkpoint(protocol_rows(metrics, single, experiment["train"]))
+    summary = per_checkpoint(protocol_rows(metrics, single))
     panels = [(metric, sampler, f"({chr(97 + i)}) {'FID ↓' if metric == 'fid' else 'IS ↑'} — {sampler}")
               for i, (metric, sampler) in enumerate((m, s) for m in ("fid", "isc") for s in single["samplers"])]
     _over_training(summary, experiment, panels, outdir, name,
@@ -150,7 +194,7 @@ def fig_over_training(metrics: pd.DataFrame, experiment: FigureInputs, outdir: P
 def fig_over_sets(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
     """Figs. 6/7: FID mean ± std over the repeated sets, over the repeated range of checkpoints."""
     repeated = experiment["repeated"]
-    summary = per_checkpoint(protocol_rows(metrics, repeated, experiment["train"]))
+    summary = per_checkpoint(protocol_rows(metrics, repeated))
     panels = [("fid", sampler, f"FID ↓ — {sampler}") for sampler in repeated["samplers"]]
     _over_training(summary, experiment, panels, outdir, name,
                    f"FID ± std over {repeated['sets']} sets of {repeated['n_samples']} samples, "
@@ -310,7 +354,7 @@ def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, experiment: FigureInpu
     same rationale where the single sets hold it, else the first; first sampler)."""
     trains, single = experiment["train"], experiment["single"]
     sampler = single["samplers"][0]
-    fid = per_checkpoint(protocol_rows(metrics, single, trains))
+    fid = per_checkpoint(protocol_rows(metrics, single))
     palette = _palette(trains)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for train in trains:
@@ -337,7 +381,8 @@ def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, experiment: FigureInpu
 
 
 def write_figures(metrics_path: str | Path, experiment: FigureInputs, schedule_paths: Sequence[str],
-                  loss_paths: Sequence[str], root: str | Path, outdir: str | Path, nll_paths: Sequence[str] = ()) -> None:
+                  loss_paths: Sequence[str], root: str | Path, outdir: str | Path, nll_paths: Sequence[str] = (),
+                  density_paths: Sequence[str] = ()) -> None:
     """Every figure of ied.layout.artefacts(experiment) as PNG and PDF into `outdir`."""
     sns.set_theme(style="whitegrid", context="paper")
     outdir, names = Path(outdir), experiment["artefacts"]["figures"]
@@ -348,6 +393,7 @@ def write_figures(metrics_path: str | Path, experiment: FigureInputs, schedule_p
     for path in loss_paths:  # losses/<train>/loss-<step>.parquet
         losses.setdefault(Path(path).parent.name, []).append(pd.read_parquet(path))
     losses = {k: pd.concat(v, ignore_index=True) for k, v in losses.items()}
+    densities = read_densities(density_paths)
     draw: dict[str, Callable[[str], None]] = {
         "rationales": lambda n: fig_rationales(schedules, experiment, outdir, n),
         "marginals": lambda n: fig_marginals(schedules, experiment, outdir, n),
@@ -358,7 +404,17 @@ def write_figures(metrics_path: str | Path, experiment: FigureInputs, schedule_p
         "comparison": lambda n: fig_paper_comparison(metrics, experiment, outdir, n),
         "nfe": lambda n: fig_fid_nfe(metrics, experiment, outdir, n),
         "loss_by_sigma": lambda n: fig_loss_by_sigma(losses, experiment, outdir, n),
+        "adaptive": lambda n: fig_adaptive_density(densities, schedules, experiment, outdir, n),
         "nll": lambda n: fig_nll(nll_summary(nll_paths), metrics, experiment, outdir, n),
     }
     for role, name in names.items():
         draw[role](name)
+
+
+def read_densities(paths: Sequence[str]) -> dict[str, tuple[pd.DataFrame, dict]]:
+    """Density tables (ied.layout.DENSITY) by adaptive model: every segment's rows, and the adaptive spec."""
+    out: dict[str, tuple[list, dict]] = {}
+    for path in paths:  # densities/<train>/density-<step>.parquet
+        spec, _, rows = read_density(path)
+        out.setdefault(Path(path).parent.name, ([], spec))[0].append(rows)
+    return {k: (pd.concat(v, ignore_index=True), spec) for k, (v, spec) in out.items()}

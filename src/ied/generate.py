@@ -13,10 +13,11 @@ import torch
 from ied import device as devices
 from ied.checkpoints import load_ema_denoiser
 from ied.data import DataError, ImageSet, load_imageset, load_imageset_meta, save_imageset, to_uint8
+from ied.adaptive import load_learned
 from ied.fitting import load_fitted
 from ied.io import atomic_path, content_sha256
 from ied.noise import PerImageNoise
-from ied.rationales import Rationale, build
+from ied.rationales import TABLED, Rationale, build
 from ied.samplers import SAMPLERS, nfe, resolve_options
 from ied.specs import identity_hash
 
@@ -92,13 +93,14 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
 
 
 def _schedule(spec: Mapping[str, Any], table: str | Path | None) -> tuple[Rationale, dict]:
-    """The sampling rationale of a resolved spec: built from it, or a fitted one read from its fit's table (whose
-    content then enters the shards' identity)."""
-    if spec["family"] != "fitted":
+    """The sampling rationale of a resolved spec: built from it, or a fitted or learned one read from the table its
+    job wrote (whose content then enters the shards' identity)."""
+    if spec["family"] not in TABLED:
         return build("sampling rationale", spec), {}
     if not table:
-        raise GenerationError("a fitted sampling rationale needs its fit's table (--rationale-table)")
-    return load_fitted(table, spec), {"rationale_table_sha256": content_sha256(table)}
+        raise GenerationError(f"a {spec['family']} sampling rationale needs its table (--rationale-table)")
+    load = load_fitted if spec["family"] == "fitted" else load_learned
+    return load(table, spec), {"rationale_table_sha256": content_sha256(table)}
 
 
 def _sampler(net: torch.nn.Module, dev: torch.device, autocast: Any, ckpt: Mapping[str, Any],

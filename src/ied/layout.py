@@ -20,6 +20,7 @@ DATA = "data/{split}.npz"
 SCHEDULE = "schedules/{rationale}.parquet"
 CHECKPOINT = "checkpoints/{train}/ckpt-{step}.pt"
 LOSS = "losses/{train}/loss-{step}.parquet"  # a training segment's ε-loss per log-σ bin
+DENSITY = "densities/{train}/density-{step}.parquet"  # an adaptive training rationale's density after a segment
 NLL = "nll/{train}/nll-{step}.parquet"  # bits/dim per image and probe (ied.nll)
 CELL = "{train}/{step}/{sample}/{sampler}/n{n}-seed{seed}"
 CELL_JOB = "{train}-{step}-{sample}-{sampler}-n{n}-seed{seed}"  # a cell's log and benchmark file name
@@ -44,7 +45,7 @@ PAPER_NUMBERS = {
                    "ablation": "fig5_sigma_n_ablation", "over_sets": "fig7_fid_over_sets", "samples": "fig9_samples"},
 }
 COMMON_FIGURES = {"rationales": "fig1_rationales", "marginals": "fig2_marginals", "comparison": "paper_comparison",
-                  "loss_by_sigma": "loss_by_sigma"}
+                  "loss_by_sigma": "loss_by_sigma", "adaptive": "adaptive_density"}
 MAX_FILE_NAME = 240  # bytes of a file name the pipeline makes: 255, less room for ".<name>.XXXXXXXX.tmp"
 NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_.-]*"  # rationale names: one path component each
 SAMPLER_PATTERN = r"[A-Za-z][A-Za-z0-9_.]*(-[0-9]+)?"  # a sampler, or an NFE-sweep point <sampler>-<steps>
@@ -78,6 +79,16 @@ def cell_path(pattern: str, cell: Cell) -> str:
 PRETRAINED_STEP = specs.PRETRAINED_STEP
 
 
+def has_schedule(spec: Mapping[str, Any]) -> bool:
+    """Whether a resolved rationale has a schedule table (SCHEDULE): all but an adaptive one, whose density moves."""
+    return spec["family"] != "adaptive"
+
+
+def tabulated(spec: Mapping[str, Any]) -> bool:
+    """Whether its schedule table is tabulated from the spec alone (not fitted to, or learned by, a model)."""
+    return spec["family"] not in ("fitted", "learned", "adaptive")
+
+
 def trained_models(config: Mapping[str, Any]) -> list[str]:
     """The models this pipeline trains, one per training rationale."""
     return list(config["train"]["rationales"])
@@ -105,7 +116,7 @@ def protocol_steps(config: Mapping[str, Any], purpose: str, model: str | None = 
     """The checkpoints a sample-set protocol (`single` or `repeated`) evaluates of `model`: a trained model's listed
     checkpoints up to `up_to`, a pretrained model's one; without `model`, those of every model."""
     if model is None:
-        return sorted({step for m in models(config) for step in protocol_steps(config, purpose, m)})
+        return sorted({step for m in protocol_models(config, purpose) for step in protocol_steps(config, purpose, m)})
     if model not in config["train"]["rationales"]:
         return [PRETRAINED_STEP]
     protocol = config["sample"][purpose]
@@ -139,10 +150,15 @@ def sweep_step(config: Mapping[str, Any], model: str) -> int:
     return specs.checkpoint_step(config, model, config["nfe_sweep"]["checkpoint"])
 
 
+def protocol_models(config: Mapping[str, Any], purpose: str) -> list[str]:
+    """The models a sample-set protocol samples: its `train_rationales`, or every model."""
+    return config["sample"][purpose].get("train_rationales") or models(config)
+
+
 def protocol_cells(config: Mapping[str, Any], purpose: str) -> list[Cell]:
     """Model × checkpoint × sampling rationale × sampler × set of one protocol."""
     protocol = config["sample"][purpose]
-    return [Cell(t, step, s, sampler, protocol["n_samples"], k) for t in models(config)
+    return [Cell(t, step, s, sampler, protocol["n_samples"], k) for t in protocol_models(config, purpose)
             for step in protocol_steps(config, purpose, t) for s in protocol["rationales"]
             for sampler in protocol_samplers(config, purpose) for k in range(protocol["sets"])]
 
@@ -224,6 +240,8 @@ def artefacts(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
         tables["nll"], figures["nll"] = "nll", "nll_over_training"
     if not trained_models(config):
         del figures["loss_by_sigma"]  # nothing trained here: no training loss
+    if not specs.adaptive_models(config):
+        del figures["adaptive"]
     return {"tables": tables, "figures": figures}
 
 
@@ -237,8 +255,10 @@ def figures(config: Mapping[str, Any]) -> list[str]:
 
 # --- what the tables and figures receive (the rules pass it as JSON: `ied tables/figures --experiment`) ---------
 class Protocol(TypedDict):
-    """A sample-set protocol: its sampling rationales and samplers, sample size, sets and checkpoints."""
+    """A sample-set protocol: the models it samples, its sampling rationales and samplers, sample size, sets and
+    checkpoints."""
 
+    train: list[str]
     rationales: list[str]
     samplers: list[str]
     n_samples: int
@@ -296,14 +316,16 @@ class PublishedRow(TypedDict):
 
 
 class FigureInputs(TableInputs):
-    """What the figures read: the tables' inputs, the dataset and its paper style, the schedules (the fitted ones
-    among them), the ablation, the paper's published tables and the published low-NFE rows of each pretrained
-    model."""
+    """What the figures read: the tables' inputs, the dataset and its paper style, the schedules (the fitted and
+    learned ones among them), the adaptive models' targets, the ablation, the paper's published tables and the
+    published low-NFE rows of each pretrained model."""
 
     dataset: str
     paper_style: str
     schedules: list[str]
     fitted: list[str]
+    learned: list[str]
+    adaptive: dict[str, str | None]
     ablation: Ablation
     paper: dict
     published: dict[str, list[PublishedRow]]
@@ -312,7 +334,8 @@ class FigureInputs(TableInputs):
 def protocol(config: Mapping[str, Any], purpose: str) -> Protocol:
     """The `sample.single` or `sample.repeated` protocol as the tables and figures read it."""
     entry = config["sample"][purpose]
-    return {"rationales": entry["rationales"], "samplers": protocol_samplers(config, purpose),
+    return {"train": protocol_models(config, purpose), "rationales": entry["rationales"],
+            "samplers": protocol_samplers(config, purpose),
             "n_samples": entry["n_samples"], "sets": entry["sets"], "steps": protocol_steps(config, purpose)}
 
 
@@ -341,8 +364,10 @@ def figure_inputs(config: Mapping[str, Any]) -> FigureInputs:
     ablation = {name: spec["sigma_n"] for name, spec in specs.ablation_rationales(config).items()}
     paper, dataset = config["paper_results"], config["dataset"]["name"]
     return {**table_inputs(config), "dataset": dataset, "paper_style": DATASETS[dataset].paper_style,
-            "schedules": list(specs.configured_rationales(config)),
+            "schedules": [n for n, spec in specs.configured_rationales(config).items() if has_schedule(spec)],
             "fitted": list(specs.fitted_rationales(config)),
+            "learned": list(specs.learned_rationales(config)),
+            "adaptive": {m: _target_name(config["rationales"][m]) for m in specs.adaptive_models(config)},
             "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
                          "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
                          "checkpoint": ablation_step(config) if ablation else None},
@@ -356,3 +381,8 @@ def published_rows(config: Mapping[str, Any]) -> dict[str, list[dict]]:
     table = read_yaml(path) if path and Path(path).is_file() else {}
     return {model: table[Path(entry["path"]).name] for model, entry in (config.get("pretrained") or {}).items()
             if Path(entry["path"]).name in table}
+
+
+def _target_name(entry: Mapping[str, Any]) -> str | None:
+    """An adaptive entry's target by name (None when given inline)."""
+    return entry["target"] if isinstance(entry["target"], str) else None

@@ -188,14 +188,14 @@ def nll(checkpoint: str | Path, data: str | Path, out: str | Path, *, n_images: 
 
     from ied.checkpoints import load_ema_denoiser
     from ied.data import load_imageset
-    from ied.rationales import build
+    from ied.adaptive import domain_rationale
 
     check_tolerances(rtol, atol)
     split = load_imageset(data)
     check_arguments(n_images, probes, estimator, batch_size, math.prod(split.images.shape[1:]), len(split))
     dev = devices.choose(device)
     denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
-    schedule = build("training rationale", ckpt["spec"]["rationale"])
+    schedule = domain_rationale(ckpt["spec"]["rationale"])  # the domain the model was trained on
     index = np.sort(np.random.default_rng(0).permutation(len(split))[:n_images])  # the same images everywhere
     rows, tick = [], time.perf_counter()
     for start in range(0, len(index), batch_size):

@@ -28,10 +28,10 @@ TITLES = {"fid": "FID ↓", "isc": "IS ↑", "precision": "Precision ↑", "reca
 
 
 # --- selecting and summarising the metric rows of a protocol -----------------------------------------------
-def protocol_rows(metrics: pd.DataFrame, protocol: Mapping[str, Any], train: Sequence[str]) -> pd.DataFrame:
-    """The rows a protocol (single or repeated sets) is made of: its size, sets, checkpoints, names."""
+def protocol_rows(metrics: pd.DataFrame, protocol: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows a protocol (single or repeated sets) is made of: its size, sets, checkpoints, models and names."""
     keep = ((metrics["n_samples"] == protocol["n_samples"]) & (metrics["seed_set"] < protocol["sets"])
-            & metrics["checkpoint_step"].isin(protocol["steps"]) & metrics["train_rationale"].isin(train)
+            & metrics["checkpoint_step"].isin(protocol["steps"]) & metrics["train_rationale"].isin(protocol["train"])
             & metrics["sample_rationale"].isin(protocol["rationales"])
             & metrics["sampler_name"].isin(protocol["samplers"]))
     return metrics[keep]
@@ -75,8 +75,8 @@ def _ordered(frame: pd.DataFrame, experiment: TableInputs, rationales: Sequence[
 
 def single_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
     """Table 1/2: best single-set FID per cell, IS, precision and recall there; repeated-set stds for `*`."""
-    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["single"], experiment["train"])))
-    repeated = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["repeated"], experiment["train"])))
+    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["single"])))
+    repeated = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["repeated"])))
     spread = repeated[CELL_KEYS + ["fid_std", "isc_std"]].rename(
         columns={"fid_std": "fid_std_repeated", "isc_std": "isc_std_repeated"})
     best = best.merge(spread, on=CELL_KEYS, how="left").rename(columns={"fid_mean": "fid"})
@@ -87,7 +87,7 @@ def single_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame
 
 def repeated_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
     """Table 3/4: FID mean ± std over the repeated sets at each cell's best checkpoint in the repeated range."""
-    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["repeated"], experiment["train"])))
+    best = best_checkpoints(per_checkpoint(protocol_rows(metrics, experiment["repeated"])))
     columns = CELL_KEYS + ["checkpoint_step", "sets", "fid_mean", "fid_std", "fid_min", "isc_mean", "isc_std",
                            "precision", "recall", "degenerate"]
     return _ordered(best[columns], experiment, experiment["repeated"]["rationales"])

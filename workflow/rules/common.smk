@@ -44,6 +44,8 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTH
 EXP = layout.experiment_root(config)
 RATIONALES = specs.all_rationales(config)
 FITTED = specs.fitted_rationales(config)  # made by fit_rationale jobs; every cell sampling one reads its table
+LEARNED = specs.learned_rationales(config)  # made by learned_rationale jobs from an adaptive model's density
+ADAPTIVE = specs.adaptive_models(config)  # trained by train_adaptive_segment jobs, which also write the density
 CELLS = layout.cells(config)
 EVERY = config["train"].get("checkpoint_every", 0)
 EXTRACTOR = extractor(config)
@@ -61,8 +63,8 @@ def names_pattern(names):
 
 
 def fitted_table(w):
-    """A cell's fitted sampling rationale's table (an input of its generate job), or none."""
-    return [out(layout.SCHEDULE, rationale=w.sample)] if w.sample in FITTED else []
+    """A cell's fitted or learned sampling rationale's table (an input of its generate job), or none."""
+    return [out(layout.SCHEDULE, rationale=w.sample)] if w.sample in FITTED or w.sample in LEARNED else []
 
 
 wildcard_constraints:
@@ -137,6 +139,11 @@ STATISTICS_SHA256 = content_sha256(STATISTICS) if STATISTICS else ""
 
 def nll_tables():
     return [out(layout.NLL, train=t, step=s) for t in layout.models(config) for s in layout.nll_steps(config, t)]
+
+
+def density_tables():
+    """Every segment's learned density of every adaptive model (the adaptive figure reads them)."""
+    return [out(layout.DENSITY, train=t, step=s) for t in ADAPTIVE for s in layout.checkpoint_steps(config)]
 
 
 def loss_tables():

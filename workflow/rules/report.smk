@@ -24,7 +24,8 @@ rule figures:
     """Figures 1–9 and the comparison with the paper's published numbers."""
     input:
         metrics=out(layout.METRICS),
-        schedules=[out(layout.SCHEDULE, rationale=name) for name in RATIONALES],
+        schedules=[out(layout.SCHEDULE, rationale=n) for n, spec in RATIONALES.items() if layout.has_schedule(spec)],
+        densities=density_tables(),
         grids=cell_paths(layout.GRID),
         losses=loss_tables(),
         nll=nll_tables(),
@@ -43,7 +44,7 @@ rule figures:
         ENV
     shell:
         "python -m ied figures --metrics {input.metrics:q} --experiment {params.experiment:q} --schedules {input.schedules:q}"
-        " --losses {input.losses:q} --nll {input.nll:q} --root {params.root:q} --outdir {params.outdir:q}"
+        " --losses {input.losses:q} --densities {input.densities:q} --nll {input.nll:q} --root {params.root:q} --outdir {params.outdir:q}"
         " > {log:q} 2>&1"
 
 

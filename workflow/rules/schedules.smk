@@ -1,7 +1,7 @@
 rule tabulate_schedule:
     """σ(t), φ and Φ of one rationale on a t grid (Algorithm 1 where no closed form exists)."""
     wildcard_constraints:
-        rationale=names_pattern(n for n in RATIONALES if n not in FITTED),
+        rationale=names_pattern(n for n in RATIONALES if layout.tabulated(RATIONALES[n])),
     output:
         out(layout.SCHEDULE),
     params:
@@ -43,3 +43,24 @@ rule fit_rationale:
         "python -m ied fit-rationale --checkpoint {input:q} --spec {params.spec:q} --name {wildcards.rationale}"
         " --expect-step {params.step} --expect-config-hash {params.config_hash} --device {resources.device}"
         " --out {output:q} --log-file {log.jsonl:q} 2> {log.stderr:q}"
+
+
+rule learned_rationale:
+    """An adaptive model's learned density at a checkpoint (ied.adaptive): its schedule table, the bins in the metadata."""
+    wildcard_constraints:
+        rationale=names_pattern(LEARNED),
+    input:
+        lambda w: out(layout.DENSITY, train=LEARNED[w.rationale]["model"], step=LEARNED[w.rationale]["step"]),
+    output:
+        out(layout.SCHEDULE),
+    params:
+        spec=lambda w: dumps(LEARNED[w.rationale]),
+    benchmark:
+        bench("learned_rationale", "{rationale}")
+    log:
+        log("learned_rationale", "{rationale}"),
+    conda:
+        ENV
+    shell:
+        "python -m ied learn-rationale --density {input:q} --spec {params.spec:q} --name {wildcards.rationale}"
+        " --out {output:q} > {log:q} 2>&1"

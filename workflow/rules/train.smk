@@ -1,7 +1,12 @@
+# Run-time settings of a training job: resources, which no rerun trigger watches.
+TRAINING_RUNTIME = dict(log_every=config["train"]["log_every"], device=config["train"]["device"],
+                        precision=config["train"]["precision"], compile=int(config["train"]["compile"]))
+
+
 rule train_segment:
     """Train one segment (checkpoint_every steps), resuming from the previous segment's checkpoint."""
     wildcard_constraints:
-        train=names_pattern(layout.trained_models(config)),
+        train=names_pattern(m for m in layout.trained_models(config) if m not in ADAPTIVE),
     input:
         data=out(layout.DATA, split="train"),
         resume=previous_checkpoint,
@@ -19,11 +24,7 @@ rule train_segment:
         stderr=log("train_segment", "{train}-{step}"),
     threads: res("train_segment")["cpus"]
     resources:
-        **gpu_resources("train_segment",
-            log_every=config["train"]["log_every"],
-            device=config["train"]["device"],
-            precision=config["train"]["precision"],
-            compile=int(config["train"]["compile"])),
+        **gpu_resources("train_segment", **TRAINING_RUNTIME, density_table=""),
     conda:
         ENV
     shell:
@@ -31,9 +32,24 @@ rule train_segment:
         "python -m ied train --gpus {resources.gpu} --spec {params.spec:q} --data {input.data:q} --from-step {params.start}"
         " --to-step {wildcards.step}"
         " {params.resume} --out {output.checkpoint:q} --loss-table {output.loss:q} --log-file {log.jsonl:q}"
-        " --log-every {resources.log_every}"
+        " --log-every {resources.log_every} --density-table={resources.density_table:q}"
         " --device {resources.device} --precision {resources.precision} --compile {resources.compile}"
         " 2> {log.stderr:q}"
+
+
+use rule train_segment as train_adaptive_segment with:
+    # The same job for an adaptive training rationale (ied.adaptive), which also writes its learned density; its
+    # cluster resources are train_segment's.
+    wildcard_constraints:
+        train=names_pattern(ADAPTIVE),
+    output:
+        checkpoint=out(layout.CHECKPOINT),
+        loss=out(layout.LOSS),
+        density=out(layout.DENSITY),
+    benchmark:
+        bench("train_segment", "{train}-{step}")
+    resources:
+        **gpu_resources("train_segment", **TRAINING_RUNTIME, density_table=lambda w: out(layout.DENSITY, **w)),
 
 
 rule import_network:
