@@ -116,16 +116,22 @@ def e2e_run(tmp_path_factory) -> Path:
 
 
 def without_fitted(config: dict) -> dict:
-    """A config (a raw dict) without its fitted rationales, for tests that replace the models they are fitted to."""
-    fitted = {name for name, entry in config["rationales"].items() if entry.get("family") == "fitted"}
-    config["rationales"] = {k: v for k, v in config["rationales"].items() if k not in fitted}
+    """A config (a raw dict) with hand-made rationales only: without its fitted rationales, its adaptive training
+    rationales and what samples their densities, and without the protocols' model lists, for tests that replace
+    the models."""
+    made = {name for name, entry in config["rationales"].items()
+            if entry.get("family") in ("fitted", "adaptive", "learned")}
+    config["rationales"] = {k: v for k, v in config["rationales"].items() if k not in made}
+    config["train"]["rationales"] = [n for n in config["train"]["rationales"] if n not in made]
     if config.get("nfe_sweep", {}).get("rationales"):
-        config["nfe_sweep"]["rationales"] = [n for n in config["nfe_sweep"]["rationales"] if n not in fitted]
+        config["nfe_sweep"]["rationales"] = [n for n in config["nfe_sweep"]["rationales"] if n not in made]
+    for protocol in ("single", "repeated"):
+        config["sample"][protocol].pop("train_rationales", None)
     return config
 
 
 def hand_made_default(tmp_path: Path) -> Path:
-    """config/config.yaml without its fitted rationales, written to tmp_path."""
+    """config/config.yaml with hand-made rationales only (without_fitted), written to tmp_path."""
     path = tmp_path / "hand-made.yaml"
     path.write_text(yaml.safe_dump(without_fitted(yaml.safe_load(DEFAULT.read_text())), allow_unicode=True))
     return path

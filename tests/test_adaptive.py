@@ -148,3 +148,28 @@ def test_an_adaptive_spec_inlines_its_target_and_a_learned_one_its_model():
                                                    "sigma_max": 80}, "bins": 100, "ema": 0.99,
                   "sigma_min": 0.002, "sigma_max": 80}
     assert resolve_rationale("lr", registry["lr"], registry)["adaptive"] == ad
+
+
+def test_a_learned_rationale_is_the_density_at_its_checkpoint_and_sampling_reads_its_table(tmp_path):
+    """learn-rationale turns a segment's density table into a schedule table; generate builds the same density from
+    it, refuses it for another spec and names the missing table."""
+    from ied.cli import main
+    from ied.generate import GenerationError, _schedule
+    import json
+    s = AdaptiveSchedule(spec())
+    seen_everywhere(s, lambda sigma: 1 + np.sqrt(sigma))
+    adaptive.write_density(tmp_path / "density.parquet", s, 300)
+    learned = {"family": "learned", "model": "ad", "step": 300, "adaptive": s.spec,
+               "sigma_min": s.spec["sigma_min"], "sigma_max": s.spec["sigma_max"]}
+    assert main(["learn-rationale", "--density", str(tmp_path / "density.parquet"), "--spec", json.dumps(learned),
+                 "--name", "lr", "--out", str(tmp_path / "lr.parquet")]) == 0
+    rationale, identity = _schedule(learned, tmp_path / "lr.parquet")
+    t = np.linspace(0, 1, 1001)
+    np.testing.assert_array_equal(rationale.sigma(t), s.rationale().sigma(t))
+    assert set(identity) == {"rationale_table_sha256"}
+    with pytest.raises(AdaptiveError, match="another spec"):
+        adaptive.load_learned(tmp_path / "lr.parquet", {**learned, "step": 600})
+    with pytest.raises(AdaptiveError, match="another adaptive spec or step"):
+        adaptive.save_learned(tmp_path / "density.parquet", {**learned, "step": 600}, "lr", tmp_path / "x.parquet")
+    with pytest.raises(GenerationError, match="learned sampling rationale needs its table"):
+        _schedule(learned, None)

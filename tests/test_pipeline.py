@@ -23,8 +23,9 @@ def job_counts(*args, cwd):
 
 def test_default_config_cells_follow_the_papers_protocol():
     config = load([DEFAULT])
-    single = 3 * 3 * 3  # train × checkpoints × VE/L2/N(0,5²), em: one set each
-    repeated = 3 * 2 * 4 * 2 - 3 * 2 * 3  # train × checkpoints ≤ 600 × 4 rationales × 2 sets, less set 0 of single
+    single = 4 * 3 * 3  # train (the adaptive one too) × checkpoints × VE/L2/N(0,5²), em: one set each
+    # the paper's 3 models × checkpoints ≤ 600 × 4 rationales × 2 sets, less set 0 of single
+    repeated = 3 * 2 * 4 * 2 - 3 * 2 * 3
     ablation = 3  # σ_N of 1, 3, 10 (σ_N = 5 is gauss5's cell)
     # the L2 model: edm7/ve/l2 and the cost density × em, heun, dpmpp_2m, ipndm, unipc × NFE 5, 10, 20 (heun 5, 9,
     # 19), and each grid fitted for one solver and NFE there only
@@ -55,12 +56,14 @@ def test_a_new_rationale_is_a_config_entry(tmp_path):
                                 "sigma_min": 0.002, "sigma_max": 80, "label": "bump"}},
         "sample": {"single": {"rationales": ["ve", "l2", "gauss5", "bump"]}}}))
     after = job_counts("--configfile", DEFAULT, extra, cwd=tmp_path)
-    per_sampling_rationale = 3 * 3  # train rationales × checkpoints, one set, em
+    per_sampling_rationale = 4 * 3  # train rationales × checkpoints, one set, em
     assert after["generate"] == before["generate"] + per_sampling_rationale
     assert after["evaluate"] == before["evaluate"] + per_sampling_rationale
     assert after["tabulate_schedule"] == before["tabulate_schedule"] + 1
     extra.write_text(yaml.safe_dump({**yaml.safe_load(extra.read_text()),
-                                     "train": {"rationales": ["ve", "l2", "gauss5", "bump"]}}))
+                                     "train": {"rationales": ["ve", "l2", "gauss5", "adaptive-l2", "bump"]},
+                                     "sample": {"single": {"rationales": ["ve", "l2", "gauss5", "bump"]},
+                                                "repeated": {"train_rationales": ["ve", "l2", "gauss5", "bump"]}}}))
     trained = job_counts("--configfile", DEFAULT, extra, cwd=tmp_path)
     assert trained["train_segment"] == before["train_segment"] + 3
     # its single sets (3 checkpoints × 4 rationales) and repeated sets not already single (2 × 4 × 2 − 2 × 3)

@@ -71,8 +71,10 @@ class _Stats:
         self.rows: list[dict] = []  # the segment's loss per σ bin and log interval (ied.layout.LOSS)
 
     def add(self, step: int, per_example: torch.Tensor, sigma: torch.Tensor, grad_norm: torch.Tensor,
-            objective: torch.Tensor) -> None:
-        """`per_example`: the loss at each σ (binned); `objective`: the step's loss estimate (its mean is logged)."""
+            objective: torch.Tensor | None = None) -> None:
+        """`per_example`: the loss at each σ (binned); `objective`: the loss the step descends, whose mean is logged
+        (the same unless an adaptive rationale weights it)."""
+        objective = per_example if objective is None else objective
         loss = per_example.detach().double()
         bad = ~(torch.isfinite(loss.mean()) & torch.isfinite(grad_norm))
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
