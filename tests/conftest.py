@@ -92,8 +92,10 @@ def write_tiny_edm(workdir: Path) -> None:
     torch.manual_seed(0)
     net = EDMPrecond(**TINY_EDM)
     edm_pickle.write(workdir / "edm-tiny.pkl", net.eval(), TINY_EDM)
-    (workdir / "pretrained.yaml").write_text(yaml.safe_dump({"pretrained": {"edm-tiny": {
-        "format": "edm", "path": "edm-tiny.pkl", "label": "EDM tiny"}}}))
+    # the e2e config's repeated protocol names its trained models; the pretrained one joins them
+    (workdir / "pretrained.yaml").write_text(yaml.safe_dump({
+        "pretrained": {"edm-tiny": {"format": "edm", "path": "edm-tiny.pkl", "label": "EDM tiny"}},
+        "sample": {"repeated": {"train_rationales": ["ve", "l2", "edm-tiny"]}}}))
 
 
 def snakemake(*args, cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -92,7 +92,7 @@ EDITS = {
     # its two segments; single: 2 checkpoints × 2 rationales × 2 samplers; repeated: 4 rationales × 2 sets,
     # less the 2 single sets of step 20 with em
     "add a training rationale": ({"train": {"rationales": ["ve", "l2", "adaptive-l2", "gauss5"]},
-                                  "sample": {"repeated": {"train_rationales": ["ve", "l2", "gauss5"]}}},
+                                  "sample": {"repeated": {"train_rationales": ["ve", "l2", "edm-tiny", "gauss5"]}}},
                                  {"train_segment": 2, "generate": 14, "evaluate": 14, "nll": 2, **AGGREGATION}),
     # its two segments (writing its density too) and its single sets: 2 checkpoints × 2 rationales × 2 samplers
     "add an adaptive training rationale": ({"rationales": {"adaptive-ve": {"family": "adaptive", "target": "ve",
@@ -100,15 +100,16 @@ EDITS = {
                                             "train": {"rationales": ["ve", "l2", "adaptive-l2", "adaptive-ve"]}},
                                            {"train_adaptive_segment": 2, "generate": 8, "evaluate": 8, "nll": 2,
                                             **AGGREGATION}),
-    # its table from the density at step 20, and its repeated sets: 2 models × 2 sets at step 20
+    # its table from the density at step 20, and its repeated sets: 3 models (VE, L2 at step 20, the pretrained
+    # one) × 2 sets
     "add a learned rationale": ({"rationales": {"learned-20": {"family": "learned", "model": "adaptive-l2",
                                                                "step": 20}},
                                  "sample": {"repeated": {"rationales": ["l2", "gauss5", "edm7", "learned-l2",
                                                                         "learned-20"]}}},
-                                {"learned_rationale": 1, "generate": 4, "evaluate": 4, **AGGREGATION}),
+                                {"learned_rationale": 1, "generate": 6, "evaluate": 6, **AGGREGATION}),
     # the adaptive density's spec is its model's identity: its training, its learned table and what samples them
     "adaptive decay": ({"rationales": {"adaptive-l2": {"ema": 0.9}}},
-                       {"train_adaptive_segment": 2, "learned_rationale": 1, "generate": 12, "evaluate": 12, "nll": 2,
+                       {"train_adaptive_segment": 2, "learned_rationale": 1, "generate": 14, "evaluate": 14, "nll": 2,
                         **AGGREGATION}),
     # unipc's single sets ((3 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (3, 7 steps) stay
     # its fit, its one sweep cell (DPM-Solver++(2M) at NFE 7), and the aggregation
@@ -225,10 +226,13 @@ def test_slurm_profile_dry_run_from_the_repository_root():
 def test_end_to_end_reduced_default(e2e_run):
     exp = e2e_run / "results" / "e2e"
     metrics = pd.read_parquet(exp / "metrics.parquet")
-    # single 16, repeated 12 − 4 shared, the ablation's σ_N = 1, the sweep's 5 samplers × NFE 3 and 7 with L2 and the
-    # fitted cost density, and the grid fitted for DPM-Solver++(2M) at NFE 3; the pretrained model: single 2 × 2,
-    # repeated 3 × 2 − 2 shared
-    assert len(metrics) == 16 + 8 + 1 + 10 + 10 + 1 + 4 + 4
+    # single 16 (VE, L2), repeated 16 − 4 shared (with the learned density), the ablation's σ_N = 1, the sweep's 5
+    # samplers × NFE 3 and 7 with L2 and the fitted cost density, and the grid fitted for DPM-Solver++(2M) at NFE 3;
+    # the adaptive model: single 8; the pretrained model: single 2 × 2, repeated 4 × 2 − 2 shared
+    assert len(metrics) == 16 + 12 + 1 + 10 + 10 + 1 + 8 + 4 + 6
+    assert set(metrics.loc[metrics["sample_rationale"] == "learned-l2", "train_rationale"]) == {"ve", "l2", "edm-tiny"}
+    density = pd.read_parquet(exp / "densities" / "adaptive-l2" / "density-40.parquet")
+    assert len(density) == 10 and density["count"].sum() == 40 * 64  # 10 bins; every example of 40 steps of 64
     sweep = metrics[metrics["sampler_name"].isin(["em-3", "em-7", "heun-2", "heun", "dpmpp_2m-3", "dpmpp_2m-7",
                                                    "ipndm-3", "ipndm-7", "unipc-3", "unipc-7"])
                     & (metrics["train_rationale"] == "ve") & (metrics["checkpoint_step"] == 40)]
@@ -251,7 +255,7 @@ def test_end_to_end_reduced_default(e2e_run):
     assert sorted(p.name for p in (exp / "tables").iterdir()) == sorted(
         f"{name}.{ext}" for name in ("table1", "table3", "fid_nfe", "nll") for ext in ("parquet", "md", "tex"))
     table3 = pd.read_parquet(exp / "tables" / "table3.parquet")
-    assert table3["fid_std"].notna().all() and len(table3) == 3 * 3 and (table3["sets"] == 2).all()
+    assert table3["fid_std"].notna().all() and len(table3) == 3 * 4 and (table3["sets"] == 2).all()
     trained = table3["train_rationale"] != "edm-tiny"
     assert (table3.loc[trained, "checkpoint_step"] == 20).all()  # the repeated range ends at 20
     assert (table3.loc[~trained, "checkpoint_step"] == 0).all()  # the pretrained model's one checkpoint
