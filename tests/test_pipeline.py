@@ -266,7 +266,7 @@ def test_end_to_end_reduced_default(e2e_run):
         assert row.fid_mean == pytest.approx((fids[0] + fids[1]) / 2, rel=1e-12)
         assert row.fid_std == pytest.approx(abs(fids[0] - fids[1]) / math.sqrt(2), rel=1e-12)
     table1 = pd.read_parquet(exp / "tables" / "table1.parquet")
-    assert len(table1) == 3 * 2 * 2 and set(table1["checkpoint_step"]) <= {0, 20, 40}
+    assert len(table1) == 4 * 2 * 2 and set(table1["checkpoint_step"]) <= {0, 20, 40}  # VE, L2, adaptive, pretrained
     assert "EDM tiny" in (exp / "tables" / "table1.md").read_text()
     best = metrics[(metrics["n_samples"] == 40) & (metrics["seed_set"] == 0)].groupby(
         ["sampler_name", "train_rationale", "sample_rationale"])["fid"].min()
@@ -274,11 +274,12 @@ def test_end_to_end_reduced_default(e2e_run):
         table1.set_index(["sampler_name", "train_rationale", "sample_rationale"]).index]).all()
     figures = sorted(p.name for p in (exp / "figures").iterdir())
     stems = ["fig1_rationales", "fig2_marginals", "fig3_fid_is_over_training", "fig5_sigma_n_ablation",
-             "fig6_fid_over_sets", "fig8_samples", "paper_comparison", "loss_by_sigma", "fid_nfe", "nll_over_training"]
+             "fig6_fid_over_sets", "fig8_samples", "paper_comparison", "loss_by_sigma", "fid_nfe", "nll_over_training",
+             "adaptive_density"]
     assert figures == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     assert all((exp / "figures" / f).stat().st_size > 1000 for f in figures)
     nll = pd.read_parquet(exp / "tables" / "nll.parquet")
-    assert len(nll) == 3 and nll[["bpd_best_fid", "bpd_last"]].notna().all().all()
+    assert len(nll) == 4 and nll[["bpd_best_fid", "bpd_last"]].notna().all().all()
     assert ((nll["bpd_last"] > 0) & (nll["bpd_last"] < 16)).all()  # bits/dim of 8-bit digits
     assert (exp / "report.md").read_text().count("![") == len(stems)
     logs = list((exp / "logs").rglob("*.log"))

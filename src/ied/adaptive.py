@@ -64,7 +64,7 @@ class AdaptiveSchedule:
         """σ = σ_p(t), the importance weights φ_T/p and the bins of the uniform draws `t`."""
         p = self.rationale()
         sigma = p.sigma(t)
-        bins = p._bin(sigma)
+        bins = p.bin_of(sigma)
         return sigma, p.mass[bins] / p.probabilities[bins], bins
 
     def update(self, sums: np.ndarray, counts: np.ndarray, step: int) -> None:

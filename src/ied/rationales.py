@@ -372,12 +372,13 @@ class Binned(Rationale):
         self._cum = np.concatenate([[0.0], np.cumsum(self.probabilities)])
         self._cum[-1] = 1.0
 
-    def _bin(self, sigma: Array) -> Array:
+    def bin_of(self, sigma: Array) -> Array:
+        """The bin b with edge_b ≤ σ < edge_{b+1} (the last bin holds σ_max)."""
         return np.clip(np.searchsorted(self.edges, sigma, side="right") - 1, 0, len(self.mass) - 1)
 
     def importance(self, sigma: Array) -> Array:
         """φ_T(σ)/p(σ) = m_b/π_b: the weight that makes a loss drawn from p estimate the target's objective."""
-        b = self._bin(_f64(sigma))
+        b = self.bin_of(_f64(sigma))
         return self.mass[b] / self.probabilities[b]
 
     def density(self, sigma: Array) -> Array:
@@ -386,14 +387,14 @@ class Binned(Rationale):
     @_quiet
     def pdf(self, sigma: Array) -> Array:
         sigma = _f64(sigma)
-        b = self._bin(sigma)
+        b = self.bin_of(sigma)
         ratio = np.where(self.mass[b] > 0, self.probabilities[b] / np.maximum(self.mass[b], 1e-300), 0.0)
         return np.where(self._inside(sigma), ratio * self.target.pdf(sigma), 0.0)
 
     @_quiet
     def cdf(self, sigma: Array) -> Array:
         sigma = np.clip(_f64(sigma), self.sigma_min, self.sigma_max)
-        b = self._bin(sigma)
+        b = self.bin_of(sigma)
         within = np.where(self.mass[b] > 0, (self.target.cdf(sigma) - self.lower[b]) / np.maximum(self.mass[b], 1e-300),
                           0.0)
         return np.clip(self._cum[b] + self.probabilities[b] * np.clip(within, 0.0, 1.0), 0.0, 1.0)
