@@ -185,7 +185,7 @@ def test_a_fitted_table_reads_back_its_rationale_and_only_for_its_spec(tmp_path)
     fitting.save_fitted(tmp_path / "f.parquet", "fit", spec, fitting.rationale_through(levels, base), {"pilot": 64})
     back = fitting.load_fitted(tmp_path / "f.parquet", spec)
     assert noise_levels(back, 5)[:-1] == pytest.approx(levels, rel=1e-9)
-    with pytest.raises(fitting.FittingError, match="fitted for another spec"):
+    with pytest.raises(fitting.FittingError, match="made for another spec"):
         fitting.load_fitted(tmp_path / "f.parquet", {**spec, "pilot": 32})
     table = __import__("pandas").read_parquet(tmp_path / "f.parquet")  # a schedule table, as tabulate writes
     assert list(table.columns) == ["t", "sigma", "pdf", "cdf"] and table["sigma"].iloc[-1] == pytest.approx(80.0)

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ied.rationales import Binned, Rationale, RationaleError, bin_mass, build, log_bins
+from ied.rationales import Binned, Rationale, RationaleError, bin_mass, build, log_bins, schedule_metadata
 
 FLOOR = 0.05  # the share of examples spread uniformly over the bins that hold target mass
 
@@ -162,18 +162,7 @@ def save_learned(density: str | Path, spec: Mapping[str, Any], name: str, out: s
 
 def load_learned(path: str | Path, spec: Mapping[str, Any]) -> Binned:
     """The learned rationale of a `save_learned` table, which must have been made for `spec`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(str(path)).metadata or {}
-    except (OSError, pa.ArrowException) as err:
-        raise AdaptiveError(f"{path}: not a readable Parquet table ({type(err).__name__}); rerun its "
-                            f"learned_rationale job") from None
-    if b"ied.bins" not in meta or b"ied.spec" not in meta:
-        raise AdaptiveError(f"{path}: not a learned rationale's table (no bins in its metadata)")
-    if json.loads(meta[b"ied.spec"]) != json.loads(json.dumps(dict(spec))):
-        raise AdaptiveError(f"{path}: made for another spec than the one asked for; rerun its learned_rationale job")
+    meta = schedule_metadata(path, spec, "ied.bins", "learned_rationale", AdaptiveError)
     bins = json.loads(meta[b"ied.bins"])
     target = build("learned.target", spec["adaptive"]["target"])
     return Binned(meta[b"ied.rationale"].decode(), target, bins["edges"], bins["probabilities"], dict(spec))

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ied.rationales import PiecewiseLogLinear, Rationale, build, tabulate
+from ied.rationales import PiecewiseLogLinear, Rationale, build, schedule_metadata, tabulate
 from ied.samplers import Denoiser, _denoise, steps_for_nfe
 
 FINE_LEVELS = 120
@@ -341,17 +341,6 @@ def save_fitted(path: str | Path, name: str, spec: Mapping[str, Any], rationale:
 
 def load_fitted(path: str | Path, spec: Mapping[str, Any]) -> PiecewiseLogLinear:
     """The fitted rationale of a `save_fitted` table, which must have been fitted for `spec`."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(str(path)).metadata or {}
-    except (OSError, pa.ArrowException) as err:
-        raise FittingError(f"{path}: not a readable Parquet table ({type(err).__name__}); rerun its fit_rationale "
-                           f"job") from None
-    if b"ied.knots" not in meta or b"ied.spec" not in meta:
-        raise FittingError(f"{path}: not a fitted rationale's table (no knots in its metadata)")
-    if json.loads(meta[b"ied.spec"]) != json.loads(json.dumps(dict(spec))):
-        raise FittingError(f"{path}: fitted for another spec than the one asked for; rerun its fit_rationale job")
+    meta = schedule_metadata(path, spec, "ied.knots", "fit_rationale", FittingError)
     knots = json.loads(meta[b"ied.knots"])
     return PiecewiseLogLinear(meta[b"ied.rationale"].decode(), knots["sigma"], knots["cdf"], dict(spec))

@@ -11,6 +11,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -611,6 +612,25 @@ class ScheduleTable:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
+
+
+def schedule_metadata(path: str | Path, spec: Mapping[str, Any], key: str, job: str,
+                      error: type[ValueError] = ValueError) -> dict[bytes, bytes]:
+    """The Parquet metadata of a schedule table that `job` wrote for `spec`, holding `key` (a fit's knots, a learned
+    density's bins); `error` naming the file and the job to rerun if it is unreadable, not such a table, or made for
+    another spec."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_schema(str(path)).metadata or {}
+    except (OSError, pa.ArrowException) as err:
+        raise error(f"{path}: not a readable Parquet table ({type(err).__name__}); rerun its {job} job") from None
+    if key.encode() not in meta or b"ied.spec" not in meta:
+        raise error(f"{path}: not a table of a {job} job (no {key} in its metadata)")
+    if json.loads(meta[b"ied.spec"]) != json.loads(json.dumps(dict(spec))):
+        raise error(f"{path}: made for another spec than the one asked for; rerun its {job} job")
+    return meta
 
 
 def tabulate(rationale: Rationale, n: int = 1001) -> ScheduleTable:
