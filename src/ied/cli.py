@@ -171,7 +171,8 @@ def _sampling_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the Parquet schedule table to write")
     p.add_argument("--log-file", help="JSON-lines log")
 
-    p = sub.add_parser("learn-rationale", help="an adaptive model's learned density at a checkpoint → its schedule table")
+    p = sub.add_parser("learn-rationale",
+                       help="an adaptive model's learned density at a checkpoint → its schedule table")
     p.add_argument("--density", required=True, help="the training segment's density table (train --density-table)")
     p.add_argument("--spec", type=_json, required=True, help="resolved learned-rationale spec (JSON)")
     p.add_argument("--name", required=True, help="the rationale's name (stored with the table)")
@@ -336,8 +337,9 @@ def _tabulate(a):
 
 def _train(a):
     from ied.train import train
-    train(a.spec, a.from_step, a.to_step, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out, log_path=a.log_file,
-          loss_table=a.loss_table, density_table=a.density_table, log_every=a.log_every, device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
+    train(a.spec, a.from_step, a.to_step, data_path=a.data, checkpoint_in=a.resume, checkpoint_out=a.out,
+          log_path=a.log_file, loss_table=a.loss_table, density_table=a.density_table, log_every=a.log_every,
+          device=a.device, precision=a.precision, allow_config_change=a.allow_config_change)
 
 
 def _train_evaluator(a):

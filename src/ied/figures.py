@@ -67,7 +67,8 @@ def _legend(fig, axes, experiment: FigureInputs, names: Sequence[str], title: st
 
 # --- Figs. 1 and 2: the rationales themselves -----------------------------------------------------------
 def fig_rationales(schedules: dict[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str) -> None:
-    """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale, those fitted to or learned by a model dashed."""
+    """Fig. 1: PDF, CDF and schedule σ(t) = Φ⁻¹(t) of every rationale; those fitted to or learned by a model
+    dashed."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
     made = _made_by_models(experiment)
     for key, table in schedules.items():
