@@ -61,7 +61,8 @@ class AdaptiveSchedule:
         return self._rationale
 
     def draw(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """σ = σ_p(t), the importance weights φ_T/p and the bins of the uniform draws `t`."""
+        """σ = σ_p(t), the importance weights φ_T/p = m_b/π_b (a loss so weighted estimates the target's objective)
+        and the bins of the uniform draws `t`."""
         p = self.rationale()
         sigma = p.sigma(t)
         bins = p.bin_of(sigma)

@@ -365,8 +365,8 @@ class Binned(Rationale):
             raise RationaleError(name, "bins", "needs at least two bins and one probability per bin")
         super().__init__(name, edges[0], edges[-1], spec)
         self.target, self.edges = target, edges
-        self.lower = target.cdf(edges[:-1])  # C_b: the target's mass below bin b
-        self.mass = bin_mass(target, edges)
+        cdf = target.cdf(edges)
+        self.lower, self.mass = cdf[:-1], np.maximum(np.diff(cdf), 0.0)  # C_b, the mass below bin b; m_b, in it
         if not (np.isfinite(pi).all() and (pi >= 0).all() and np.all((pi > 0) <= (self.mass > 0))):
             raise RationaleError(name, "bins", "bin probabilities must be finite, ≥ 0, and 0 where the target has no mass")
         self.probabilities = pi / pi.sum()
@@ -376,11 +376,6 @@ class Binned(Rationale):
     def bin_of(self, sigma: Array) -> Array:
         """The bin b with edge_b ≤ σ < edge_{b+1} (the last bin holds σ_max)."""
         return np.clip(np.searchsorted(self.edges, sigma, side="right") - 1, 0, len(self.mass) - 1)
-
-    def importance(self, sigma: Array) -> Array:
-        """φ_T(σ)/p(σ) = m_b/π_b: the weight that makes a loss drawn from p estimate the target's objective."""
-        b = self.bin_of(_f64(sigma))
-        return self.mass[b] / self.probabilities[b]
 
     def density(self, sigma: Array) -> Array:
         return self.pdf(sigma)
@@ -418,9 +413,8 @@ def log_bins(sigma_min: float, sigma_max: float, bins: int) -> Array:
 
 
 def bin_mass(target: Rationale, edges: Array) -> Array:
-    """The target's probability per bin, each from the nearer end of the CDF so that small bins keep precision."""
-    cdf = target.cdf(_f64(edges))
-    return np.maximum(np.diff(cdf), 0.0)
+    """The target's probability per bin (differences of its CDF at the edges)."""
+    return np.maximum(np.diff(target.cdf(_f64(edges))), 0.0)
 
 
 class L2(Tabulated):
