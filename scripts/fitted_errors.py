@@ -11,8 +11,7 @@ import torch
 from ied import fitting, specs
 from ied.checkpoints import load_ema_denoiser
 from ied.checks import load
-from ied.generate import balanced_labels
-from ied.noise import PerImageNoise
+from ied.noise import PerImageNoise, balanced_labels
 from ied.rationales import build
 from ied.samplers import SAMPLERS, steps_for_nfe
 

@@ -54,6 +54,35 @@ def test_density_is_target_times_the_loss_ema_with_the_floor():
     np.testing.assert_allclose(p.pdf(sigma), p.probabilities[b] / s.mass[b] * s.target.pdf(sigma), rtol=1e-12)
 
 
+def test_ema_and_floor_against_a_brute_force_loop_with_empty_bins_and_a_decay_of_0_7():
+    """K&G's EMA L̄ ← d·L̄ + (1 − d)·L per bin hit (the first hit sets it), bins not hit unchanged; the floor spread
+    over the bins holding target mass only, π_b = 0.95·m_b L̄_b/Σ + 0.05/B′. Written out bin by bin."""
+    target = {"family": "gaussian", "sigma_n": 1.0, "sigma_min": 0.002, "sigma_max": 80.0}
+    s = AdaptiveSchedule(spec(bins=40, ema=0.7, target=target))
+    live = [b for b in range(40) if s.mass[b] > 0]
+    assert 0 < len(live) < 40  # bins above σ ≈ 38 hold no mass of N(0, 1²)
+    rng = np.random.default_rng(3)
+    ema, seen = {}, {}
+    for step in range(6):
+        counts = np.where(rng.random(40) < 0.7, rng.integers(1, 5, 40), 0) * (s.mass > 0)
+        if step == 2:
+            counts[live] = np.maximum(counts[live], 1)  # every bin with mass seen from here on
+        sums = counts * rng.uniform(0.5, 2.0, 40)
+        s.update(sums, counts, step)
+        for b in range(40):
+            if counts[b]:
+                mean = sums[b] / counts[b]
+                ema[b] = mean if b not in ema else 0.7 * ema[b] + 0.3 * mean
+                seen[b] = seen.get(b, 0) + int(counts[b])
+    for b in range(40):
+        assert s.count[b] == seen.get(b, 0)
+        if b in ema:
+            assert s.loss[b] == pytest.approx(ema[b], rel=1e-12)
+    q = {b: s.mass[b] * ema[b] for b in live}
+    expected = [0.95 * q[b] / sum(q.values()) + 0.05 / len(live) if b in q else 0.0 for b in range(40)]
+    np.testing.assert_allclose(s.probabilities(), expected, rtol=1e-12, atol=0)
+
+
 def test_importance_weighted_loss_is_an_unbiased_estimate_of_the_target_objective():
     """E_p[(φ_T/p)(σ)·L(σ)] = E_T[L(σ)], by Monte Carlo against quadrature, with a density far from the target."""
     s = AdaptiveSchedule(spec(bins=30))
@@ -69,6 +98,32 @@ def test_importance_weighted_loss_is_an_unbiased_estimate_of_the_target_objectiv
     assert abs(estimate.mean() - exact) < 4 * se, (estimate.mean(), exact, se)
     assert not np.allclose(weight, 1.0)  # the draw is not the target's
     assert weight.max() <= s.mass.max() * len(s.mass) / FLOOR
+
+
+@pytest.mark.parametrize("sigma_n, sigma_max, bins", [(1, 80, 100), (1, 80, 1000), (0.05, 80, 100), (5, 80, 100)])
+def test_every_weight_is_finite_where_most_bins_hold_no_target_mass(sigma_n, sigma_max, bins):
+    """A σ rounded onto its bin's upper edge is weighted by the bin it was drawn in, not by the next one (whose
+    target mass may be 0, the weight 0/0): 10⁶ draws, before and after the density has moved."""
+    target = {"family": "gaussian", "sigma_n": sigma_n, "sigma_min": 0.002, "sigma_max": sigma_max}
+    s = AdaptiveSchedule(spec(bins=bins, target=target))
+    t = np.random.default_rng(0).random(1_000_000)
+    for _ in range(2):
+        sigma, weight, drawn = s.draw(t)
+        assert np.isfinite(weight).all() and (weight > 0).all()
+        assert s.mass[drawn].min() > 0 and s.rationale().probabilities[drawn].min() > 0
+        assert ((sigma >= s.edges[drawn]) & (sigma <= s.edges[drawn + 1])).all()
+        np.testing.assert_array_equal(weight, s.mass[drawn] / s.rationale().probabilities[drawn])
+        s.update(np.bincount(drawn, weights=1 / sigma, minlength=bins), np.bincount(drawn, minlength=bins), step=0)
+
+
+def test_a_non_finite_weight_is_named_as_the_weight():
+    s = AdaptiveSchedule(spec(bins=10))
+    p = s.rationale()
+    p.mass = p.mass.copy()
+    p.mass[3] = math.nan  # what a damaged target would give
+    t = (p._cum[3] + p._cum[4]) / 2
+    with pytest.raises(AdaptiveError, match=r"non-finite importance weight .* bin 3"):
+        s.draw(np.array([0.5, t]))
 
 
 def test_draws_follow_the_density_and_its_inverse_is_monotone():
@@ -173,3 +228,62 @@ def test_a_learned_rationale_is_the_density_at_its_checkpoint_and_sampling_reads
         adaptive.save_learned(tmp_path / "density.parquet", {**learned, "step": 600}, "lr", tmp_path / "x.parquet")
     with pytest.raises(GenerationError, match="learned sampling rationale needs its table"):
         _schedule(learned, None)
+
+
+def _density_table(tmp_path, s, rows_edit=None, name="density.parquet"):
+    """A density table of `s` at step 300, its rows edited (as a tampered or damaged file would hold them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    adaptive.write_density(tmp_path / name, s, 300)
+    if rows_edit is not None:
+        table = pq.read_table(tmp_path / name)
+        rows = table.to_pandas()
+        rows_edit(rows)
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False).replace_schema_metadata(table.schema.metadata),
+                       tmp_path / name)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.__setitem__("probability", 0.0), "not a density .*all 0"),
+    (lambda r: r.loc.__setitem__((len(r) - 1, "sigma_hi"), 500.0), r"span \[0.002, 500\], not the spec's domain"),
+    (lambda r: r.loc.__setitem__((0, "sigma_lo"), 1e-6), r"span \[1e-06, 80\], not the spec's domain"),
+    (lambda r: r.loc.__setitem__((3, "sigma_lo"), r.loc[3, "sigma_lo"] * 1.5), "not the 20 bins"),
+    (lambda r: r.loc.__setitem__((3, "sigma_hi"), r.loc[3, "sigma_hi"] * 1.5), "not the 20 bins"),
+    (lambda r: r.__setitem__("probability", math.nan), "not a density"),
+])
+def test_learn_rationale_refuses_a_density_that_is_not_its_spec_s(tmp_path, capsys, edit, message):
+    """The density table's rows are read as data: its bins must be the spec's, its probabilities a density; one line
+    naming the file and the job that rewrites it, nothing written."""
+    import json
+    from ied.cli import main
+    s = AdaptiveSchedule(spec())
+    seen_everywhere(s, lambda sigma: 1 + sigma)
+    density = _density_table(tmp_path, s, edit)
+    learned = {"family": "learned", "model": "ad", "step": 300, "adaptive": s.spec,
+               "sigma_min": s.spec["sigma_min"], "sigma_max": s.spec["sigma_max"]}
+    with pytest.raises(AdaptiveError, match=f"density.parquet: .*{message}.*train_adaptive_segment"):
+        adaptive.save_learned(density, learned, "lr", tmp_path / "lr.parquet")
+    assert main(["learn-rationale", "--density", str(density), "--spec", json.dumps(learned), "--name", "lr",
+                 "--out", str(tmp_path / "lr.parquet")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "density.parquet" in err[0], err
+    assert not (tmp_path / "lr.parquet").exists()
+
+
+def test_a_learned_table_whose_bins_leave_the_spec_s_domain_is_refused(tmp_path):
+    import json
+    import pyarrow.parquet as pq
+    s = AdaptiveSchedule(spec())
+    seen_everywhere(s, lambda sigma: 1 + sigma)
+    learned = {"family": "learned", "model": "ad", "step": 300, "adaptive": s.spec,
+               "sigma_min": s.spec["sigma_min"], "sigma_max": s.spec["sigma_max"]}
+    adaptive.save_learned(_density_table(tmp_path, s), learned, "lr", tmp_path / "lr.parquet")
+    table = pq.read_table(tmp_path / "lr.parquet")
+    meta = dict(table.schema.metadata)
+    bins = json.loads(meta[b"ied.bins"])
+    bins["edges"][-1] = 500.0
+    meta[b"ied.bins"] = json.dumps(bins).encode()
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "lr.parquet")
+    with pytest.raises(AdaptiveError, match=r"lr.parquet: its levels span \[0.002, 500\].*learned_rationale"):
+        adaptive.load_learned(tmp_path / "lr.parquet", learned)

@@ -28,13 +28,6 @@ def local_stand_ins(tmp_path):
     return local
 
 
-def billed_as(planned):
-    """Job counts by the rule the bill names: an adaptive model's segments are train_segment jobs that also write
-    its density (with train_segment's resources)."""
-    planned["train_segment"] = planned.get("train_segment", 0) + planned.pop("train_adaptive_segment", 0)
-    return planned
-
-
 def the_bill(configfiles, cwd, *config_args):
     """The rows the Snakefile bills a dry run of these config files with."""
     rows, _ = cost.dry_run(REPO / "Snakefile", cwd, [str(p) for p in configfiles], list(config_args),
@@ -48,7 +41,7 @@ def test_the_jobs_are_the_dags(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     files = [REPO / "config" / f"{name}.yaml"] + ([local_stand_ins(tmp_path)] if name != "config" else [])
     bill = the_bill(files, tmp_path)
-    planned = billed_as(job_counts("--configfile", *files, cwd=tmp_path))
+    planned = job_counts("--configfile", *files, cwd=tmp_path)
     for rule in cost.GPU_RULES:
         assert bill[rule]["jobs_to_do"] == planned.get(rule, 0) and bill[rule]["jobs_done"] == 0, rule
     assert bill["total"]["jobs_to_do"] == sum(planned.get(r, 0) for r in cost.GPU_RULES)
@@ -92,8 +85,9 @@ def test_done_moves_to_the_done_column_after_a_run(e2e_run, monkeypatch):
     monkeypatch.chdir(e2e_run)  # the pretrained model's path is relative to the working directory
     bill = the_bill([DEFAULT, REPO / "tests" / "configs" / "e2e.yaml", e2e_run / "pretrained.yaml"], e2e_run)
     assert bill["total"]["jobs_to_do"] == 0 and bill["total"]["gpu_hours_to_do"] == 0
-    assert (bill["train_segment"]["jobs_done"], bill["fit_rationale"]["jobs_done"], bill["generate"]["jobs_done"],
-            bill["evaluate"]["jobs_done"], bill["nll"]["jobs_done"]) == (6, 6, 68, 68, 7)
+    assert (bill["train_segment"]["jobs_done"], bill["train_adaptive_segment"]["jobs_done"],
+            bill["fit_rationale"]["jobs_done"], bill["generate"]["jobs_done"], bill["evaluate"]["jobs_done"],
+            bill["nll"]["jobs_done"]) == (4, 2, 6, 68, 68, 7)
     result = subprocess.run([sys.executable, "-m", "ied", "cost", *E2E, "--table", "bill"],
                             cwd=e2e_run, env=VENV_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -195,7 +189,7 @@ def test_forced_runs_are_billed_and_refused_over_the_budget(e2e_run, tmp_path):
     assert "Nothing to be done" in nothing.stdout + nothing.stderr
     assert bill_line(nothing.stderr).startswith("to run: 0 GPU jobs, ≈ 0.0 GPU-hours")
     forced = snakemake("-n", "--forceall", *E2E, *tiny, cwd=run)  # a dry run is billed, never refused
-    jobs = billed_as(job_counts("--forceall", *E2E, cwd=run))
+    jobs = job_counts("--forceall", *E2E, cwd=run)
     assert bill_line(forced.stderr).startswith(f"to run: {sum(jobs[r] for r in cost.GPU_RULES)} GPU jobs")
     assert cost.GPU_RULES and all(jobs[r] for r in cost.GPU_RULES)
     nll = sorted((run / "results" / "e2e" / "nll").rglob("*.parquet"))

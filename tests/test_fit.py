@@ -1,5 +1,6 @@
 """The fit_rationale job (ied.fit) on a tiny digits checkpoint, through the CLI, and generate reading its table."""
 import pytest
+import torch
 
 from ied import fitting
 from ied.samplers import noise_levels
@@ -41,3 +42,68 @@ def test_the_fit_job_fits_a_checkpoint_and_generate_samples_its_table(digits, tm
     with pytest.raises(fitting.FittingError, match=r"ckpt-4.pt \(step 4\): the cost of the jump σ = 3.1"):
         fit.fit_checkpoint(ckpt, spec, "fit", tmp_path / "never.parquet")
     assert not (tmp_path / "never.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(digits, tmp_path_factory):
+    from ied.train import train
+    from conftest import tiny_spec
+    path = tmp_path_factory.mktemp("fit") / "ckpt-4.pt"
+    train(tiny_spec(), 0, 4, data_path=digits / "train.npz", checkpoint_in=None, checkpoint_out=path)
+    return path
+
+
+def fitted_spec(**overrides):
+    spec = {"family": "fitted", "model": "l2", "step": 4, "method": "trajectory_dp", "base": rationale(BASE).spec,
+            "sampler": "dpmpp_2m", "nfe": 4, "pilot": 3, "sigma_min": 0.002, "sigma_max": 80.0}
+    spec.update(overrides)
+    return {k: v for k, v in spec.items() if v is not None}
+
+
+@pytest.mark.parametrize("spec, message", [
+    (fitted_spec(sampler=None), "key 'sampler': required by method trajectory_dp"),
+    (fitted_spec(pilot=0), "key 'pilot': must be an integer ≥ 1"),
+    (fitted_spec(method="foo"), "key 'method': must be one of"),
+    (fitted_spec(nfe=500), "key 'nfe': dpmpp_2m at NFE 500 visits 500 levels"),
+    (fitted_spec(sampler="heun", nfe=4), "key 'nfe': heun cannot make 4"),
+    (fitted_spec(sampler="em"), "key 'sampler': no fitting cost"),
+    ({}, "key 'family'"),
+])
+def test_the_fit_job_refuses_a_bad_spec_in_one_line_before_reading_the_checkpoint(checkpoint, tmp_path, capsys,
+                                                                                   monkeypatch, spec, message):
+    import json
+    from ied import fit
+    from ied.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the checkpoint was read before the spec was checked")
+    monkeypatch.setattr(fit, "load_ema_denoiser", never)
+    code = main(["fit-rationale", "--checkpoint", str(checkpoint), "--spec", json.dumps(spec), "--name", "fit",
+                 "--out", str(tmp_path / "fit.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "fit.parquet").exists()
+
+
+@pytest.mark.parametrize("spec", [{}, {"family": "learned", "model": "ad", "step": "last"},
+                                  {"family": "learned", "model": "ad", "step": 300, "adaptive": {"family": "ve"}}])
+def test_learn_rationale_refuses_a_bad_spec_in_one_line(tmp_path, capsys, spec):
+    import json
+    from ied.cli import main
+    code = main(["learn-rationale", "--density", str(tmp_path / "none.parquet"), "--spec", json.dumps(spec),
+                 "--name", "lr", "--out", str(tmp_path / "lr.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("error: learned spec: key "), err
+
+
+@pytest.mark.parametrize("denoiser", [lambda x, sigma, labels=None: torch.zeros_like(x),
+                                      lambda x, sigma, labels=None: x.clone()], ids=["zero", "identity"])
+def test_a_cost_density_of_a_denoiser_that_never_changes_names_the_checkpoint_and_sigma(checkpoint, tmp_path,
+                                                                                        monkeypatch, denoiser):
+    from ied import fit
+    real = fit.load_ema_denoiser
+    monkeypatch.setattr(fit, "load_ema_denoiser", lambda *a, **k: (denoiser, real(*a, **k)[1]))
+    spec = fitted_spec(method="cost_density", sampler=None, nfe=None)
+    with pytest.raises(fitting.FittingError, match=r"ckpt-4.pt \(step 4\): the denoiser's output does not change "
+                                                   r"along the teacher's trajectory from σ = 80 to 0.002"):
+        fit.fit_checkpoint(checkpoint, spec, "fit", tmp_path / "fit.parquet")

@@ -191,6 +191,19 @@ def test_a_fitted_table_reads_back_its_rationale_and_only_for_its_spec(tmp_path)
     assert list(table.columns) == ["t", "sigma", "pdf", "cdf"] and table["sigma"].iloc[-1] == pytest.approx(80.0)
 
 
+@pytest.mark.parametrize("levels, span", [([500.0, 9.0, 1.3, 0.2, 0.002], r"\[0.002, 500\]"),
+                                          ([80.0, 9.0, 1.3, 0.2, 1e-9], r"\[1e-09, 80\]")])
+def test_a_fitted_table_whose_knots_leave_its_spec_s_domain_is_refused(tmp_path, levels, span):
+    """The spec in the metadata says what was asked for; the knots are what is sampled: their range must be it."""
+    spec = {"family": "fitted", "model": "l2", "step": 900, "method": "trajectory_dp", "base": rationale(BASE).spec,
+            "sampler": "euler", "nfe": 5, "pilot": 64, "sigma_min": 0.002, "sigma_max": 80.0}
+    other = rationale({**BASE, "sigma_min": min(levels), "sigma_max": max(levels)})
+    fitting.save_fitted(tmp_path / "f.parquet", "fit", spec, fitting.rationale_through(np.array(levels), other), {})
+    with pytest.raises(fitting.FittingError, match=f"f.parquet: its levels span {span}, not the spec's domain "
+                                                   r"\[0.002, 80\]; delete it and rerun its fit_rationale job"):
+        fitting.load_fitted(tmp_path / "f.parquet", spec)
+
+
 def test_pilot_keys_are_no_evaluation_seeds_key():
     from ied.generate import SEED_SET_STRIDE
     from ied.config import schema

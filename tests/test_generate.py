@@ -10,7 +10,8 @@ import torch
 
 from ied.checkpoints import CheckpointError
 from ied.data import generation_info, load_imageset
-from ied.generate import balanced_labels, generate
+from ied.generate import generate
+from ied.noise import balanced_labels
 from ied.train import train
 
 from conftest import sampling_spec, tiny_spec
@@ -40,11 +41,6 @@ def test_images_do_not_depend_on_batch_or_shard_size(checkpoint, tmp_path, sampl
     info = generation_info(tmp_path / "70-70.npz")
     assert info["sampler"] == sampler and info["checkpoint_step"] == 20 and info["seed_set"] == 0
     assert not (tmp_path / "70-70.npz.parts").exists()
-
-
-def test_balanced_labels():
-    labels = balanced_labels(100, 10, 0)
-    assert np.bincount(labels).tolist() == [10] * 10 and not np.array_equal(labels, np.arange(100) % 10)
 
 
 def test_refuses_a_checkpoint_of_another_step_or_spec(checkpoint, tmp_path):
@@ -191,14 +187,6 @@ def test_image_i_of_seed_set_k_has_the_noise_key_k_times_ten_million_plus_i(chec
     with torch.no_grad():
         x = euler(denoiser, latents, rationale(spec["rationale"]), 3, class_labels=labels)
     np.testing.assert_array_equal(images, to_uint8(x.float()).numpy())
-
-
-def test_balanced_labels_are_fixed_per_seed_set():
-    assert balanced_labels(12, 10, 0).tolist() == balanced_labels(12, 10, 0).tolist()
-    assert sorted(balanced_labels(12, 10, 3).tolist()) == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
-    assert balanced_labels(12, 10, 0).tolist() != balanced_labels(12, 10, 1).tolist()
-    assert balanced_labels(10, 10, 0).tolist() == [int(v) for v in
-                                                   np.random.default_rng([0, 12345]).permutation(np.arange(10))]
 
 
 def test_the_generation_log_and_metadata(checkpoint, tmp_path):

@@ -3,7 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ied.data import load_imageset
+import torch
+
+from ied.data import load_imageset, to_uint8
 from ied.generate import generate
 from ied.metrics import DIGITS_EXTRACTOR, MetricsError, calculate, check_weights, evaluate, train_digits_cnn
 from ied.train import train
@@ -50,7 +52,7 @@ def test_trained_model_beats_untrained(digits, evaluator, tmp_path):
     frame = pd.read_parquet(tmp_path / "c400.parquet")
     expected = {"train_rationale", "sampler", "steps", "sampler_options", "checkpoint_step", "seed_set", "n_samples",
                 "reference_split", "extractor", "fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "seconds",
-                "versions", "degenerate", "nfe"}
+                "versions", "degenerate", "saturated", "nfe"}
     assert expected <= set(frame.columns) and frame["checkpoint_step"].iloc[0] == 400
 
 
@@ -100,6 +102,26 @@ def test_degenerate_sets_are_flagged():
     assert "constant" in degenerate(black)
     repeated = np.repeat(usable[:2], 50, axis=0)
     assert "2 distinct images" in degenerate(repeated)
+
+
+def test_a_set_almost_all_clipped_is_degenerate_beside_what_its_reference_holds():
+    """Raw values far outside the image range (a UniPC set reached ±4.3e4) land at 0 or 255 after quantisation: the
+    share of pixels inside (0, 255) must keep a tenth of the reference's, or the set is never ranked."""
+    from ied.metrics import degenerate, saturated
+    rng = np.random.default_rng(0)
+    raw = rng.normal(0, 4e4, (360, 1, 8, 8))
+    raw[:, :, :2] = rng.normal(0, 0.5, (360, 1, 2, 8))  # a quarter of each image still in range
+    clipped = to_uint8(torch.from_numpy(raw)).numpy()
+    share = saturated(clipped)
+    assert share == pytest.approx(np.mean((clipped == 0) | (clipped == 255)))
+    assert 0.75 < share < 0.95
+    assert degenerate(clipped, reference_saturated=0.0) is None  # against statistics: degenerate above 90 %
+    assert degenerate(clipped, reference_saturated=0.95) is None  # 1 − share > 0.1 × 0.05
+    clipped[:, :, :2] = np.where(rng.random((360, 1, 2, 8)) < 0.995, 255, 7)  # 99.9 % saturated
+    assert "99.88% of the pixels are saturated" in degenerate(clipped, reference_saturated=0.58) and "(the reference: 58%)" in \
+        degenerate(clipped, reference_saturated=0.58)
+    digits_like = np.where(rng.random((360, 1, 8, 8)) < 0.58, 0, rng.integers(1, 255, (360, 1, 8, 8))).astype(np.uint8)
+    assert degenerate(digits_like, reference_saturated=0.58) is None
 
 
 def test_reference_cache_is_keyed_by_extractor_weights(digits, evaluator, tmp_path):

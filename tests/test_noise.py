@@ -148,3 +148,25 @@ def test_each_sampler_draw_is_the_next_counter_in_the_callers_dtype():
         assert torch.equal(x, noise.normal(KEYS, torch.full_like(KEYS, draw), noise.STREAM_SAMPLING, 5,
                                            torch.float64))
     assert rnd.randn((64, 2)).dtype == torch.float32 and rnd.draws == 4
+
+
+def test_balanced_labels():
+    labels = noise.balanced_labels(100, 10, 0)
+    assert np.bincount(labels).tolist() == [10] * 10 and not np.array_equal(labels, np.arange(100) % 10)
+
+
+def test_balanced_labels_are_fixed_per_seed_set():
+    assert noise.balanced_labels(12, 10, 0).tolist() == noise.balanced_labels(12, 10, 0).tolist()
+    assert sorted(noise.balanced_labels(12, 10, 3).tolist()) == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert noise.balanced_labels(12, 10, 0).tolist() != noise.balanced_labels(12, 10, 1).tolist()
+    assert noise.balanced_labels(10, 10, 0).tolist() == [int(v) for v in
+                                                   np.random.default_rng([0, 12345]).permutation(np.arange(10))]
+
+
+def test_the_fit_job_does_not_import_the_generation_job():
+    """The pilot's labels come from the noise layer, so ied.fit stands beside ied.generate, not above it."""
+    import subprocess
+    import sys
+    loaded = subprocess.run([sys.executable, "-c", "import sys, ied.fit; print('ied.generate' in sys.modules)"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "False"

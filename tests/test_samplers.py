@@ -441,3 +441,36 @@ def test_steps_for_nfe_inverts_nfe_and_names_the_nearest_nfe_otherwise():
         steps_for_nfe("heun", 10)
     with pytest.raises(ValueError, match="nearest it can: 1$"):
         steps_for_nfe("edm_stochastic", 0)
+
+
+class Levels:
+    """A schedule that visits given noise levels at uniform t (what a damaged or degenerate table could give)."""
+
+    name, sigma_min, sigma_max = "flat", 0.002, 80.0
+
+    def __init__(self, levels):
+        self.levels = np.asarray(levels, dtype=np.float64)
+
+    def sigma(self, t):
+        return np.interp(np.asarray(t), np.linspace(0.0, 1.0, len(self.levels)), self.levels[::-1])
+
+    def g2(self, t):
+        return np.ones_like(np.asarray(t, dtype=np.float64))
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_refuses_levels_that_do_not_decrease_strictly(name, capsys):
+    """[80, 80, 1, 0.002]: a step of zero length (UniPC returned NaN, DPM-Solver++(2M) divided by zero); refused in
+    one line by every sampler before its first denoiser call, and by the CLI without a traceback."""
+    from ied.samplers import ScheduleError
+    calls = []
+
+    def counting(x, sigma, labels=None):
+        calls.append(1)
+        return gaussian_denoiser(x, sigma)
+    with pytest.raises(ScheduleError, match=r"not strictly decreasing: σ_0 = 80, σ_1 = 80 \(a step of zero length"):
+        SAMPLERS[name](counting, torch.zeros(2, 1, dtype=F64), Levels([80.0, 80.0, 1.0, 0.002]), 4,
+                       generator=torch.Generator().manual_seed(0))
+    assert calls == []
+    SAMPLERS[name](counting, torch.zeros(2, 1, dtype=F64), Levels([80.0, 79.9, 1.0, 0.002]), 4,
+                   generator=torch.Generator().manual_seed(0))

@@ -386,3 +386,42 @@ def test_adaptive_two_ranks_match_one_rank(digits, tmp_path):
     assert max_difference(one, two) < DDP_TOLERANCE
     assert torch.equal(one["adaptive"]["count"], two["adaptive"]["count"])
     np.testing.assert_allclose(one["adaptive"]["loss"].numpy(), two["adaptive"]["loss"].numpy(), rtol=1e-6)
+
+
+def test_adaptive_training_on_a_narrow_target_with_many_bins_finishes(digits, tmp_path):
+    """N(0, 1²) on [0.002, 80] in 1000 bins: most bins hold no target mass, and a σ rounded onto the upper edge of
+    its bin once took the next bin's weight 0/0. The weight is the bin the draw was made in."""
+    gauss = {"family": "gaussian", "sigma_n": 1.0, "sigma_min": 0.002, "sigma_max": 80.0}
+    rationale = {"family": "adaptive", "target": gauss, "bins": 1000, "ema": 0.99, "sigma_min": 0.002,
+                 "sigma_max": 80.0}
+    state = run(tiny_spec(rationale=rationale, batch_size=64), digits, tmp_path, 0, 40, "narrow", log_every=40)
+    assert int(state["adaptive"]["count"].sum()) == 40 * 64
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda a: a["loss"].__setitem__(3, math.nan), "loss EMA must be finite"),
+    (lambda a: a["loss"].__setitem__(3, -0.5), "loss EMA must be finite and ≥ 0"),
+    (lambda a: a["count"].__setitem__(0, -1000), "counts must be integers ≥ 0"),
+    (lambda a: a.pop("count"), "lacks count"),
+    (lambda a: a.pop("spec"), "lacks spec"),
+    (lambda a: a.__setitem__("count", torch.zeros(10, 10, dtype=torch.int64)), r"count has shape \(10, 10\)"),
+    (lambda a: a.__setitem__("loss", torch.zeros(8, dtype=torch.int64)), "loss EMA must be finite"),
+])
+def test_a_resaved_checkpoint_with_a_damaged_adaptive_state_is_refused_naming_it(digits, tmp_path, capsys, damage,
+                                                                                  message):
+    """The checksum proves the file is the one written; a state re-saved through checkpoints.save is still read as
+    data: keys, shapes, finiteness and signs, one line naming the checkpoint."""
+    from ied import checkpoints
+    from ied.cli import main
+    cfg = adaptive_spec()
+    state = run(cfg, digits, tmp_path, 0, 4, "a")
+    state.pop("sha256")
+    damage(state["adaptive"])
+    checkpoints.save(tmp_path / "a-4.pt", state)
+    with pytest.raises(CheckpointError, match=f"a-4.pt: .*{message}"):
+        run(cfg, digits, tmp_path, 4, 8, "a")
+    code = main(["train", "--spec", json.dumps(cfg), "--data", str(digits / "train.npz"), "--from-step", "4",
+                 "--to-step", "8", "--resume", str(tmp_path / "a-4.pt"), "--out", str(tmp_path / "b.pt"),
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "a-4.pt" in err[0] and "Traceback" not in err[0], err

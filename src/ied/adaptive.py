@@ -14,12 +14,14 @@ checkpoint as float64 and int64 arrays.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ied.rationales import Binned, Rationale, RationaleError, bin_mass, build, log_bins, schedule_metadata
+from ied.rationales import (Binned, Rationale, RationaleError, bin_mass, build, check_table_domain, log_bins,
+                            schedule_metadata)
 
 FLOOR = 0.05  # the share of examples spread uniformly over the bins that hold target mass
 
@@ -64,9 +66,14 @@ class AdaptiveSchedule:
         """σ = σ_p(t), the importance weights φ_T/p = m_b/π_b (a loss so weighted estimates the target's objective)
         and the bins of the uniform draws `t`."""
         p = self.rationale()
-        sigma = p.sigma(t)
-        bins = p.bin_of(sigma)
-        return sigma, p.mass[bins] / p.probabilities[bins], bins
+        sigma, bins = p.draw(t)
+        with np.errstate(all="ignore"):
+            weights = p.mass[bins] / p.probabilities[bins]
+        if not np.isfinite(weights).all():
+            b = int(bins[~np.isfinite(weights)][0])
+            raise AdaptiveError(f"non-finite importance weight m_b/π_b = {p.mass[b]:.3g}/{p.probabilities[b]:.3g} in "
+                                f"bin {b} (σ ∈ [{self.edges[b]:.6g}, {self.edges[b + 1]:.6g}])")
+        return sigma, weights, bins
 
     def update(self, sums: np.ndarray, counts: np.ndarray, step: int) -> None:
         """One step's loss sums and example counts per bin (all ranks): the EMA moves where the bin was drawn."""
@@ -84,13 +91,28 @@ class AdaptiveSchedule:
         return {"loss": self.loss.copy(), "count": self.count.copy(), "spec": json.dumps(self.spec, sort_keys=True)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a checkpoint's state, which must be of this spec."""
-        if json.loads(state["spec"]) != json.loads(json.dumps(self.spec)):
-            raise AdaptiveError("the checkpoint's adaptive state is of another adaptive spec")
-        self.loss = np.asarray(state["loss"], dtype=np.float64).copy()
-        self.count = np.asarray(state["count"], dtype=np.int64).copy()
-        if self.loss.shape != self.mass.shape or self.count.shape != self.mass.shape:
-            raise AdaptiveError(f"the checkpoint's adaptive state has {len(self.loss)} bins, not {len(self.mass)}")
+        """Restore a checkpoint's state, which must be of this spec: its keys, shapes, finiteness and signs checked
+        (a checksum proves only that the file is the one written, not that what was written is a state)."""
+        missing = [key for key in ("loss", "count", "spec") if key not in state]
+        if missing:
+            raise AdaptiveError(f"the adaptive state lacks {', '.join(missing)}")
+        try:
+            same = json.loads(state["spec"]) == json.loads(json.dumps(self.spec))
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise AdaptiveError("the adaptive state is of another adaptive spec")
+        loss, count = np.asarray(state["loss"]), np.asarray(state["count"])
+        for key, value in (("loss", loss), ("count", count)):
+            if value.shape != self.mass.shape:
+                raise AdaptiveError(f"the adaptive state's {key} has shape {value.shape}, not ({len(self.mass)},) "
+                                    f"(one per bin)")
+        if not (np.issubdtype(loss.dtype, np.floating) and np.isfinite(loss).all() and (loss >= 0).all()):
+            raise AdaptiveError("the adaptive state's loss EMA must be finite and ≥ 0 in every bin")
+        if not (np.issubdtype(count.dtype, np.integer) and (count >= 0).all()):
+            raise AdaptiveError("the adaptive state's counts must be integers ≥ 0")
+        self.loss = loss.astype(np.float64).copy()
+        self.count = count.astype(np.int64).copy()
         self._rationale = None
 
     def table(self, step: int):
@@ -140,9 +162,41 @@ def learned_rationale(name: str, adaptive_spec: Mapping[str, Any], rows: Any) ->
     return Binned(name, target, edges, rows["probability"].to_numpy())
 
 
+def _checked_bins(path: str | Path, adaptive_spec: Mapping[str, Any], edges: Any, job: str) -> None:
+    """A table's bin edges must be the adaptive spec's: `bins` bins evenly in log σ over the target's domain."""
+    expected = log_bins(adaptive_spec["sigma_min"], adaptive_spec["sigma_max"], adaptive_spec["bins"])
+    edges = np.asarray(edges, dtype=np.float64)
+    check_table_domain(path, edges[0] if len(edges) else math.nan, edges[-1] if len(edges) else math.nan,
+                       adaptive_spec, job, AdaptiveError)
+    if edges.shape != expected.shape or not np.allclose(edges, expected, rtol=1e-9, atol=0):
+        raise AdaptiveError(f"{path}: its {len(edges) - 1} bins are not the {adaptive_spec['bins']} bins of the "
+                            f"adaptive spec (evenly in log σ); delete it and rerun its {job} job")
+
+
 def domain_rationale(spec: Mapping[str, Any], name: str = "training rationale") -> Rationale:
     """A training rationale built from its spec, or an adaptive one's target: either has the model's σ domain."""
     return build(f"{name}.target", spec["target"]) if spec["family"] == "adaptive" else build(name, spec)
+
+
+def check_learned_spec(spec: Any) -> None:
+    """A resolved `learned` spec as its job needs it: the model, an integer step and the model's adaptive spec
+    (target, bins, decay). AdaptiveError names the key."""
+    def fail(key: str, message: str):
+        raise AdaptiveError(f"learned spec: key {key!r}: {message}")
+
+    if not isinstance(spec, Mapping) or spec.get("family") != "learned":
+        fail("family", f"must be a mapping with family 'learned', got {spec!r}")
+    if not isinstance(spec.get("model"), str):
+        fail("model", f"must name the adaptive model, got {spec.get('model')!r}")
+    if isinstance(spec.get("step"), bool) or not isinstance(spec.get("step"), int):
+        fail("step", f"must be the checkpoint's step (an integer), got {spec.get('step')!r}")
+    adaptive = spec.get("adaptive")
+    if not isinstance(adaptive, Mapping) or adaptive.get("family") != "adaptive":
+        fail("adaptive", f"must be the model's resolved adaptive spec, got {adaptive!r}")
+    try:
+        AdaptiveSchedule(adaptive, f"{spec['model']}")
+    except (KeyError, TypeError, ValueError) as err:
+        fail("adaptive", f"not a resolved adaptive spec ({type(err).__name__}: {err})")
 
 
 def save_learned(density: str | Path, spec: Mapping[str, Any], name: str, out: str | Path) -> None:
@@ -150,11 +204,21 @@ def save_learned(density: str | Path, spec: Mapping[str, Any], name: str, out: s
     as a schedule table (the columns of `tabulate`), its bins and probabilities in the metadata."""
     from ied.rationales import tabulate
 
+    check_learned_spec(spec)
     adaptive_spec, step, rows = read_density(density)
     if adaptive_spec != json.loads(json.dumps(dict(spec["adaptive"]))) or step != int(spec["step"]):
         raise AdaptiveError(f"{density}: the density of another adaptive spec or step than {name!r} reads "
                             f"(step {step}, expected {spec['step']}); rerun its training segment")
-    rationale = learned_rationale(name, adaptive_spec, rows)
+    rerun = "train_adaptive_segment"
+    lo, hi = rows["sigma_lo"].to_numpy(), rows["sigma_hi"].to_numpy()
+    _checked_bins(density, adaptive_spec, np.concatenate([lo, hi[-1:]]), rerun)
+    if not np.array_equal(hi[:-1], lo[1:]):
+        raise AdaptiveError(f"{density}: its bins are not the {adaptive_spec['bins']} bins of the adaptive spec (a "
+                            f"bin's upper edge is not the next one's lower edge); delete it and rerun its {rerun} job")
+    try:
+        rationale = learned_rationale(name, adaptive_spec, rows)
+    except RationaleError as err:
+        raise AdaptiveError(f"{density}: not a density ({err}); delete it and rerun its {rerun} job") from None
     table = tabulate(rationale)
     table.name, table.spec = name, dict(spec)
     bins = {"edges": rationale.edges.tolist(), "probabilities": rationale.probabilities.tolist()}
@@ -165,5 +229,9 @@ def load_learned(path: str | Path, spec: Mapping[str, Any]) -> Binned:
     """The learned rationale of a `save_learned` table, which must have been made for `spec`."""
     meta = schedule_metadata(path, spec, "ied.bins", "learned_rationale", AdaptiveError)
     bins = json.loads(meta[b"ied.bins"])
+    _checked_bins(path, spec["adaptive"], bins["edges"], "learned_rationale")
     target = build("learned.target", spec["adaptive"]["target"])
-    return Binned(meta[b"ied.rationale"].decode(), target, bins["edges"], bins["probabilities"], dict(spec))
+    try:
+        return Binned(meta[b"ied.rationale"].decode(), target, bins["edges"], bins["probabilities"], dict(spec))
+    except RationaleError as err:
+        raise AdaptiveError(f"{path}: not a density ({err}); delete it and rerun its learned_rationale job") from None

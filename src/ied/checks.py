@@ -18,12 +18,13 @@ from ied.config import (ConfigError, check_resources, extractor, fail, normalize
 from ied.cost import CostError, read_throughput
 from ied.data import DATASETS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.expressions import FormulaError, compile_formula
-from ied.fitting import FINE_LEVELS
+from ied.fitting import FINE_LEVELS, fine_levels
 from ied.io import content_sha256
 from ied.nll import EXACT_MAX_DIMS
 from ied.pretrained import FORMATS, PretrainedError, inspect as inspect_network
 from ied.rationales import RationaleError, build, check_numerics
-from ied.samplers import OptionError, nfe, resolve_options, steps_for_nfe
+from ied.samplers import (OptionError, ScheduleError, nfe, resolve_options, sampled_levels,
+                          steps_for_nfe)
 
 MIN_SAMPLES = 20  # FID needs a covariance, KID two subsets
 MAX_CHECKPOINTS = 10_000  # one training job per checkpoint: more is a typo, and a bill
@@ -61,6 +62,7 @@ def validate(config: Mapping[str, Any], *, deep: bool = True) -> dict:
     _check_nll(config, given_nll)
     _check_labels(config)
     _check_file_names(config)
+    _check_levels(config)
     _check_gpus(config)
     _check_evaluation(config, deep)  # last: it opens the files
     _check_budget(config)
@@ -69,11 +71,26 @@ def validate(config: Mapping[str, Any], *, deep: bool = True) -> dict:
     return config
 
 
+def _shipped_files(config: dict) -> None:
+    """`paper_results` and `published_results` name files relative to the working directory, else to this
+    checkout (where the shipped ones lie); each becomes the path found, and a missing one is refused."""
+    for key in ("paper_results", "published_results"):
+        path = config[key]
+        if not path:
+            continue
+        found = next((p for p in (Path(path), WORKFLOW.parent / path) if p.is_file()), None)
+        if found is None:
+            fail(key, f"{path}: no such file (relative to the working directory or to {WORKFLOW.parent}); give "
+                      f"null for none")
+        config[key] = str(found)
+
+
 def _check_published(config: dict) -> None:
     """The published low-NFE rows the figures read: a mapping of network file names to rows of the PublishedRow
     fields, each typed."""
+    _shipped_files(config)
     path = config["published_results"]
-    if not path or not Path(path).is_file():
+    if not path:
         return
     types = {"solver": str, "schedule": str, "nfe": int, "fid": (int, float), "source": str}
     table = read_yaml(path)
@@ -377,6 +394,32 @@ def _check_file_names(config: dict) -> None:
             key = f"rationales.{cell.sample}" if cell.sample in config["rationales"] else "ablation.sigma_n"
             fail(key, f"the cell's log file name {name!r} would be {len(name.encode())} bytes, more than "
                       f"{layout.MAX_FILE_NAME}: shorten the rationale or sampler names")
+
+
+def _check_levels(config: dict) -> None:
+    """Every cell's sampler steps through strictly decreasing noise levels of its schedule (a flat step divides by
+    zero in the multistep solvers), and every fit's base has strictly decreasing fine levels. A fitted or learned
+    schedule exists only after its job, which checks its own levels."""
+    rationales, configured = specs.all_rationales(config), config["rationales"]
+    built: dict[str, Any] = {}
+    checked: set[tuple[str, str, int]] = set()
+    for cell in layout.cells(config):
+        spec, entry = rationales[cell.sample], specs.sampler_entry(config, cell.sampler)
+        key = (cell.sample, entry["sampler"], int(entry["steps"]))
+        if spec["family"] in ("fitted", "learned") or key in checked:
+            continue
+        checked.add(key)
+        schedule = built.setdefault(cell.sample, build(cell.sample, spec))
+        try:
+            sampled_levels(entry["sampler"], schedule, int(entry["steps"]))
+        except ScheduleError as err:
+            where = f"rationales.{cell.sample}" if cell.sample in configured else "ablation.sigma_n"
+            fail(where, f"sampled by {cell.sampler} ({entry['sampler']}): {err}")
+    for name, spec in specs.fitted_rationales(config).items():
+        try:
+            fine_levels(build(f"{name}.base", spec["base"]))
+        except ScheduleError as err:
+            fail(f"rationales.{name}.base", f"the fit's grid: {err}")
 
 
 def _check_gpus(config: dict) -> None:

@@ -307,7 +307,7 @@ def _known(err: Exception) -> str | None:
     from ied.nll import NLLError
     from ied.pretrained import PretrainedError
     from ied.rationales import RationaleError
-    from ied.samplers import OptionError
+    from ied.samplers import OptionError, ScheduleError
     from ied.train import TrainingError
 
     if isinstance(err, CorruptFileError):
@@ -319,7 +319,7 @@ def _known(err: Exception) -> str | None:
         return f"{err.filename}: {err.strerror or err}"
     known = (AdaptiveError, CheckpointError, ConfigError, CostError, DataError, DeviceError, FittingError, GenerationError,
              MetricsError, NLLError,
-             PretrainedError, RationaleError, OptionError, TrainingError)
+             PretrainedError, RationaleError, OptionError, ScheduleError, TrainingError)
     return str(err) if isinstance(err, known) else None
 
 

@@ -25,9 +25,11 @@ from ied.data import DATASETS, DIGITS_CNN, INCEPTION
 from ied.fitting import fit_calls
 from ied.samplers import nfe
 
-GPU_RULES = ("train_segment", "fit_rationale", "generate", "evaluate", "nll")  # import_network, tables… on CPUs
-UNITS = {"train_segment": "training images", "fit_rationale": "images × NFE", "generate": "images × NFE",
-         "evaluate": "images", "nll": "images × NFE"}
+# import_network, tables… run on CPUs; an adaptive model's segments are train_adaptive_segment jobs, as Snakemake
+# names them (train_segment's resources and rate)
+GPU_RULES = ("train_segment", "train_adaptive_segment", "fit_rationale", "generate", "evaluate", "nll")
+UNITS = {"train_segment": "training images", "train_adaptive_segment": "training images",
+         "fit_rationale": "images × NFE", "generate": "images × NFE", "evaluate": "images", "nll": "images × NFE"}
 BILL_OUT = "IED_BILL_OUT"  # a JSON path: the Snakefile writes its bill there (how `ied cost` reads a dry run's)
 
 
@@ -138,9 +140,11 @@ def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
     root = layout.experiment_root(config)
     out: list[Job] = []
     train = config["train"]
+    adaptive = specs.adaptive_models(config)
     for model in layout.trained_models(config):
+        rule = "train_adaptive_segment" if model in adaptive else "train_segment"
         for step in layout.checkpoint_steps(config):
-            out.append(Job("train_segment", f"{root}/{layout.CHECKPOINT.format(train=model, step=step)}",
+            out.append(Job(rule, f"{root}/{layout.CHECKPOINT.format(train=model, step=step)}",
                            train["checkpoint_every"] * train["batch_size"]))
     for name, spec in specs.fitted_rationales(config).items():
         out.append(Job("fit_rationale", f"{root}/{layout.SCHEDULE.format(rationale=name)}",
@@ -163,7 +167,8 @@ def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
 
 def hours(job: Job, throughput: Throughput) -> float:
     """GPU-hours of one job: its work over the rule's rate."""
-    rate = {"train_segment": throughput.train_images_per_s, "generate": throughput.nfe_per_s,
+    rate = {"train_segment": throughput.train_images_per_s, "train_adaptive_segment": throughput.train_images_per_s,
+            "generate": throughput.nfe_per_s,
             "fit_rationale": throughput.nfe_per_s,
             "evaluate": throughput.eval_images_per_s, "nll": throughput.nll_nfe_per_s}[job.rule]
     return job.work / rate / 3600

@@ -12,8 +12,7 @@ import torch
 from ied import device as devices
 from ied import fitting
 from ied.checkpoints import load_ema_denoiser
-from ied.generate import balanced_labels
-from ied.noise import PerImageNoise
+from ied.noise import PerImageNoise, balanced_labels
 from ied.samplers import noise_levels
 
 
@@ -22,6 +21,7 @@ def fit_checkpoint(checkpoint: str | Path, spec: Mapping[str, Any], name: str, o
                    log_path: str | Path | None = None) -> dict:
     """The `fit_rationale` job: fit `spec` to the checkpoint's EMA denoiser on its pilot latents (counter-based
     noise, keys fitting.PILOT_KEY + i) and write the table; returns what the log line holds."""
+    fitting.check_spec(spec)  # before the checkpoint is read or any teacher step taken
     dev = devices.choose(device)
     denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
     shape = (spec["pilot"], ckpt["channels"], ckpt["resolution"], ckpt["resolution"])

@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ied.rationales import PiecewiseLogLinear, Rationale, build, schedule_metadata, tabulate
-from ied.samplers import Denoiser, _denoise, steps_for_nfe
+from ied.rationales import PiecewiseLogLinear, Rationale, build, check_table_domain, schedule_metadata, tabulate
+from ied.samplers import Denoiser, _denoise, check_decreasing, steps_for_nfe
 
 FINE_LEVELS = 120
 TEACHER_SUBSTEPS = 4
@@ -50,8 +50,9 @@ class Teacher:
 
 
 def fine_levels(base: Rationale, levels: int = FINE_LEVELS) -> np.ndarray:
-    """`levels` noise levels of the base rationale's schedule, σ(t) at uniform t from 1 to 0."""
-    return base.sigma(np.linspace(1.0, 0.0, levels))
+    """`levels` noise levels of the base rationale's schedule, σ(t) at uniform t from 1 to 0 (ScheduleError unless
+    strictly decreasing)."""
+    return check_decreasing(base.sigma(np.linspace(1.0, 0.0, levels)), f"{base.name} at {levels} fine levels")
 
 
 def teacher(denoiser: Denoiser, latents: Any, sigmas: np.ndarray, substeps: int = TEACHER_SUBSTEPS,
@@ -285,6 +286,9 @@ def cost_density(path: Teacher, base: Rationale, floor: float = 1e-3) -> Rationa
     of the mean √δ) keeps every interval's density positive."""
     _, delta = denoiser_change(path)
     rate = np.sqrt(delta)
+    if not rate.max() > 0:
+        raise FittingError(f"the denoiser's output does not change along the teacher's trajectory from σ = "
+                           f"{path.sigmas[0]:.6g} to {path.sigmas[-1]:.6g}: no cost to space levels by")
     rate = np.maximum(rate, floor * rate.mean())
     u = np.log(path.sigmas[::-1])  # increasing
     mass = np.concatenate([[0.0], np.cumsum((rate[::-1]) * np.diff(u))])
@@ -318,9 +322,49 @@ def rationale_through(sigmas: np.ndarray, base: Rationale, knots: int = THROUGH_
 
 
 # --- the pipeline's fit job: a checkpoint in, a schedule table with the fitted knots out -----------------------
+def check_spec(spec: Any) -> None:
+    """A resolved `fitted` spec as the fit job needs it, before any work: its method, a base rationale, a pilot of at
+    least one image and, for a grid, a sampler and an NFE it can fit. FittingError names the key."""
+    def fail(key: str, message: str):
+        raise FittingError(f"fitted spec: key {key!r}: {message}")
+
+    if not isinstance(spec, Mapping):
+        fail("family", f"the spec must be a mapping, got {type(spec).__name__}")
+    if spec.get("family") != "fitted":
+        fail("family", f"must be 'fitted', got {spec.get('family')!r}")
+    if spec.get("method") not in FIT_METHODS:
+        fail("method", f"must be one of {list(FIT_METHODS)}, got {spec.get('method')!r}")
+    pilot = spec.get("pilot")
+    if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 1:
+        fail("pilot", f"must be an integer ≥ 1 (pilot images), got {pilot!r}")
+    if not isinstance(spec.get("base"), Mapping):
+        fail("base", f"must be a resolved rationale entry, got {spec.get('base')!r}")
+    try:
+        build("base", spec["base"])
+    except ValueError as err:
+        fail("base", str(err))
+    if spec["method"] == "cost_density":
+        return
+    for key in ("sampler", "nfe"):
+        if key not in spec:
+            fail(key, f"required by method {spec['method']}")
+    if spec["sampler"] not in FITTED_SAMPLERS:
+        fail("sampler", f"no fitting cost for {spec['sampler']!r} (one of {list(FITTED_SAMPLERS)})")
+    nfe = spec["nfe"]
+    if isinstance(nfe, bool) or not isinstance(nfe, int):
+        fail("nfe", f"must be an integer, got {nfe!r}")
+    try:
+        steps = steps_for_nfe(spec["sampler"], nfe)
+    except ValueError as err:
+        fail("nfe", str(err))
+    if not 2 <= steps <= FINE_LEVELS:
+        fail("nfe", f"{spec['sampler']} at NFE {nfe} visits {steps} levels: a fit needs 2 to {FINE_LEVELS}")
+
+
 def fit_rationale(denoiser: Denoiser, spec: Mapping[str, Any], latents: Any, class_labels: Any = None
                   ) -> tuple[PiecewiseLogLinear, Teacher]:
     """The rationale a resolved `fitted` spec asks for, fitted to `denoiser` on pilot `latents`, and the teacher."""
+    check_spec(spec)
     base = build("base", spec["base"])
     path = teacher(denoiser, latents, fine_levels(base), class_labels=class_labels)
     if spec["method"] == "cost_density":
@@ -342,5 +386,11 @@ def save_fitted(path: str | Path, name: str, spec: Mapping[str, Any], rationale:
 def load_fitted(path: str | Path, spec: Mapping[str, Any]) -> PiecewiseLogLinear:
     """The fitted rationale of a `save_fitted` table, which must have been fitted for `spec`."""
     meta = schedule_metadata(path, spec, "ied.knots", "fit_rationale", FittingError)
-    knots = json.loads(meta[b"ied.knots"])
-    return PiecewiseLogLinear(meta[b"ied.rationale"].decode(), knots["sigma"], knots["cdf"], dict(spec))
+    try:
+        knots = json.loads(meta[b"ied.knots"])
+        rationale = PiecewiseLogLinear(meta[b"ied.rationale"].decode(), knots["sigma"], knots["cdf"], dict(spec))
+    except (ValueError, KeyError, TypeError) as err:
+        raise FittingError(f"{path}: its knots are not a schedule ({err}); delete it and rerun its fit_rationale "
+                           f"job") from None
+    check_table_domain(path, rationale.sigma_min, rationale.sigma_max, spec, "fit_rationale", FittingError)
+    return rationale

@@ -16,19 +16,12 @@ from ied.data import DataError, ImageSet, load_imageset, load_imageset_meta, sav
 from ied.adaptive import load_learned
 from ied.fitting import load_fitted
 from ied.io import atomic_path, content_sha256
-from ied.noise import PerImageNoise
+from ied.noise import PerImageNoise, balanced_labels
 from ied.rationales import TABLED, Rationale, build
 from ied.samplers import SAMPLERS, nfe, resolve_options
 from ied.specs import identity_hash
 
 SEED_SET_STRIDE = 10_000_000  # image i of seed set k has the noise key k·stride + i (ied.noise)
-
-
-def balanced_labels(n: int, num_classes: int, seed_set: int) -> np.ndarray:
-    """Labels i mod classes, shuffled by the seed set (all 0 for an unconditional network, num_classes = 0)."""
-    if num_classes == 0:
-        return np.zeros(n, dtype=np.int64)
-    return np.random.default_rng([seed_set, 12345]).permutation(np.arange(n) % num_classes).astype(np.int64)
 
 
 def save_grid(path: str | Path, images: np.ndarray, rows: int = 10, pad: int = 1) -> None:

@@ -207,14 +207,53 @@ def sweeps_at(spec: Mapping[str, Any], algorithm: str, steps: int) -> bool:
     return algorithm == spec["sampler"] and samplers.nfe(algorithm, steps) == spec["nfe"]
 
 
+def point_names(config: Mapping[str, Any]) -> dict[tuple[str, int], str]:
+    """The sampler name of each NFE-sweep point (sampler, steps), its cells' path component: `<sampler>-<steps>`, what
+    determines its output. The sampler's name alone where that name stands for the same steps (`bare_steps`), so
+    the cells are one: a protocol's, generated once, or those a finished run wrote under it."""
+    points = sweep_points(config)
+    bare = {sampler: bare_steps(config, sampler) for sampler in points}
+    return {(sampler, steps): sampler if steps == bare[sampler] else f"{sampler}-{steps}"
+            for sampler, counts in points.items() for steps in counts}
+
+
+def bare_steps(config: Mapping[str, Any], sampler: str) -> int | None:
+    """The steps the sampler's name alone stands for in a cell path: its configured steps where a protocol or the
+    ablation samples with it; else the steps of the sweep sets a run wrote under that name before sweep points were
+    named `<sampler>-<steps>` (when they all agree, so that finished run reruns nothing); else none."""
+    entry = config["sample"]["samplers"][sampler]
+    users = protocol_samplers(config, "single") + protocol_samplers(config, "repeated")
+    if sampler in users or (config["ablation"]["sigma_n"] and config["ablation"].get("sampler") == sampler):
+        return int(entry["steps"])
+    found = set()
+    for path in Path(experiment_root(config)).glob(f"samples/*/*/*/{sampler}/n*-seed*.npz"):
+        found.add(_generated_with(path))
+    return next(iter(found))[1] if len(found) == 1 and next(iter(found))[0] == entry["sampler"] else None
+
+
+def _generated_with(path: Path) -> tuple[str | None, int | None]:
+    """The sampler algorithm and steps a samples file was generated with (from its metadata alone), or Nones."""
+    import json
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            info = json.loads(json.loads(str(npz["meta"])).get("generation") or "{}")
+        return info.get("sampler"), info.get("steps")
+    except Exception:  # noqa: BLE001 — an unreadable file names nothing; it is regenerated where it is needed
+        return None, None
+
+
 def sweep_cells(config: Mapping[str, Any]) -> list[Cell]:
     """FID against NFE: each listed sampler at each of its step counts, one set per cell, at one checkpoint (a grid
     fitted for one sampler and NFE only there)."""
     sweep, points = config["nfe_sweep"], sweep_points(config)
     if not points:
         return []
-    rationales, algorithms = specs.configured_rationales(config), config["sample"]["samplers"]
-    return [Cell(t, sweep_step(config, t), s, specs.sweep_sampler(config, sampler, steps), sweep["n_samples"], 0)
+    rationales, algorithms, names = specs.configured_rationales(config), config["sample"]["samplers"], \
+        point_names(config)
+    return [Cell(t, sweep_step(config, t), s, names[sampler, steps], sweep["n_samples"], 0)
             for t in sweep_models(config) for s in sweep["rationales"]
             for sampler, counts in points.items() for steps in counts
             if sweeps_at(rationales[s], algorithms[sampler]["sampler"], steps)]
@@ -344,7 +383,7 @@ def sweep(config: Mapping[str, Any]) -> Sweep:
     entry, counts = config["nfe_sweep"], sweep_points(config)
     if not counts:
         return {}
-    points = {specs.sweep_sampler(config, s, k): {"sampler": s, "steps": k} for s, ks in counts.items() for k in ks}
+    points = {name: {"sampler": s, "steps": k} for (s, k), name in point_names(config).items()}
     trained = sweep_models(config)
     return {"train": trained, "rationales": entry["rationales"], "samplers": entry["samplers"], "points": points,
             "checkpoint": {m: sweep_step(config, m) for m in trained}, "n_samples": entry["n_samples"]}
@@ -371,14 +410,14 @@ def figure_inputs(config: Mapping[str, Any]) -> FigureInputs:
             "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
                          "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
                          "checkpoint": ablation_step(config) if ablation else None},
-            "paper": read_yaml(paper) if paper and Path(paper).is_file() else {},
+            "paper": read_yaml(paper) if paper else {},
             "published": published_rows(config)}
 
 
 def published_rows(config: Mapping[str, Any]) -> dict[str, list[dict]]:
     """The published low-NFE rows (`published_results`) of each pretrained model, found by its file's name."""
     path = config["published_results"]
-    table = read_yaml(path) if path and Path(path).is_file() else {}
+    table = read_yaml(path) if path else {}
     return {model: table[Path(entry["path"]).name] for model, entry in (config.get("pretrained") or {}).items()
             if Path(entry["path"]).name in table}
 

@@ -80,12 +80,27 @@ def check_weights(weights_path: str | Path, sha256: str | None = None) -> Path:
     return path
 
 
-def degenerate(images: np.ndarray) -> str | None:
-    """Why a sample set must not be ranked (constant or all-alike images), or None if it is usable."""
+SATURATED_KEPT = 0.1  # a set keeps at least this share of the reference's unsaturated pixels, else it is degenerate
+
+
+def saturated(images: np.ndarray) -> float:
+    """The share of uint8 pixels at 0 or 255: where the sampler's values were clipped (or the data is binary)."""
+    return float(np.mean((images == 0) | (images == 255)))
+
+
+def degenerate(images: np.ndarray, reference_saturated: float = 0.0) -> str | None:
+    """Why a sample set must not be ranked (constant, all-alike or almost all clipped images), or None if it is
+    usable. Clipped: fewer than SATURATED_KEPT of the reference's unsaturated share of pixels lie inside (0, 255)
+    (digits: 58 % of the reference's pixels are 0 or 255, so a set at more than 96 %; a set scored against
+    statistics only, more than 90 %)."""
     flat = images.reshape(len(images), -1).astype(np.int16)
     constant = float(np.mean(flat.max(axis=1) - flat.min(axis=1) <= 2))
     if constant > 0.5:
         return f"{constant:.0%} of the images are constant"
+    share = saturated(images)
+    if 1.0 - share < SATURATED_KEPT * (1.0 - reference_saturated):
+        return (f"{share:.2%} of the pixels are saturated at 0 or 255 (the reference: {reference_saturated:.0%}): "
+                f"the sampler's values left the image range")
     distinct = len(np.unique(flat, axis=0))
     if distinct < max(2, len(images) // 20):
         return f"only {distinct} distinct images in {len(images)}"
@@ -254,8 +269,9 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
     row as Parquet.
 
     The samples must be images as the reference's are: uint8 (quantised as the dataset's images were) of the same
-    channels and size (`expect_shape` when only statistics are given). A degenerate set (constant or all-alike
-    images) is scored but flagged, so the tables never rank it."""
+    channels and size (`expect_shape` when only statistics are given). A degenerate set (constant, all-alike or
+    almost all clipped images) is scored but flagged, so the tables never rank it; the row holds the share of
+    saturated pixels."""
     from importlib.metadata import version
 
     import pandas as pd
@@ -282,7 +298,7 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
     scores = calculate(gen.images, None if ref is None else ref.images, extractor, weights_path, sha256=sha256,
                        cache_root=cache_root, reference_cache_name=cache_name, batch_size=batch_size, device=device,
                        reference_statistics=statistics)
-    problem = degenerate(gen.images)
+    problem = degenerate(gen.images, 0.0 if ref is None else saturated(ref.images))
     scored = ("fid", "kid_mean") if ref is not None else ("fid",)  # KID needs the reference's features
     if problem is None and not all(math.isfinite(scores[k]) for k in scored):
         problem = "non-finite score"
@@ -291,7 +307,7 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
            "sampler_options": json.dumps(info.get("options", {}), sort_keys=True),
            "checkpoint_step": info.get("checkpoint_step"), "seed_set": info.get("seed_set"),
            "n_samples": len(gen), "reference_split": source, "extractor": extractor, **scores,
-           "degenerate": problem or "", "seconds": time.perf_counter() - tick,
+           "degenerate": problem or "", "saturated": saturated(gen.images), "seconds": time.perf_counter() - tick,
            "versions": json.dumps({"torch": torch.__version__, "torch_fidelity": version("torch-fidelity"),
                                    "python": platform.python_version()})}
     with atomic_path(out) as tmp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -101,3 +102,10 @@ class PerImageNoise:
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(tuple(x.shape), dtype=x.dtype)
+
+
+def balanced_labels(n: int, num_classes: int, seed_set: int) -> np.ndarray:
+    """Labels i mod classes, shuffled by the seed set (all 0 for an unconditional network, num_classes = 0)."""
+    if num_classes == 0:
+        return np.zeros(n, dtype=np.int64)
+    return np.random.default_rng([seed_set, 12345]).permutation(np.arange(n) % num_classes).astype(np.int64)

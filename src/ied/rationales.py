@@ -369,7 +369,10 @@ class Binned(Rationale):
         self.lower, self.mass = cdf[:-1], np.maximum(np.diff(cdf), 0.0)  # C_b, the mass below bin b; m_b, in it
         if not (np.isfinite(pi).all() and (pi >= 0).all() and np.all((pi > 0) <= (self.mass > 0))):
             raise RationaleError(name, "bins", "bin probabilities must be finite, ≥ 0, and 0 where the target has no mass")
+        if not pi.sum() > 0:
+            raise RationaleError(name, "bins", "bin probabilities are all 0: no density")
         self.probabilities = pi / pi.sum()
+        self._last_live = int(np.flatnonzero(self.probabilities > 0)[-1])
         self._cum = np.concatenate([[0.0], np.cumsum(self.probabilities)])
         self._cum[-1] = 1.0
 
@@ -395,14 +398,21 @@ class Binned(Rationale):
                           0.0)
         return np.clip(self._cum[b] + self.probabilities[b] * np.clip(within, 0.0, 1.0), 0.0, 1.0)
 
-    @_quiet
     def sigma(self, t: Array) -> Array:
+        return self.draw(t)[0]
+
+    @_quiet
+    def draw(self, t: Array) -> tuple[Array, Array]:
+        """σ(t) and the bin each σ was drawn in. A σ rounded onto a bin's edge belongs to the bin it was drawn in,
+        which `bin_of` cannot tell (the next bin may hold no probability)."""
         t = np.clip(_f64(t), 0.0, 1.0)
         # the bin b with Π_b ≤ t < Π_{b+1} (a bin of probability 0 holds no t), then the target's inverse inside it
-        b = np.clip(np.searchsorted(self._cum, t, side="right") - 1, 0, len(self.mass) - 1)
+        b = np.searchsorted(self._cum, t, side="right") - 1
+        b = np.where(self.probabilities[np.clip(b, 0, len(self.mass) - 1)] > 0, b, self._last_live)  # t = 1
+        b = np.clip(b, 0, len(self.mass) - 1)
         s = np.clip((t - self._cum[b]) / np.maximum(self.probabilities[b], 1e-300), 0.0, 1.0)
         sigma = np.clip(self.target.sigma(self.lower[b] + s * self.mass[b]), self.edges[b], self.edges[b + 1])
-        return np.where(t == 1.0, self.sigma_max, np.where(t == 0.0, self.sigma_min, sigma))
+        return np.where(t == 1.0, self.sigma_max, np.where(t == 0.0, self.sigma_min, sigma)), b
 
 
 def log_bins(sigma_min: float, sigma_max: float, bins: int) -> Array:
@@ -625,6 +635,16 @@ def schedule_metadata(path: str | Path, spec: Mapping[str, Any], key: str, job: 
     if json.loads(meta[b"ied.spec"]) != json.loads(json.dumps(dict(spec))):
         raise error(f"{path}: made for another spec than the one asked for; rerun its {job} job")
     return meta
+
+
+def check_table_domain(path: str | Path, low: float, high: float, spec: Mapping[str, Any], job: str,
+                       error: type[ValueError] = ValueError) -> None:
+    """A table's σ range [low, high] must be its spec's domain (the spec in the metadata proves only what was asked
+    for, not what the rows hold); `error` names the file and the job that rewrites it."""
+    lo, hi = float(spec["sigma_min"]), float(spec["sigma_max"])
+    if not (math.isclose(low, lo, rel_tol=1e-9) and math.isclose(high, hi, rel_tol=1e-9)):
+        raise error(f"{path}: its levels span [{low:.6g}, {high:.6g}], not the spec's domain [{lo:g}, {hi:g}]; "
+                    f"delete it and rerun its {job} job")
 
 
 def tabulate(rationale: Rationale, n: int = 1001) -> ScheduleTable:

@@ -67,11 +67,38 @@ def _denoise(denoiser: Denoiser, x: "torch.Tensor", sigma: float, class_labels: 
     return denoiser(x, sigma_batch, class_labels).double()
 
 
+class ScheduleError(ValueError):
+    """Noise levels a sampler cannot step through (not strictly decreasing: a step of zero length)."""
+
+
+def check_decreasing(levels: np.ndarray, what: str) -> np.ndarray:
+    """`levels` if they are finite and strictly decreasing, else ScheduleError naming the first flat step."""
+    levels = np.asarray(levels, dtype=np.float64)
+    bad = np.flatnonzero(~(np.diff(levels) < 0) | ~np.isfinite(levels[1:]))
+    if len(bad) or not np.isfinite(levels[0]):
+        i = int(bad[0]) if len(bad) else 0
+        raise ScheduleError(f"{what}: the noise levels are not strictly decreasing: σ_{i} = {levels[i]:.17g}, "
+                            f"σ_{i + 1} = {levels[i + 1]:.17g} (a step of zero length; use fewer steps or a schedule "
+                            f"whose σ(t) rises everywhere)")
+    return levels
+
+
 def noise_levels(schedule: "Rationale", steps: int) -> np.ndarray:
-    """σ_i = σ(t_i), t_i = 1 − i/(steps−1), i < steps, then σ_steps = 0 (EDM Alg. 1 time steps)."""
+    """σ_i = σ(t_i), t_i = 1 − i/(steps−1), i < steps, then σ_steps = 0 (EDM Alg. 1 time steps); ScheduleError unless
+    strictly decreasing."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return np.concatenate([schedule.sigma(np.linspace(1.0, 0.0, steps)), [0.0]])
+    levels = np.concatenate([schedule.sigma(np.linspace(1.0, 0.0, steps)), [0.0]])
+    return check_decreasing(levels, f"{schedule.name} at {steps} steps")
+
+
+def sampled_levels(sampler: str, schedule: "Rationale", steps: int) -> np.ndarray:
+    """The noise levels `sampler` visits in `steps` steps: Euler–Maruyama's σ(t) at uniform t from 1 to 0, the
+    others' `noise_levels`; ScheduleError unless strictly decreasing."""
+    if sampler == "euler_maruyama":
+        levels = schedule.sigma(np.linspace(1.0, 0.0, steps + 1))
+        return check_decreasing(levels, f"{schedule.name} at {steps} steps")
+    return noise_levels(schedule, steps)
 
 
 def euler_maruyama(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
@@ -79,7 +106,7 @@ def euler_maruyama(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", s
                    discretization: Literal["sde", "difference"] = "sde") -> Tensor:
     """The paper's sampler: Euler–Maruyama on the reverse SDE (eq. 13), uniform t from 1 to 0."""
     t = np.linspace(1.0, 0.0, steps + 1)
-    sigma, g2 = schedule.sigma(t).tolist(), schedule.g2(t).tolist()
+    sigma, g2 = sampled_levels("euler_maruyama", schedule, steps).tolist(), schedule.g2(t).tolist()
     x = latents.double() * sigma[0]
     for i in range(steps):
         # g² Δt (eq. 11), or the exact variance decrement σ_i² − σ_{i+1}² of the discrete chain.

@@ -222,11 +222,6 @@ def model_hash(config: Mapping[str, Any], model: str) -> str:
     return identity_hash(pretrained_spec(config, model))
 
 
-def sweep_sampler(config: Mapping[str, Any], sampler: str, steps: int) -> str:
-    """The sampler name of an NFE-sweep point: `<sampler>-<steps>`, or the sampler itself at its own steps."""
-    return sampler if config["sample"]["samplers"][sampler]["steps"] == steps else f"{sampler}-{steps}"
-
-
 def sampler_entry(config: Mapping[str, Any], name: str) -> dict:
     """A configured sampler, or an NFE-sweep point `<sampler>-<steps>` (that sampler with other steps)."""
     samplers = config["sample"]["samplers"]

@@ -261,7 +261,7 @@ def _train(spec, start_step, end_step, dev, ctx, *, data_path, checkpoint_in, ch
         if ctx.world > 1 else denoiser, dev, compile=compile)
 
     weighting = compile_formula(spec["weighting"]) if spec["weighting"] else None
-    adaptive = _adaptive(spec["rationale"], state, density_table)
+    adaptive = _adaptive(spec["rationale"], state, density_table, checkpoint_in)
     rationale = adaptive.target if adaptive else build("training rationale", spec["rationale"])
     plan = Plan(rationale, weighting, len(images), seed, batch, ctx, dev, adaptive)
     ema_decay, grad_clip = float(spec["ema"]), spec["grad_clip"]
@@ -332,8 +332,8 @@ def _step(net: torch.nn.Module, optimizer: torch.optim.Optimizer, params: list[t
     return per_example, objective, grad_norm
 
 
-def _adaptive(rationale: Mapping[str, Any], state: dict | None, density_table: str | Path | None
-              ) -> AdaptiveSchedule | None:
+def _adaptive(rationale: Mapping[str, Any], state: dict | None, density_table: str | Path | None,
+              checkpoint: str | Path | None = None) -> AdaptiveSchedule | None:
     """An adaptive training rationale's schedule, as the checkpoint left it (None for a fixed rationale)."""
     if rationale["family"] != "adaptive":
         if density_table:
@@ -341,10 +341,13 @@ def _adaptive(rationale: Mapping[str, Any], state: dict | None, density_table: s
         return None
     adaptive = AdaptiveSchedule(rationale, "training rationale")
     if state is not None:
-        if "adaptive" not in state:
-            raise checkpoints.CheckpointError("the checkpoint holds no adaptive state to resume the training rationale")
-        adaptive.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
-                                  for k, v in state["adaptive"].items()})
+        saved = state.get("adaptive")
+        if not isinstance(saved, Mapping):
+            raise checkpoints.CheckpointError(f"{checkpoint}: holds no adaptive state to resume the training rationale")
+        try:
+            adaptive.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in saved.items()})
+        except AdaptiveError as err:
+            raise checkpoints.CheckpointError(f"{checkpoint}: {err}; delete it and rerun its training segment") from None
     return adaptive
 
 

@@ -31,9 +31,6 @@ try:
     _config = _validated_config()
 except ConfigError as err:
     sys.exit(f"Config error: {err}")
-for _published in ("paper_results", "published_results"):  # relative to the working directory, else to this checkout
-    if _config[_published] and not Path(_config[_published]).exists():
-        _config[_published] = str(Path(workflow.basedir) / _config[_published])
 config.clear()
 config.update(_config)
 
