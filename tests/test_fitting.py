@@ -211,3 +211,26 @@ def test_pilot_keys_are_no_evaluation_seeds_key():
     largest_seed_key = sets["maximum"] * SEED_SET_STRIDE  # set k's keys are k·stride + image, image < stride
     assert fitting.PILOT_KEY > largest_seed_key
 
+
+
+@pytest.mark.parametrize("sampler", ["ipndm", "dpmpp_2m", "unipc"])
+def test_history_costs_are_the_samplers_second_steps_from_the_teacher(fits, sampler):
+    """The cost of i → j after h → i is the local error of the sampler's own second-order step with the history the
+    teacher holds: iPNDM's AB2 x + (σ_j − σ_i)(3/2 d_i − 1/2 d_h), DPM-Solver++(2M)'s (and UniP-2's) exponential
+    integrator with D_i + (D_i − D_h)/(2r), each written out, relative RMS against the teacher's state at j."""
+    path = fits["mixture"][0]
+    i, ends = 5, range(6, 30, 7)
+    costs = fitting.history_costs(path, i, ends, sampler)
+    s, x, d = path.sigmas, path.states, path.denoised
+    for h in (0, 2, 4):
+        for column, j in enumerate(ends):
+            if sampler == "ipndm":
+                slope = lambda k: (x[k] - d[k]) / s[k]  # noqa: E731
+                step = x[i] + (s[j] - s[i]) * (1.5 * slope(i) - 0.5 * slope(h))
+            else:
+                step_h, prev_h = math.log(s[i] / s[j]), math.log(s[h] / s[i])
+                r = prev_h / step_h
+                dd = (1 + 1 / (2 * r)) * d[i] - 1 / (2 * r) * d[h]
+                step = (s[j] / s[i]) * x[i] - math.expm1(-step_h) * dd
+            exact = (((step - x[j]) ** 2).mean() / (x[j] ** 2).mean()).sqrt().item()
+            assert costs[h, column] == pytest.approx(exact, rel=1e-10), (h, j)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ied.samplers import SAMPLERS, OptionError, nfe, noise_levels, resolve_options
+from ied.samplers import SAMPLERS, OptionError, nfe, noise_levels, resolve_options, sampler_options, steps_for_nfe
 from ied.specs import rationale
 
 F64 = torch.float64
@@ -145,9 +145,27 @@ def test_noise_levels_nfe_and_options():
 
     latents = torch.zeros(2, 1, dtype=F64)
     for name, fn in SAMPLERS.items():
-        calls.clear()
-        fn(counting, latents, r, 10)
-        assert len(calls) == nfe(name, 10), name
+        for options in [{}] + [{"afs": True}] * ("afs" in sampler_options(name)):
+            calls.clear()
+            fn(counting, latents, r, 10, **options)
+            assert len(calls) == nfe(name, 10, options) == 10 * (1 + ("heun" in name or "edm" in name)) \
+                - ("heun" in name or "edm" in name) - len(options), (name, options)
+            assert steps_for_nfe(name, nfe(name, 10, options), options) == 10
+    assert {name for name in SAMPLERS if "afs" in sampler_options(name)} == {"dpmpp_2m", "dpmpp_3m", "ipndm", "unipc"}
+
+
+def test_options_added_later_stay_out_of_a_cells_identity_at_their_defaults():
+    """A cell of iPNDM, UniPC or DPM-Solver++(2M) sampled before max_order, order and afs existed keeps its identity;
+    set away from the default they enter it, one spelling each (4.0 is 4, true is not 1)."""
+    from ied.samplers import OptionError, identity_options
+    assert identity_options("ipndm", {}) == identity_options("ipndm", {"max_order": 4, "afs": False}) == {}
+    assert identity_options("unipc", {"order": 3.0}) == {"order": 3}
+    assert identity_options("dpmpp_3m", {}) == {"afs": False}  # a new sampler keeps all of its options
+    assert identity_options("euler_maruyama", {}) == {"discretization": "sde"}
+    for options, fragment in (({"max_order": True}, r"one of \[1, 2, 3, 4\], got True"), ({"max_order": 5}, "one of"),
+                              ({"afs": 1}, "true or false")):
+        with pytest.raises(OptionError, match=fragment):
+            identity_options("ipndm", options)
 
 
 def test_options_are_checked_against_the_signatures():
@@ -366,19 +384,105 @@ def diffusers_unipc(denoiser, latents, sigmas):
     return sample
 
 
+def diffusers_dpmpp_3m(denoiser, latents, sigmas):
+    """diffusers' DPM-Solver++ update functions of orders 1, 2, 3 (solver_order=3, dpmsolver++), in the order its
+    step() takes them without lower_order_final: 1, 2, then 3, and first order on the step to σ = 0."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    sched = _diffusers_scheduler(DPMSolverMultistepScheduler, sigmas, algorithm_type="dpmsolver++", solver_order=3,
+                                 final_sigmas_type="zero", lower_order_final=False)
+    sample = latents.double() * sigmas[0] * _vp(sigmas[0])
+    outputs = []
+    for i in range(len(sigmas) - 1):
+        sched._step_index = i
+        denoised = denoiser(sample / _vp(sigmas[i]), sample.new_full((len(sample),), sigmas[i]))
+        outputs = [*outputs[-2:], denoised]
+        if i == 0 or sigmas[i + 1] == 0:
+            sample = sched.dpm_solver_first_order_update(denoised, sample=sample)
+        elif i == 1:
+            sample = sched.multistep_dpm_solver_second_order_update(outputs, sample=sample)
+        else:
+            sample = sched.multistep_dpm_solver_third_order_update(outputs, sample=sample)
+    return sample
+
+
+def diffusers_unipc_3(denoiser, latents, sigmas):
+    """diffusers' UniPC of order 3 (bh2, data prediction, lower_order_final) through its own step()."""
+    from diffusers import UniPCMultistepScheduler
+
+    sched = _diffusers_scheduler(UniPCMultistepScheduler, sigmas, solver_order=3, solver_type="bh2",
+                                 predict_x0=True, prediction_type="sample", lower_order_final=True,
+                                 final_sigmas_type="zero")
+    sample = latents.double() * sigmas[0] * _vp(sigmas[0])
+    for i, t in enumerate(sched.timesteps):
+        denoised = denoiser(sample / _vp(sigmas[i]), sample.new_full((len(sample),), sigmas[i]))
+        sample = sched.step(denoised, t, sample, return_dict=False)[0]
+    return sample
+
+
+REFERENCES = {("dpmpp_2m", ()): diffusers_dpmpp_2m, ("unipc", ()): diffusers_unipc,
+              ("dpmpp_3m", ()): diffusers_dpmpp_3m, ("unipc", (("order", 3),)): diffusers_unipc_3}
+
+
+def afs_first(denoiser, first_sigma):
+    """The denoiser with its first call replaced by the analytical first step's D = x − σ x/√(1 + σ²) (diff-sampler:
+    dx/dσ = x/√(1 + σ₀²)); later calls go through."""
+    calls = []
+
+    def wrapped(x, sigma, labels=None):
+        calls.append(1)
+        if len(calls) == 1:
+            assert sigma[0].item() == first_sigma
+            return x - first_sigma * x / math.sqrt(1 + first_sigma**2)
+        return denoiser(x, sigma)
+    return wrapped
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' own numpy use
 @pytest.mark.parametrize("data", EXACT_DENOISERS)
-@pytest.mark.parametrize("name, reference", [("dpmpp_2m", diffusers_dpmpp_2m), ("unipc", diffusers_unipc)])
-def test_low_nfe_solvers_equal_diffusers_in_float64(name, reference, data):
-    """On the same σ grid (EDM ρ = 7, 3 to 12 levels) and exact denoisers, ≤ 1e-10 apart."""
+@pytest.mark.parametrize("afs", [False, True], ids=["", "afs"])
+@pytest.mark.parametrize("name, options", list(REFERENCES), ids=lambda v: v if isinstance(v, str) else
+                         "-".join(f"{k}{x}" for k, x in v))
+def test_low_nfe_solvers_equal_diffusers_in_float64(name, options, afs, data):
+    """On the same σ grid (EDM ρ = 7, 3 to 12 levels) and exact denoisers, ≤ 1e-10 apart; with the analytical
+    first step, diffusers' first model output is its large-σ limit."""
     r = rationale(RATIONALES["edm"])
     latents = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
     denoiser = EXACT_DENOISERS[data]
     for steps in (3, 5, 12):
-        ours = SAMPLERS[name](denoiser, latents, r, steps)
+        ours = SAMPLERS[name](denoiser, latents, r, steps, afs=afs, **dict(options))
+        reference = afs_first(denoiser, 80.0) if afs else denoiser
         with torch_default_float64():
-            theirs = reference(denoiser, latents, noise_levels(r, steps).tolist())
+            theirs = REFERENCES[name, options](reference, latents, noise_levels(r, steps).tolist())
         assert (ours - theirs).abs().max().item() <= 1e-10, (steps, (ours - theirs).abs().max().item())
+
+
+def test_third_order_solvers_are_not_their_second_order_versions():
+    """So the equality above is a test of the third-order terms: they move the result on a coarse grid."""
+    r = rationale(RATIONALES["edm"])
+    latents = torch.randn(64, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    for third, second in ((SAMPLERS["dpmpp_3m"], SAMPLERS["dpmpp_2m"]),
+                          (lambda *a: SAMPLERS["unipc"](*a, order=3), SAMPLERS["unipc"])):
+        assert (third(mixture_denoiser, latents, r, 6) - second(mixture_denoiser, latents, r, 6)).abs().max() > 1e-3
+
+
+def test_the_exponential_integrators_weights_are_accurate_at_small_steps():
+    """φ_k(−h) by its series where the recursion φ_{k+1} = (φ_k − 1/k!)/x cancels (diffusers' UniPC loses all digits
+    of its third weight at h = 1e-6): against mpmath at 50 digits, and the two ways agree where both are accurate."""
+    import mpmath
+    import ied.samplers as module
+    mpmath.mp.dps = 50
+    for h in (1e-8, 1e-6, 1e-3, 0.3):
+        for k in (1, 2, 3, 4):
+            x = mpmath.mpf(-h)
+            exact = (mpmath.exp(x) - sum(x**j / mpmath.factorial(j) for j in range(k))) / x**k
+            assert module._phi(-h, k) == pytest.approx(float(exact), rel=1e-13), (h, k)
+    for k in (1, 2, 3, 4):  # φ_k by its series and by its recursion agree where both are accurate
+        for h in (0.5, 1.0, 1.5, 3.0):
+            recursion = math.exp(-h)
+            for j in range(k):
+                recursion = (recursion - 1 / math.factorial(j)) / -h
+            assert module._phi(-h, k) == pytest.approx(recursion, rel=1e-12)
 
 
 class torch_default_float64:
@@ -413,6 +517,25 @@ def test_ipndm_is_the_published_adams_bashforth_recursion(data):
         else:
             x = x + h * (55 * d[0] - 59 * d[1] + 37 * d[2] - 9 * d[3]) / 24
     assert (SAMPLERS["ipndm"](denoiser, latents, r, 6) - x).abs().max().item() <= 1e-12
+
+
+@pytest.mark.parametrize("max_order", [1, 2, 3, 4])
+@pytest.mark.parametrize("afs", [False, True])
+def test_ipndm_of_each_maximum_order_is_its_adams_bashforth_formula(max_order, afs):
+    """Order min(i + 1, max_order) at step i with the equal-step Adams–Bashforth coefficients written out; the
+    analytical first step takes dx/dσ = x/√(1 + σ₀²) instead of the first call (diff-sampler's AFS)."""
+    r = rationale(RATIONALES["edm"])
+    latents = torch.randn(64, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+    s = noise_levels(r, 7).tolist()
+    coefficients = {1: [1], 2: [3 / 2, -1 / 2], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -59 / 24, 37 / 24, -9 / 24]}
+    x, d = latents * s[0], []
+    for i in range(7):
+        slope = x / math.sqrt(1 + s[0] ** 2) if (afs and i == 0) else (x - mixture_denoiser(x, x.new_full((64,), s[i]))) / s[i]
+        d.insert(0, slope)
+        order = min(i + 1, max_order)
+        x = x + (s[i + 1] - s[i]) * sum(c * v for c, v in zip(coefficients[order], d))
+    ours = SAMPLERS["ipndm"](mixture_denoiser, latents, r, 7, max_order=max_order, afs=afs)
+    assert (ours - x).abs().max().item() <= 1e-12
 
 
 def test_global_order_of_convergence_on_gaussian_data():

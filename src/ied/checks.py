@@ -211,7 +211,8 @@ def _check_sweep(config: dict) -> None:
             fail(key, f"lists an NFE twice: {targets}")
         for target in targets:
             try:
-                steps_for_nfe(config["sample"]["samplers"][name]["sampler"], target)
+                entry = config["sample"]["samplers"][name]
+                steps_for_nfe(entry["sampler"], target, entry.get("options"))
             except ValueError as err:
                 fail(key, f"{name}: {err}")
     points = layout.sweep_points(config)

@@ -152,7 +152,7 @@ def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
     for cell in layout.cells(config):
         entry = specs.sampler_entry(config, cell.sampler)
         out.append(Job("generate", f"{root}/{layout.cell_path(layout.SAMPLES, cell)}",
-                       cell.n * nfe(entry["sampler"], entry["steps"])))
+                       cell.n * nfe(entry["sampler"], entry["steps"], entry.get("options"))))
         out.append(Job("evaluate", f"{root}/{layout.cell_path(layout.METRIC_ROW, cell)}", cell.n))
     nll = config["nll"]
     if "n_images" in nll:

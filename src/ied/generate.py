@@ -18,7 +18,7 @@ from ied.fitting import load_fitted
 from ied.io import atomic_path, content_sha256
 from ied.noise import PerImageNoise, balanced_labels
 from ied.rationales import TABLED, Rationale, build
-from ied.samplers import SAMPLERS, nfe, resolve_options
+from ied.samplers import SAMPLERS, identity_options, nfe, resolve_options
 from ied.specs import identity_hash
 
 SEED_SET_STRIDE = 10_000_000  # image i of seed set k has the noise key k·stride + i (ied.noise)
@@ -63,7 +63,8 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
     labels_all = balanced_labels(n_samples, ckpt["num_classes"], seed_set)
     sample = _sampler(net, dev, devices.autocast(dev, precision), ckpt, spec, schedule, options, labels_all, seed_set,
                       out)
-    identity = {"checkpoint_sha256": ckpt["sha256"], "spec": {**dict(spec), "options": options},
+    identity = {"checkpoint_sha256": ckpt["sha256"],
+                "spec": {**dict(spec), "options": identity_options(spec["sampler"], spec["options"])},
                 "seed_set": seed_set, "n_samples": n_samples, **table_sha256}
     parts = Path(str(out) + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
     info = {"checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"], "config_hash": ckpt["config_hash"],
             "train_rationale_spec": ckpt["spec"]["rationale"], "sample_rationale_spec": spec["rationale"],
             "sampler": spec["sampler"], "steps": spec["steps"], "options": options, "seed_set": seed_set,
-            "n_samples": n_samples, "nfe": nfe(spec["sampler"], spec["steps"])}
+            "n_samples": n_samples, "nfe": nfe(spec["sampler"], spec["steps"], options)}
     save_imageset(out, data, generation=json.dumps(info, sort_keys=True))
     if grid:
         save_grid(grid, data.images)

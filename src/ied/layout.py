@@ -195,7 +195,8 @@ def sweep_points(config: Mapping[str, Any]) -> dict[str, list[int]]:
         return {name: list(sweep["steps"]) for name in sweep["samplers"]}
     if not sweep["nfe"]:
         return {}
-    return {name: [samplers.steps_for_nfe(config["sample"]["samplers"][name]["sampler"], n)
+    entries = config["sample"]["samplers"]
+    return {name: [samplers.steps_for_nfe(entries[name]["sampler"], n, entries[name].get("options"))
                    for n in nfe_targets(sweep, name)[1]] for name in sweep["samplers"]}
 
 

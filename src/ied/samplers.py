@@ -44,6 +44,12 @@ class Range:
         return None
 
 
+@dataclass(frozen=True)
+class Added:
+    """Marks an option added after its sampler's cells existed: at its default it is left out of a cell's identity
+    (`identity_options`), so runs finished before it rerun nothing."""
+
+
 class OptionError(ValueError):
     """A sampler option that is unknown, of the wrong type or out of range; `option` names it."""
 
@@ -190,27 +196,71 @@ def s2n(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, 
     return x
 
 
-def dpmpp_2m(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
-             class_labels: Any = None, generator: Any = None) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): data prediction, the exponential integrator in λ = −log σ with
-    the denoiser extrapolated from the last two levels; first order on the first step and on the step to σ = 0."""
+def _phi(x: float, k: int) -> float:
+    """φ_k(x) = Σ_{m≥0} x^m/(m + k)! (φ_0 = e^x, φ_{k+1} = (φ_k − 1/k!)/x): the exponential integrators' weights,
+    by their series where the recursion would cancel (|x| < 1)."""
+    if abs(x) < 1.0:
+        return sum(x**m / math.factorial(m + k) for m in range(24))
+    value = math.exp(x)
+    for j in range(k):
+        value = (value - 1.0 / math.factorial(j)) / x
+    return value
+
+
+def _first_denoised(denoiser: Denoiser, x: "torch.Tensor", sigma: float, class_labels: Any, afs: bool
+                    ) -> "torch.Tensor":
+    """D at the first level, or with the analytical first step (AFS, Zhou et al. 2024) its large-σ limit, no call:
+    dx/dσ = x/√(1 + σ²), i.e. D = x − σ x/√(1 + σ²)."""
+    if afs:
+        return x * (1.0 - sigma / math.sqrt(1.0 + sigma**2))
+    return _denoise(denoiser, x, sigma, class_labels)
+
+
+def _dpmpp(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, order: int, class_labels: Any,
+           afs: bool) -> Tensor:
+    """DPM-Solver++ of multistep order `order` (Lu et al. 2022, data prediction, λ = −log σ): the exponential
+    integrator with the denoiser's Taylor terms from the last `order` levels, lower orders while fewer exist; the
+    step to σ = 0 is its limit, x = D."""
     sigma = noise_levels(schedule, steps).tolist()
     x = latents.double() * sigma[0]
-    previous = None
+    history: list[Any] = []  # D at the last levels, newest first
     for i in range(steps):
         s, s_next = sigma[i], sigma[i + 1]
-        denoised = _denoise(denoiser, x, s, class_labels)
+        denoised = _first_denoised(denoiser, x, s, class_labels, afs) if i == 0 else \
+            _denoise(denoiser, x, s, class_labels)
+        history = [denoised, *history[:order - 1]]
         if s_next == 0:
-            x = denoised  # the exponential integrator's limit: σ_next/σ → 0, 1 − e^{−h} → 1
-        else:
-            h = math.log(s / s_next)
-            d = denoised
-            if previous is not None:  # D_i = (1 + 1/2r) D(σ_i) − (1/2r) D(σ_{i−1}), r = h_{i−1}/h_i
-                r = math.log(sigma[i - 1] / s) / h
-                d = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
-            x = (s_next / s) * x - math.expm1(-h) * d
-        previous = denoised
+            return denoised  # the exponential integrator's limit: σ_next/σ → 0, 1 − e^{−h} → 1
+        h = math.log(s / s_next)
+        b = math.expm1(-h)
+        x = (s_next / s) * x - b * denoised
+        if len(history) >= 2:  # D1 = (D_i − D_{i−1})/r0, r0 = h_{i−1}/h
+            r0 = math.log(sigma[i - 1] / s) / h
+            d1_0 = (history[0] - history[1]) / r0
+            if len(history) == 2:
+                x = x - b * d1_0 / 2  # 2M: D_i + (D_i − D_{i−1})/2r
+            else:  # 3M: D1 and D2 from the divided differences over the last three levels
+                r1 = math.log(sigma[i - 2] / sigma[i - 1]) / h
+                d1_1 = (history[1] - history[2]) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                # diffusers' ((e^{−h} − 1)/h + 1) D1 − ((e^{−h} − 1 + h)/h² − ½) D2, without the cancellation
+                x = x + h * _phi(-h, 2) * d1 + h * _phi(-h, 3) * d2
     return x
+
+
+def dpmpp_2m(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+             class_labels: Any = None, generator: Any = None, afs: Annotated[bool, Added()] = False) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2): data prediction, the exponential integrator in λ = −log σ with
+    the denoiser extrapolated from the last two levels; first order on the first step and on the step to σ = 0."""
+    return _dpmpp(denoiser, latents, schedule, steps, 2, class_labels, afs)
+
+
+def dpmpp_3m(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
+             class_labels: Any = None, generator: Any = None, afs: bool = False) -> Tensor:
+    """DPM-Solver++(3M) (Lu et al. 2022, multistep order 3): as 2M, with the second divided difference of the last
+    three levels; orders 1, 2, then 3, and the step to σ = 0 is x = D."""
+    return _dpmpp(denoiser, latents, schedule, steps, 3, class_labels, afs)
 
 
 # Adams–Bashforth coefficients of orders 1–4 on equal steps, newest derivative first (iPNDM keeps them fixed).
@@ -218,81 +268,97 @@ _ADAMS_BASHFORTH = ((1.0,), (3 / 2, -1 / 2), (23 / 12, -16 / 12, 5 / 12), (55 / 
 
 
 def ipndm(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
-          class_labels: Any = None, generator: Any = None) -> Tensor:
-    """iPNDM (Zhang & Chen 2023) on dx/dσ = (x − D(x; σ))/σ: Adams–Bashforth steps of order min(i + 1, 4), the
-    lower orders while fewer past derivatives exist, with the fixed equal-step coefficients."""
+          class_labels: Any = None, generator: Any = None, max_order: Annotated[Literal[1, 2, 3, 4], Added()] = 4,
+          afs: Annotated[bool, Added()] = False) -> Tensor:
+    """iPNDM (Zhang & Chen 2023) on dx/dσ = (x − D(x; σ))/σ: Adams–Bashforth steps of order min(i + 1, max_order),
+    the lower orders while fewer past derivatives exist, with the fixed equal-step coefficients."""
     sigma = noise_levels(schedule, steps).tolist()
     x = latents.double() * sigma[0]
     history: list[Any] = []  # dx/dσ at the last levels, newest first
     for i in range(steps):
-        history = [(x - _denoise(denoiser, x, sigma[i], class_labels)) / sigma[i], *history[:3]]
+        denoised = _first_denoised(denoiser, x, sigma[i], class_labels, afs) if i == 0 else \
+            _denoise(denoiser, x, sigma[i], class_labels)
+        history = [(x - denoised) / sigma[i], *history[:max_order - 1]]
         slope = sum(c * d for c, d in zip(_ADAMS_BASHFORTH[len(history) - 1], history))
         x = x + (sigma[i + 1] - sigma[i]) * slope
     return x
 
 
-def _unic_weights(h: float, r: float | None) -> tuple[float, ...]:
-    """UniC's weights with B(h) = e^{−h} − 1 (bh2, data prediction): (ρ₁, ρ_t) solving R ρ = g/B for the nodes
-    (r, 1), or (½,) when there is no earlier level (order 1)."""
-    if r is None:
-        return (0.5,)
-    hh = -h
-    b = math.expm1(hh)
-    g1 = b / hh - 1                    # h φ₂-type terms of the data-prediction expansion, k! g_k
-    g2 = 2 * (g1 / hh - 0.5)
-    # R = [[1, 1], [r, 1]]
-    rho_1 = (g1 / b - g2 / b) / (1 - r)
-    return (rho_1, g1 / b - rho_1)
+def _unipc_rhs(h: float, order: int) -> np.ndarray:
+    """UniPC's right-hand side with B(h) = e^{−h} − 1 (bh2, data prediction): k! φ_{k+1}(−h)/φ_1(−h), k = 1…order
+    (diffusers' h_phi_k·k!/B_h, here without its cancellation at small h)."""
+    return np.array([math.factorial(k) * _phi(-h, k + 1) / _phi(-h, 1) for k in range(1, order + 1)])
+
+
+def _unipc_weights(h: float, nodes: list[float], corrector: bool) -> np.ndarray:
+    """The weights of the divided differences at the p − 1 earlier `nodes` (r_k = (λ_{i−k} − λ_i)/h < 0) of UniPC-p:
+    UniP's solve the first p − 1 rows of R ρ = b over the nodes (ρ = ½ at p = 2), UniC's all p over the nodes and 1
+    (ρ = ½ at p = 1); R_kj = r_j^k."""
+    rks = np.array(nodes + [1.0] if corrector else nodes)
+    if len(rks) == 1:
+        return np.array([0.5])
+    matrix = np.vstack([rks**k for k in range(len(rks))])
+    return np.linalg.solve(matrix, _unipc_rhs(h, len(rks)))
 
 
 def unipc(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
-          class_labels: Any = None, generator: Any = None) -> Tensor:
-    """UniPC (Zhao et al. 2023), B(h) = e^h − 1 (bh2), order 2, data prediction: the UniP-2 predictor, then the
-    UniC corrector with the denoiser evaluated at the predicted point, an evaluation the next step reuses (one
-    call per step). The first step is UniP-1 (DDIM) with UniC-1; the step to σ = 0 is DDIM's, x = D, uncorrected."""
+          class_labels: Any = None, generator: Any = None, order: Annotated[Literal[2, 3], Added()] = 2,
+          afs: Annotated[bool, Added()] = False) -> Tensor:
+    """UniPC (Zhao et al. 2023), B(h) = e^h − 1 (bh2), data prediction, of order 2 or 3: the UniP-p predictor, then
+    the UniC-p corrector with the denoiser evaluated at the predicted point, an evaluation the next step reuses (one
+    call per step). Step i has p = min(order, i + 1, steps − i) (the lower orders at the start and the end, as
+    diffusers' lower_order_final); the step to σ = 0 is DDIM's, x = D, uncorrected."""
     sigma = noise_levels(schedule, steps).tolist()
     x = latents.double() * sigma[0]
-    model = [_denoise(denoiser, x, sigma[0], class_labels)]  # D at the levels so far, at the predicted points
+    model = [_first_denoised(denoiser, x, sigma[0], class_labels, afs)]  # D at the levels so far, newest last
     for i in range(steps):
         s, s_next = sigma[i], sigma[i + 1]
         if s_next == 0:
             return model[-1]
+        p = min(order, i + 1, steps - i)
         h = math.log(s / s_next)  # λ_next − λ, λ = −log σ
         b = math.expm1(-h)        # B(h) of data prediction, e^{−h} − 1
         ddim = (s_next / s) * x - b * model[-1]
-        r = math.log(s / sigma[i - 1]) / h if i else None  # the earlier level's node, (λ_{i−1} − λ_i)/h < 0
-        d1 = (model[-2] - model[-1]) / r if i else None
-        predicted = ddim if i == 0 else ddim - b * 0.5 * d1  # UniP-2 takes ρ = ½ (its h → 0 limit)
+        nodes = [math.log(s / sigma[i - k]) / h for k in range(1, p)]  # earlier levels, (λ_{i−k} − λ_i)/h < 0
+        d1 = [(model[-1 - k] - model[-1]) / r for k, r in enumerate(nodes, start=1)]
+        predicted = ddim - b * sum(w * d for w, d in zip(_unipc_weights(h, nodes, False), d1)) if d1 else ddim
         model.append(_denoise(denoiser, predicted, s_next, class_labels))
-        rho = _unic_weights(h, r)
-        correction = rho[-1] * (model[-1] - model[-2]) + (rho[0] * d1 if i else 0.0)
+        rho = _unipc_weights(h, nodes, True)
+        correction = rho[-1] * (model[-1] - model[-2]) + sum(w * d for w, d in zip(rho[:-1], d1))
         x = ddim - b * correction
-        model = model[-2:]
+        model = model[-order:]
     return x
 
 
 SAMPLERS: dict[str, Callable[..., Any]] = {
     "euler_maruyama": euler_maruyama, "euler": euler, "heun": heun, "edm_stochastic": edm_stochastic, "s2n": s2n,
-    "dpmpp_2m": dpmpp_2m, "ipndm": ipndm, "unipc": unipc,
+    "dpmpp_2m": dpmpp_2m, "dpmpp_3m": dpmpp_3m, "ipndm": ipndm, "unipc": unipc,
 }
 _NFE_PER_STEP = {"euler_maruyama": (1, 0), "euler": (1, 0), "s2n": (1, 0), "heun": (2, -1), "edm_stochastic": (2, -1),
-                 "dpmpp_2m": (1, 0), "ipndm": (1, 0), "unipc": (1, 0)}
+                 "dpmpp_2m": (1, 0), "dpmpp_3m": (1, 0), "ipndm": (1, 0), "unipc": (1, 0)}
 
 
-def nfe(sampler: str, steps: int) -> int:
-    """Denoiser evaluations per image for `steps` steps of `sampler`."""
+def _per_step(sampler: str, options: Mapping[str, Any] | None) -> tuple[int, int]:
+    """Denoiser calls per step and the constant: the analytical first step saves one call."""
     per_step, offset = _NFE_PER_STEP[sampler]
+    return per_step, offset - bool((options or {}).get("afs"))
+
+
+def nfe(sampler: str, steps: int, options: Mapping[str, Any] | None = None) -> int:
+    """Denoiser evaluations per image for `steps` steps of `sampler` with `options`."""
+    per_step, offset = _per_step(sampler, options)
     return per_step * steps + offset
 
 
-def steps_for_nfe(sampler: str, target: int) -> int:
-    """The steps at which `sampler` makes `target` denoiser evaluations per image. Raises ValueError naming the
-    nearest NFE it can make when no step count makes exactly `target`."""
-    per_step, offset = _NFE_PER_STEP[sampler]
+def steps_for_nfe(sampler: str, target: int, options: Mapping[str, Any] | None = None) -> int:
+    """The steps at which `sampler` (with `options`) makes `target` denoiser evaluations per image. Raises ValueError
+    naming the nearest NFE it can make when no step count makes exactly `target`."""
+    per_step, offset = _per_step(sampler, options)
     steps, rest = divmod(target - offset, per_step)
     if rest == 0 and steps >= 1:
         return steps
-    nearest = sorted({nfe(sampler, max(1, k)) for k in (steps, steps + 1)}, key=lambda n: (abs(n - target), n))
+    nearest = sorted({nfe(sampler, max(1, k), options) for k in (steps, steps + 1)},
+                     key=lambda n: (abs(n - target), n))
     closest = [n for n in nearest if abs(n - target) == abs(nearest[0] - target)]
     rule = f"{per_step}·steps {'−' if offset < 0 else '+'} {abs(offset)}" if offset else f"{per_step}·steps"
     raise ValueError(f"{sampler} cannot make {target} denoiser evaluations per image (NFE = {rule}); the nearest it "
@@ -303,6 +369,18 @@ def sampler_options(sampler: str) -> dict[str, inspect.Parameter]:
     """The keyword options of a sampler (name → signature parameter, with its annotation and default)."""
     params = inspect.signature(SAMPLERS[sampler]).parameters
     return {k: p for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("class_labels", "generator")}
+
+
+def identity_options(sampler: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved options as a cell's identity holds them: every option, but those added later (`Added`) only away
+    from their defaults."""
+    resolved, declared = resolve_options(sampler, options), sampler_options(sampler)
+    return {name: value for name, value in resolved.items()
+            if not (_added(declared[name].annotation) and value == declared[name].default)}
+
+
+def _added(annotation: Any) -> bool:
+    return get_origin(annotation) is Annotated and any(isinstance(m, Added) for m in get_args(annotation)[1:])
 
 
 def resolve_options(sampler: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -321,12 +399,17 @@ def resolve_options(sampler: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _checked(sampler: str, name: str, annotation: Any, value: Any) -> Any:
-    if get_origin(annotation) is Literal:
-        choices = get_args(annotation)
-        if value not in choices:
-            raise OptionError(sampler, name, f"must be one of {list(choices)}, got {value!r}")
-        return value
     kind, *meta = get_args(annotation) if get_origin(annotation) is Annotated else (annotation,)
+    if get_origin(kind) is Literal:  # one spelling per choice: 4.0 is 4, and true is not 1
+        choices = get_args(kind)
+        same_kind = [c for c in choices if isinstance(value, bool) == isinstance(c, bool) and c == value]
+        if not same_kind:
+            raise OptionError(sampler, name, f"must be one of {list(choices)}, got {value!r}")
+        return same_kind[0]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise OptionError(sampler, name, f"must be true or false, got {value!r}")
+        return value
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise OptionError(sampler, name, f"must be a number, got {value!r}")

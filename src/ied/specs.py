@@ -13,7 +13,7 @@ import json
 from typing import Any, Mapping
 
 from ied.rationales import Rationale, RationaleError, build, check_keys
-from ied.samplers import resolve_options
+from ied.samplers import identity_options
 
 PRETRAINED_STEP = 0  # a pretrained model's one checkpoint: its published weights, nothing trained here
 
@@ -235,8 +235,9 @@ def sampler_entry(config: Mapping[str, Any], name: str) -> dict:
 
 def sampling_spec(config: Mapping[str, Any], rationale_name: str, sampler_name: str) -> dict:
     """Everything that determines a generated image besides the checkpoint and its index: schedule, sampler,
-    steps and every option (defaults included, so `{}` and the defaults spelled out are one identity)."""
+    steps and every option (defaults included, so `{}` and the defaults spelled out are one identity; an option
+    added to a sampler later only away from its default, so finished cells keep theirs)."""
     entry = sampler_entry(config, sampler_name)
     return {"rationale": all_rationales(config)[rationale_name], "sampler": entry["sampler"],
-            "steps": int(entry["steps"]), "options": resolve_options(entry["sampler"], entry.get("options", {}))}
+            "steps": int(entry["steps"]), "options": identity_options(entry["sampler"], entry.get("options", {}))}
 
