@@ -67,4 +67,6 @@ def write_all(folder: Path) -> Path:
                                                                           "nfe_per_image": 200}}))
     (files / "published-fid-text.yaml").write_text(
         "edm-cifar10-32x32-cond-vp.pkl:\n- {solver: heun, schedule: EDM, nfe: 35, fid: low, source: a paper}\n")
+    (files / "published-nfe-zero.yaml").write_text(
+        "edm-cifar10-32x32-cond-vp.pkl:\n- {solver: heun, schedule: EDM, nfe: 0, fid: 2.0, source: a paper}\n")
     return folder

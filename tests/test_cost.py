@@ -86,8 +86,8 @@ def test_done_moves_to_the_done_column_after_a_run(e2e_run, monkeypatch):
     bill = the_bill([DEFAULT, REPO / "tests" / "configs" / "e2e.yaml", e2e_run / "pretrained.yaml"], e2e_run)
     assert bill["total"]["jobs_to_do"] == 0 and bill["total"]["gpu_hours_to_do"] == 0
     assert (bill["train_segment"]["jobs_done"], bill["train_adaptive_segment"]["jobs_done"],
-            bill["fit_rationale"]["jobs_done"], bill["generate"]["jobs_done"], bill["evaluate"]["jobs_done"],
-            bill["nll"]["jobs_done"]) == (4, 2, 6, 68, 68, 7)
+            bill["teacher"]["jobs_done"], bill["fit_rationale"]["jobs_done"], bill["generate"]["jobs_done"],
+            bill["evaluate"]["jobs_done"], bill["nll"]["jobs_done"]) == (4, 2, 1, 7, 68, 68, 7)
     result = subprocess.run([sys.executable, "-m", "ied", "cost", *E2E, "--table", "bill"],
                             cwd=e2e_run, env=VENV_ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -223,12 +223,38 @@ def test_commands_that_run_no_job_are_never_refused(e2e_run, tmp_path):
     assert bill_line(result.stderr).startswith("to run: 0 GPU jobs") and (fresh / schedule).is_file()
 
 
-def test_the_nfe_sweeps_work_is_each_solvers_calls_at_its_nfe_target():
+def test_the_nfe_sweeps_work_is_each_solvers_calls_at_its_nfe_target(tmp_path, monkeypatch):
     """The default sweep at NFE 5, 10, 20 (Heun 5, 9, 19): every point's work is 360 images × its NFE, whatever the
     solver's steps are."""
+    monkeypatch.chdir(tmp_path)  # no finished run whose cells keep their names
     config = load([DEFAULT])
     work = {job.output: job.work for job in cost.jobs(config, cost.PAPER_A100) if job.rule == "generate"}
     swept = {out.split("/")[-2]: w for out, w in work.items() if "/l2/900/edm7/" in out}
     assert swept == {"heun-3": 360 * 5, "heun-5": 360 * 9,
-                     "heun-10": 360 * 19, **{name: 360 * n for solver in ("dpmpp_2m", "ipndm", "unipc")
-                                             for name, n in ((f"{solver}-5", 5), (solver, 10), (f"{solver}-20", 20))}}
+                     "heun-10": 360 * 19, **{f"{solver}-{n}": 360 * n for solver in ("dpmpp_2m", "ipndm", "unipc")
+                                             for n in (5, 10, 20)}}
+
+
+def test_each_end_to_end_fit_of_the_cifar10_configs_costs_at_most_a_quarter_of_a_set_at_its_nfe(tmp_path,
+                                                                                                   monkeypatch):
+    """48 pilot images (36 fitted, 12 held out), the evaluations at their bound: each fit's work ≤ 25 % of one 50K
+    set at its NFE (LD3 needs 5–60 GPU-minutes, GAS 1–9 GPU-hours); the shared teacher is a job of its own."""
+    monkeypatch.chdir(tmp_path)
+    local = local_stand_ins(tmp_path)
+    for name in ("edm-pretrained-cifar10-uncond", "edm-pretrained-cifar10"):
+        config = yaml.safe_load((REPO / "config" / f"{name}.yaml").read_text())
+        network = tmp_path / next(iter(config["pretrained"].values()))["path"]
+        network.parent.mkdir(parents=True, exist_ok=True)
+        from test_config import write_stand_in_network
+        write_stand_in_network(network, img_channels=3, img_resolution=32, label_dim=0 if "uncond" in name else 10)
+        config = load([REPO / "config" / f"{name}.yaml", local])
+        fits = {job.output.split("/")[-1]: job.work for job in cost.jobs(config, cost.PAPER_A100)
+                if job.rule == "fit_rationale"}
+        ends = {n: spec for n, spec in config["rationales"].items() if spec.get("method") == "end_to_end"}
+        assert len(ends) == 6 and len(fits) == 8
+        for rationale, spec in ends.items():
+            share = fits[f"{rationale}.parquet"] / (50_000 * spec["nfe"])
+            print(f"{name} {rationale}: {share:.1%} of a 50K set at NFE {spec['nfe']}")
+            assert share <= 0.25, (rationale, share)
+        teachers = [job for job in cost.jobs(config, cost.PAPER_A100) if job.rule == "teacher"]
+        assert len(teachers) == 1 and teachers[0].work == 48 * (1 + 119 * 8)

@@ -53,7 +53,7 @@ def test_figure_1_draws_the_fitted_rationales_dashed_beside_the_hand_made_ones(t
     from ied import figures
     config = load([DEFAULT])
     experiment = layout.figure_inputs(config)
-    assert experiment["fitted"] == ["fit-dpm-5", "fit-dpm-10", "fit-heun-5", "fit-heun-9", "fit-density"]
+    assert experiment["fitted"] == ["fit-dpm-5", "fit-dpm-10", "fit-heun-5", "fit-heun-9", "dp-dpm-10", "fit-density"]
     t = np.linspace(0, 1, 11)
     schedules = {name: pd.DataFrame({"t": t, "sigma": 0.002 * 40000**t, "pdf": np.ones(11), "cdf": t})
                  for name in experiment["schedules"]}

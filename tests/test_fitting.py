@@ -167,9 +167,8 @@ def test_only_jumps_on_some_path_are_costed_and_the_fit_is_still_the_least_cost_
     assert set(jumps) == {(0, j) for j in range(1, 119)} | {(i, 119) for i in range(1, 119)}
     # at 5 levels every jump but six is on some path: 0 → 117, 118, 119 and 1, 2 → 119 and 1 → 118 leave too few levels
     assert len(fitting.first_jumps(120, 5, "heun")) == 119 * 120 // 2 - 6
-    assert fitting.fit_calls({"method": "trajectory_dp", "sampler": "heun", "nfe": 5}) == \
-        fitting.teacher_calls() + len(jumps)
-    assert fitting.fit_calls({"method": "trajectory_dp", "sampler": "dpmpp_2m", "nfe": 5}) == fitting.teacher_calls()
+    assert fitting.fit_work({"method": "trajectory_dp", "sampler": "heun", "nfe": 5, "pilot": 64}) == 64 * len(jumps)
+    assert fitting.fit_work({"method": "trajectory_dp", "sampler": "dpmpp_2m", "nfe": 5, "pilot": 64}) == 0
     path = fits["gaussian"][0]
     levels = fitting.fit_schedule(gaussian_denoiser, None, rationale(BASE), "heun", 5, path=path)
     totals = [fitting.jump_cost(gaussian_denoiser, path, 0, j, "heun")
@@ -234,3 +233,105 @@ def test_history_costs_are_the_samplers_second_steps_from_the_teacher(fits, samp
                 step = (s[j] / s[i]) * x[i] - math.expm1(-step_h) * dd
             exact = (((step - x[j]) ** 2).mean() / (x[j] ** 2).mean()).sqrt().item()
             assert costs[h, column] == pytest.approx(exact, rel=1e-10), (h, j)
+
+
+# --- end to end: the sampler's own error, on exact 32-dimensional denoisers -------------------------------------
+D32 = 32
+STD32 = torch.linspace(0.1, 1.0, D32, dtype=F64)  # an anisotropic Gaussian: scales from 0.1 to 1
+POINTS32 = torch.randn(7, D32, generator=torch.Generator().manual_seed(0), dtype=F64) / math.sqrt(D32)
+TAU = 0.3
+
+
+def gaussian32(x, sigma, labels=None):
+    """E[y | x] for y ~ N(0, diag(STD32²)), x = y + σ n."""
+    return STD32**2 * x / (STD32**2 + sigma.view(-1, 1) ** 2)
+
+
+def mixture32(x, sigma, labels=None):
+    """E[y | x] for y ~ (1/7) Σ N(p_k, τ² I), 7 points of norm about 1, τ = 0.3."""
+    var = TAU**2 + sigma[:, None] ** 2
+    post = torch.softmax(-((x[:, None, :] - POINTS32[None]) ** 2).sum(-1) / (2 * var), dim=1)
+    component = (TAU**2 * x[:, None, :] + sigma[:, None, None] ** 2 * POINTS32[None]) / var[..., None]
+    return (post[..., None] * component).sum(1)
+
+
+class EndToEndCase(dict):
+    """Per data set, made when first asked for: 64 pilot latents and their teacher, 256 latents the fit never sees
+    and their flow's end at σ = 0 (the Gaussian's in closed form, the mixture's by Heun at 1000 steps)."""
+
+    def __missing__(self, name):
+        denoiser, base = {"gaussian": gaussian32, "mixture": mixture32}[name], rationale(BASE)
+        pilot = torch.randn(64, D32, generator=torch.Generator().manual_seed(10), dtype=F64)
+        scoring = torch.randn(256, D32, generator=torch.Generator().manual_seed(11), dtype=F64)
+        if name == "gaussian":  # x(σ) = x(σ_max) √((s² + σ²)/(s² + σ_max²)) per dimension
+            reference = scoring * 80 * STD32 / torch.sqrt(STD32**2 + 80**2)
+        else:
+            reference = SAMPLERS["heun"](denoiser, scoring, base, 1000)
+        self[name] = (denoiser, base, pilot, fitting.teacher(denoiser, pilot, fitting.fine_levels(base)), scoring,
+                      reference)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def e2e():
+    return EndToEndCase()
+
+
+def held_out_error(case, sampler, steps, schedule):
+    denoiser, _, _, _, scoring, reference = case
+    x = SAMPLERS[sampler](denoiser, scoring, schedule, steps)
+    return (((x - reference) ** 2).mean() / (reference**2).mean()).sqrt().item()
+
+
+@pytest.mark.parametrize("data", ["gaussian", "mixture"])
+@pytest.mark.parametrize("sampler, nfe", [("dpmpp_2m", 5), ("dpmpp_2m", 10), ("ipndm", 5), ("ipndm", 10),
+                                          ("unipc", 5), ("unipc", 10), ("heun", 5), ("heun", 9)])
+def test_an_end_to_end_grid_is_never_worse_than_the_hand_made_ones_or_the_dynamic_programmes(e2e, data, sampler,
+                                                                                              nfe):
+    """On 256 latents the fit never saw, against the flow's end: the end-to-end grid's error is at most every
+    hand-made grid's (EDM ρ ∈ {1, 2, 3, 5, 7, 10}, VE, L2) and the trajectory_dp grid's, within 2 %."""
+    denoiser, base, pilot, path, _, _ = e2e[data]
+    steps = fitting.grid_steps(sampler, nfe)
+    ours = fitting.fit_schedule(denoiser, pilot, base, sampler, nfe, method="end_to_end", path=path)
+    dp = fitting.fit_schedule(denoiser, pilot, base, sampler, nfe, method="trajectory_dp", path=path)
+    errors = {name: held_out_error(e2e[data], sampler, steps, rationale(spec)) for name, spec in HAND_MADE.items()}
+    errors["trajectory_dp"] = held_out_error(e2e[data], sampler, steps, fitting.rationale_through(dp, base))
+    error = held_out_error(e2e[data], sampler, steps, fitting.rationale_through(ours, base))
+    print(f"{data} {sampler} NFE {nfe}: end-to-end {error:.4g}, " + ", ".join(f"{k} {v:.4g}" for k, v in errors.items()))
+    assert error <= 1.02 * min(errors.values()), (error, errors)
+
+
+def test_the_end_to_end_fit_reports_its_errors_and_keeps_within_its_evaluations(e2e):
+    denoiser, base, pilot, path, _, _ = e2e["mixture"]
+    calls = []
+
+    def counting(x, sigma, labels=None):
+        calls.append(len(x))
+        return denoiser(x, sigma)
+    fit = fitting.end_to_end(counting, pilot, base, "dpmpp_2m", 10, path)
+    report = fit.report
+    fitted, held = fitting.split(64)
+    assert (len(fitted), len(held)) == (report["fit_images"], report["validation_images"]) == (48, 16)
+    assert report["evaluations"] <= fitting.END_TO_END_EVALUATIONS
+    assert report["validations"] <= fitting.END_TO_END_VALIDATIONS
+    starts = {"base", "trajectory_dp", "log-uniform", *(f"EDM ρ={rho}" for rho in fitting.START_RHOS)}
+    assert set(report["pilot_error"]) == set(report["validation_error"]) == starts | {"end_to_end"}
+    assert report["starts"] == len(starts) == fitting.END_TO_END_STARTS
+    assert report["pilot_error"]["end_to_end"] <= min(report["pilot_error"][k] for k in starts)
+    # every denoiser call is a sampler run of 10 calls on one split, and the bill bounds them
+    assert sum(calls) == 10 * (48 * (report["evaluations"] + len(starts)) + 16 * report["validations"])
+    spec = {"method": "end_to_end", "sampler": "dpmpp_2m", "nfe": 10, "pilot": 64}
+    assert sum(calls) <= fitting.fit_work(spec)
+    levels = fit.levels
+    assert levels[0] == 80 and levels[-1] == 0.002 and np.all(np.diff(levels) < 0) and len(levels) == 10
+
+
+def test_an_end_to_end_fit_to_a_wrong_target_is_worse_where_it_is_scored(e2e):
+    """The optimisation can fail: fitted to the flow's end shifted by 0.3 (a wrong objective), the grid's error on
+    the latents it never saw is worse than the grid fitted to the right one."""
+    denoiser, base, pilot, path, _, _ = e2e["gaussian"]
+    right = fitting.end_to_end(denoiser, pilot, base, "dpmpp_2m", 10, path)
+    wrong = fitting.end_to_end(denoiser, pilot, base, "dpmpp_2m", 10, path, target=path.end + 0.3)
+    errors = [held_out_error(e2e["gaussian"], "dpmpp_2m", 10, fitting.rationale_through(fit.levels, base))
+              for fit in (right, wrong)]
+    assert errors[1] > 1.5 * errors[0], errors

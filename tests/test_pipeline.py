@@ -21,22 +21,24 @@ def job_counts(*args, cwd):
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m.group(1) != "total"}
 
 
-def test_default_config_cells_follow_the_papers_protocol():
+def test_default_config_cells_follow_the_papers_protocol(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no finished run whose cells keep their names
     config = load([DEFAULT])
     single = 4 * 3 * 3  # train (the adaptive one too) × checkpoints × VE/L2/N(0,5²), em: one set each
     # the paper's 3 models × checkpoints ≤ 600 × 4 rationales × 2 sets, less set 0 of single
     repeated = 3 * 2 * 4 * 2 - 3 * 2 * 3
     ablation = 3  # σ_N of 1, 3, 10 (σ_N = 5 is gauss5's cell)
     # the L2 model: edm7/ve/l2 and the cost density × heun, dpmpp_2m, ipndm, unipc × NFE 5, 10, 20 (heun 5, 9, 19),
-    # and each grid fitted for one solver and NFE there only
-    sweep = 4 * 4 * 3 + 4
+    # and each grid fitted for one solver and NFE there only (four end to end, one by the dynamic programme)
+    sweep = 4 * 4 * 3 + 5
     assert len(cells(config)) == single + repeated + ablation + sweep
     swept = {c.sampler for c in cells(config) if c.train == "l2" and c.step == 900 and c.sample == "edm7"}
-    assert swept == {"heun-3", "heun-5", "heun-10", "dpmpp_2m-5", "dpmpp_2m", "dpmpp_2m-20",
-                     "ipndm-5", "ipndm", "ipndm-20", "unipc-5", "unipc", "unipc-20"}
-    fitted = {(c.sample, c.sampler) for c in cells(config) if c.sample.startswith("fit-") and c.sample != "fit-density"}
-    assert fitted == {("fit-dpm-5", "dpmpp_2m-5"), ("fit-dpm-10", "dpmpp_2m"), ("fit-heun-5", "heun-3"),
-                      ("fit-heun-9", "heun-5")}
+    assert swept == {"heun-3", "heun-5", "heun-10", *(f"{solver}-{n}" for solver in ("dpmpp_2m", "ipndm", "unipc")
+                                                      for n in (5, 10, 20))}
+    fitted = {(c.sample, c.sampler) for c in cells(config) if config["rationales"].get(c.sample, {}).get("family") == "fitted"
+              and c.sample != "fit-density"}
+    assert fitted == {("fit-dpm-5", "dpmpp_2m-5"), ("fit-dpm-10", "dpmpp_2m-10"), ("fit-heun-5", "heun-3"),
+                      ("fit-heun-9", "heun-5"), ("dp-dpm-10", "dpmpp_2m-10")}
     assert config["sample"]["samplers"]["em"]["options"] == {}  # schema defaults are filled in
 
 
@@ -116,9 +118,17 @@ EDITS = {
     "add a fitted rationale": ({"rationales": {"fit-new": {"family": "fitted", "model": "l2", "method": "trajectory_dp",
                                                            "base": "ve", "sampler": "dpmpp_2m", "nfe": 7, "pilot": 2}},
                                 "nfe_sweep": {"rationales": ["l2", "fit-dpm-3", "fit-density", "fit-new"]}},
-                               {"fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
+                               {"teacher": 1, "fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
+    # a fit of a base and pilot another fit has: that fit's teacher serves it
+    "add a fit of the same teacher": ({"rationales": {"fit-new": {"family": "fitted", "model": "l2", "method": "end_to_end",
+                                                                  "base": "edm7", "sampler": "ipndm", "nfe": 7,
+                                                                  "pilot": 2}},
+                                       "nfe_sweep": {"rationales": ["l2", "fit-dpm-3", "fit-density", "fit-new"]}},
+                                      {"fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
     "sampler steps": ({"sample": {"samplers": {"unipc": {"steps": 5}}}},
                       {"generate": 14, "evaluate": 14, **AGGREGATION}),
+    # a sampler only the sweep uses: its points are `<sampler>-<steps>`, so its configured steps rename nothing
+    "swept sampler steps": ({"sample": {"samplers": {"dpmpp_2m": {"steps": 7}, "heun": {"steps": 2}}}}, {}),
     # the pretrained model's label is a label; its file moved (same content) is the same model
     "pretrained label and path": ({"pretrained": {"edm-tiny": {"label": "tiny EDM", "path": "moved/edm-tiny.pkl"}}},
                                   {"tables": 1, "figures": 1, "report": 1, "all": 1}),
@@ -233,7 +243,7 @@ def test_end_to_end_reduced_default(e2e_run):
     assert set(metrics.loc[metrics["sample_rationale"] == "learned-l2", "train_rationale"]) == {"ve", "l2", "edm-tiny"}
     density = pd.read_parquet(exp / "densities" / "adaptive-l2" / "density-40.parquet")
     assert len(density) == 10 and density["count"].sum() == 40 * 64  # 10 bins; every example of 40 steps of 64
-    sweep = metrics[metrics["sampler_name"].isin(["em-3", "em-7", "heun-2", "heun", "dpmpp_2m-3", "dpmpp_2m-7",
+    sweep = metrics[metrics["sampler_name"].isin(["em-3", "em-7", "heun-2", "heun-4", "dpmpp_2m-3", "dpmpp_2m-7",
                                                    "ipndm-3", "ipndm-7", "unipc-3", "unipc-7"])
                     & (metrics["train_rationale"] == "ve") & (metrics["checkpoint_step"] == 40)]
     for sample in ("l2", "fit-density"):  # every sampler hits each NFE target
@@ -241,11 +251,14 @@ def test_end_to_end_reduced_default(e2e_run):
     fitted = sweep[sweep["sample_rationale"] == "fit-dpm-3"]
     assert list(fitted["sampler_name"]) == ["dpmpp_2m-3"]  # a fitted grid is sampled at its own point only
     # every fitted rationale's table (the default's too, on 2 pilot images) holds its knots and its fit
-    fits = sorted(p.stem for p in (exp / "schedules").iterdir() if p.stem.startswith("fit-"))
-    assert fits == ["fit-density", "fit-dpm-10", "fit-dpm-3", "fit-dpm-5", "fit-heun-5", "fit-heun-9"]
+    fits = sorted(p.stem for p in (exp / "schedules").iterdir() if p.stem.startswith(("fit-", "dp-")))
+    assert fits == ["dp-dpm-10", "fit-density", "fit-dpm-10", "fit-dpm-3", "fit-dpm-5", "fit-heun-5", "fit-heun-9"]
     for name in fits:
         meta = pq.read_schema(exp / "schedules" / f"{name}.parquet").metadata
         assert json.loads(meta[b"ied.fit"])["checkpoint_step"] == 40 and b"ied.knots" in meta
+    fit = json.loads(pq.read_schema(exp / "schedules" / "fit-dpm-3.parquet").metadata[b"ied.fit"])
+    assert fit["method"] == "end_to_end" and fit["validation_error"]["end_to_end"] <= fit["validation_error"]["base"]
+    assert len(list((exp / "teachers").rglob("*.npz"))) == 1  # one teacher: every fit has the L2 model, base, pilot
     nfe_rows = pd.read_parquet(exp / "tables" / "fid_nfe.parquet")
     assert {"fit-dpm-3", "fit-density"} <= set(nfe_rows["sample_rationale"])
     assert (metrics.loc[metrics["train_rationale"] == "edm-tiny", "checkpoint_step"] == 0).all()
@@ -297,10 +310,15 @@ def test_end_to_end_reduced_default(e2e_run):
     # the reproduction (1 single set + 2 more repeated sets of 50K) and the study (4 schedules × 4 solvers × 4 NFE,
     # less Heun at NFE 35 on EDM ρ = 7: the reproduction's set 0), the cost density at every point, 4 fitted grids
     # at theirs, and their 5 fits
-    ("edm-pretrained-cifar10", {"import_network": 1, "generate": 3 + 63 + 16 + 4, "evaluate": 3 + 63 + 16 + 4,
-                                "nll": 1, "prepare_data": 2, "fit_rationale": 5}),
-    ("edm-pretrained-cifar10-uncond", {"import_network": 1, "generate": 3 + 63 + 16 + 4, "evaluate": 3 + 63 + 16 + 4,
-                                       "nll": 1, "prepare_data": 2, "fit_rationale": 5}),
+    # 3 sets of EDM's protocol; the sweep: 5 schedules for every point of Heun, DPM-Solver++(2M), UniPC (4 each) and
+    # iPNDM (6), 6 grids at their own point, DPM-Solver++(3M) and UniPC-3 on logSNR-uniform at 4 points and one
+    # UniPC-3 grid; Heun at NFE 35 on EDM ρ = 7 is the protocol's first set
+    ("edm-pretrained-cifar10", {"import_network": 1, "generate": 3 + 5 * 18 + 6 + 4 + 5 - 1,
+                                "evaluate": 3 + 5 * 18 + 6 + 4 + 5 - 1, "nll": 1, "prepare_data": 2, "teacher": 1,
+                                "fit_rationale": 8}),
+    ("edm-pretrained-cifar10-uncond", {"import_network": 1, "generate": 3 + 5 * 18 + 6 + 4 + 5 - 1,
+                                       "evaluate": 3 + 5 * 18 + 6 + 4 + 5 - 1, "nll": 1, "prepare_data": 2,
+                                       "teacher": 1, "fit_rationale": 8}),
     ("edm-pretrained-ffhq-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
     ("edm-pretrained-afhqv2-64", {"import_network": 1, "generate": 4 + 2, "evaluate": 4 + 2}),
     ("edm-pretrained-imagenet64", {"import_network": 1, "generate": 3 + 2, "evaluate": 3 + 2}),

@@ -385,21 +385,24 @@ def diffusers_unipc(denoiser, latents, sigmas):
 
 
 def diffusers_dpmpp_3m(denoiser, latents, sigmas):
-    """diffusers' DPM-Solver++ update functions of orders 1, 2, 3 (solver_order=3, dpmsolver++), in the order its
-    step() takes them without lower_order_final: 1, 2, then 3, and first order on the step to σ = 0."""
+    """diffusers' DPM-Solver++ update functions of orders 1, 2, 3 (solver_order=3, dpmsolver++, lower_order_final),
+    in the order its step() takes them below 15 steps: 1, 2, 3, …, 3, 2, and 1 on the step to σ = 0 (step() itself
+    casts to float32, so the updates are called here in float64)."""
     from diffusers import DPMSolverMultistepScheduler
 
     sched = _diffusers_scheduler(DPMSolverMultistepScheduler, sigmas, algorithm_type="dpmsolver++", solver_order=3,
-                                 final_sigmas_type="zero", lower_order_final=False)
+                                 final_sigmas_type="zero", lower_order_final=True)
+    steps = len(sigmas) - 1
+    assert steps < 15  # diffusers lowers the second-to-last step's order only below 15 steps
     sample = latents.double() * sigmas[0] * _vp(sigmas[0])
     outputs = []
-    for i in range(len(sigmas) - 1):
+    for i in range(steps):
         sched._step_index = i
         denoised = denoiser(sample / _vp(sigmas[i]), sample.new_full((len(sample),), sigmas[i]))
         outputs = [*outputs[-2:], denoised]
         if i == 0 or sigmas[i + 1] == 0:
             sample = sched.dpm_solver_first_order_update(denoised, sample=sample)
-        elif i == 1:
+        elif i == 1 or i == steps - 2:
             sample = sched.multistep_dpm_solver_second_order_update(outputs, sample=sample)
         else:
             sample = sched.multistep_dpm_solver_third_order_update(outputs, sample=sample)

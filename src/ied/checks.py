@@ -18,7 +18,7 @@ from ied.config import (ConfigError, check_resources, extractor, fail, normalize
 from ied.cost import CostError, read_throughput
 from ied.data import DATASETS, FID_FEATURES, DataError, check_upstream, read_fid_statistics
 from ied.expressions import FormulaError, compile_formula
-from ied.fitting import FINE_LEVELS, fine_levels
+from ied.fitting import FINE_LEVELS, GRID_METHODS, fine_levels
 from ied.io import content_sha256
 from ied.nll import EXACT_MAX_DIMS
 from ied.pretrained import FORMATS, PretrainedError, inspect as inspect_network
@@ -104,6 +104,9 @@ def _check_published(config: dict) -> None:
                     isinstance(row[k], t) and not isinstance(row[k], bool) for k, t in types.items()):
                 fail("published_results", f"{path}: {network}[{i}] needs exactly {', '.join(types)} "
                                           f"(nfe an integer, fid a number), got {row!r}")
+            if row["nfe"] < 1 or not (math.isfinite(row["fid"]) and row["fid"] >= 0) or not row["source"].strip():
+                fail("published_results", f"{path}: {network}[{i}] needs nfe ≥ 1, a finite fid ≥ 0 and a source, "
+                                          f"got {row!r}")
 
 
 # --- semantic checks ----------------------------------------------------------------------------------
@@ -194,13 +197,18 @@ def _check_sweep(config: dict) -> None:
     for key in ("rationales", "samplers", "n_samples"):
         if key not in sweep:
             fail(f"nfe_sweep.{key}", "required when nfe_sweep.steps or nfe is given")
-    _check_names("nfe_sweep.rationales", sweep["rationales"], config["rationales"], "defined under rationales")
     _check_names("nfe_sweep.samplers", sweep["samplers"], config["sample"]["samplers"], "under sample.samplers")
+    for key in ("rationales", "nfe"):
+        if isinstance(sweep[key], dict):
+            _check_names(f"nfe_sweep.{key}", [k for k in sweep[key] if k != "default"], sweep["samplers"],
+                         "under nfe_sweep.samplers (or default)")
+    for name in sweep["samplers"]:
+        where, names = layout.by_sampler(sweep, "rationales", name)
+        if not names:
+            fail(where, f"no rationales for the sampler {name!r} (give its own list or a default)")
+        _check_names(where, names, config["rationales"], "defined under rationales")
     _check_names("nfe_sweep.train_rationales", sweep.get("train_rationales", []), layout.models(config),
                  "a model (a training rationale or a pretrained model)")
-    if isinstance(sweep["nfe"], dict):
-        _check_names("nfe_sweep.nfe", [k for k in sweep["nfe"] if k != "default"], sweep["samplers"],
-                     "under nfe_sweep.samplers (or default)")
     if len(set(sweep["steps"])) != len(sweep["steps"]):
         fail("nfe_sweep.steps", f"lists a step count twice: {sweep['steps']}")
     for name in sweep["samplers"] if sweep["nfe"] else []:
@@ -215,13 +223,14 @@ def _check_sweep(config: dict) -> None:
                 steps_for_nfe(entry["sampler"], target, entry.get("options"))
             except ValueError as err:
                 fail(key, f"{name}: {err}")
-    points = layout.sweep_points(config)
-    for name in sweep["rationales"]:
-        spec = config["rationales"][name]
-        if not any(layout.sweeps_at(spec, config["sample"]["samplers"][s]["sampler"], k)
-                   for s, ks in points.items() for k in ks):
-            fail("nfe_sweep.rationales", f"{name!r} is fitted for {spec['sampler']} at NFE {spec['nfe']}, a point "
-                                         f"the sweep does not sample")
+    points, resolved = layout.sweep_points(config), specs.configured_rationales(config)
+    for name in layout.sweep_rationales(sweep):
+        spec = resolved[name]
+        if not any(layout.sweeps_at(spec, config["sample"]["samplers"][s], k) for s, ks in points.items()
+                   if name in layout.sweep_rationales(sweep, s) for k in ks):
+            options = f" with {spec['options']}" if spec.get("options") else ""
+            fail("nfe_sweep.rationales", f"{name!r} is fitted for {spec['sampler']}{options} at NFE {spec['nfe']}, a "
+                                         f"point the sweep does not sample")
     for model in layout.sweep_models(config):
         _check_step("nfe_sweep.checkpoint", sweep["checkpoint"], config, model)
     if sweep["n_samples"] < MIN_SAMPLES:
@@ -238,12 +247,13 @@ def _check_fitted(config: dict) -> None:
         _check_step(f"{key}.step", entry["step"], config, spec["model"])
         if name in config["train"]["rationales"]:
             fail("train.rationales", f"{name!r} is fitted to a model's samples; it cannot train one")
-        if spec["method"] == "trajectory_dp":
+        if spec["method"] in GRID_METHODS:
             _check_fit_target(key, spec)
         else:
-            for option in ("sampler", "nfe"):
-                if option in spec:
-                    fail(f"{key}.{option}", f"applies to method trajectory_dp only ({spec['method']} serves every NFE)")
+            for option in ("sampler", "nfe", "options"):
+                if option in entry:
+                    fail(f"{key}.{option}", f"applies to the methods {' and '.join(GRID_METHODS)} only "
+                                            f"({spec['method']} serves every NFE)")
         if spec["model"] in config["train"]["rationales"]:
             trained = specs.configured_rationales(config)[spec["model"]]
             if spec["sigma_min"] < trained["sigma_min"] or spec["sigma_max"] > trained["sigma_max"]:
@@ -268,7 +278,7 @@ def _check_adaptive(config: dict) -> None:
         if entry["family"] != "adaptive":
             continue
         sampling = {f"sample.{p}.rationales": config["sample"][p]["rationales"] for p in ("single", "repeated")}
-        sampling["nfe_sweep.rationales"] = config["nfe_sweep"].get("rationales", [])
+        sampling["nfe_sweep.rationales"] = layout.sweep_rationales(config["nfe_sweep"])
         sampling["ablation.rationale"] = [config["ablation"].get("rationale")]
         for where, names in sampling.items():
             if name in names:
@@ -277,18 +287,20 @@ def _check_adaptive(config: dict) -> None:
 
 
 def _check_fit_target(key: str, spec: dict) -> None:
-    """A trajectory_dp fit names a sampler it can fit and an NFE that sampler makes with 2 to FINE_LEVELS levels."""
+    """A grid's fit (end_to_end, trajectory_dp) names a sampler it can fit and an NFE that sampler makes with 2 to
+    FINE_LEVELS levels; an end-to-end fit holds one pilot image out at least."""
     for option in ("sampler", "nfe"):
         if option not in spec:
-            fail(f"{key}.{option}", "required by method trajectory_dp")
+            fail(f"{key}.{option}", f"required by method {spec['method']}")
+    options = spec.get("options")
     try:
-        steps = steps_for_nfe(spec["sampler"], spec["nfe"])
+        steps = steps_for_nfe(spec["sampler"], spec["nfe"], options)
     except ValueError as err:
         fail(f"{key}.nfe", str(err))
     if not 2 <= steps <= FINE_LEVELS:
         fail(f"{key}.nfe", f"{spec['sampler']} at NFE {spec['nfe']} visits {steps} noise level{'s' * (steps != 1)}; "
-                           f"a fit needs 2 to {FINE_LEVELS} (NFE {nfe(spec['sampler'], 2)} to "
-                           f"{nfe(spec['sampler'], FINE_LEVELS)})")
+                           f"a fit needs 2 to {FINE_LEVELS} (NFE {nfe(spec['sampler'], 2, options)} to "
+                           f"{nfe(spec['sampler'], FINE_LEVELS, options)})")
 
 
 def _check_samplers(config: dict) -> None:

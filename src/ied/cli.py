@@ -161,8 +161,18 @@ def _sampling_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rationale-table", default="",
                    help="a fitted or learned sampling rationale's table (fit-rationale's or learn-rationale's output)")
 
+    p = sub.add_parser("teacher", help="a fit's teacher trajectory under a checkpoint (ied.fitting) → .npz")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint whose flow the teacher follows")
+    p.add_argument("--spec", type=_json, required=True, help="the teacher's base and pilot (JSON)")
+    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
+    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True, help="the teacher file to write")
+    p.add_argument("--log-file", help="JSON-lines log")
+
     p = sub.add_parser("fit-rationale", help="fit a rationale to a checkpoint (ied.fitting) → its schedule table")
     p.add_argument("--checkpoint", required=True, help="the checkpoint to fit to")
+    p.add_argument("--teacher", required=True, help="its teacher file (the teacher job's output)")
     p.add_argument("--spec", type=_json, required=True, help="resolved fitted-rationale spec (JSON)")
     p.add_argument("--name", required=True, help="the rationale's name (stored with the table)")
     p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
@@ -359,11 +369,19 @@ def _generate(a):
              rationale_table=a.rationale_table or None)
 
 
+def _teacher(a):
+    from ied.fit import teacher_checkpoint
+    info = teacher_checkpoint(a.checkpoint, a.spec, a.out, expect_step=a.expect_step,
+                              expect_config_hash=a.expect_config_hash, device=a.device, log_path=a.log_file)
+    print(json.dumps({k: info[k] for k in ("denoiser_evaluations", "seconds")}), file=sys.stderr)
+
+
 def _fit_rationale(a):
     from ied.fit import fit_checkpoint
-    info = fit_checkpoint(a.checkpoint, a.spec, a.name, a.out, expect_step=a.expect_step,
+    info = fit_checkpoint(a.checkpoint, a.spec, a.name, a.out, a.teacher, expect_step=a.expect_step,
                           expect_config_hash=a.expect_config_hash, device=a.device, log_path=a.log_file)
-    print(json.dumps({k: info[k] for k in ("denoiser_evaluations", "seconds", "levels")}), file=sys.stderr)
+    print(json.dumps({k: info.get(k) for k in ("denoiser_evaluations", "seconds", "levels", "pilot_error",
+                                               "validation_error", "chosen")}), file=sys.stderr)
 
 
 def _learn_rationale(a):
@@ -459,7 +477,7 @@ def _bench(a):
 
 
 COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-evaluator": _train_evaluator,
-            "generate": _generate, "fit-rationale": _fit_rationale,
+            "generate": _generate, "teacher": _teacher, "fit-rationale": _fit_rationale,
             "learn-rationale": _learn_rationale, "evaluate": _evaluate, "nll": _nll,
             "import-edm": _import_edm, "cost": _cost,
             "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,

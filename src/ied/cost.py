@@ -5,7 +5,8 @@ them this invocation runs is Snakemake's own decision, read from the DAG it buil
 `dag_plan(dag)`. The Snakefile bills every run and dry run from it, and applies the budget just before the first job of
 a run (Snakemake's `onstart`): a command that runs no job (--unlock, --lint, --list-rules, --dag, --report, --touch)
 is never refused.
-Work per job: training images (steps × batch), a fit's pilot images × its denoiser evaluations (ied.fitting.fit_calls),
+Work per job: training images (steps × batch), a teacher's pilot images × its denoiser evaluations, a fit's denoiser
+evaluations at their bound (ied.fitting.fit_work),
 generated images × NFE, likelihood images × probes × the expected
 NFE of one ODE solve, evaluated images. GPU-hours = work ÷ throughput, the throughput from a JSON `ied bench`
 wrote on the target GPU, or else the paper's A100 figures. Job start-up is not counted.
@@ -22,13 +23,13 @@ from typing import Any, Iterable, Mapping
 
 from ied import layout, specs
 from ied.data import DATASETS, DIGITS_CNN, INCEPTION
-from ied.fitting import fit_calls
+from ied.fitting import fit_work, teacher_calls
 from ied.samplers import nfe
 
 # import_network, tables… run on CPUs; an adaptive model's segments are train_adaptive_segment jobs, as Snakemake
 # names them (train_segment's resources and rate)
-GPU_RULES = ("train_segment", "train_adaptive_segment", "fit_rationale", "generate", "evaluate", "nll")
-UNITS = {"train_segment": "training images", "train_adaptive_segment": "training images",
+GPU_RULES = ("train_segment", "train_adaptive_segment", "teacher", "fit_rationale", "generate", "evaluate", "nll")
+UNITS = {"train_segment": "training images", "train_adaptive_segment": "training images", "teacher": "images × NFE",
          "fit_rationale": "images × NFE", "generate": "images × NFE", "evaluate": "images", "nll": "images × NFE"}
 BILL_OUT = "IED_BILL_OUT"  # a JSON path: the Snakefile writes its bill there (how `ied cost` reads a dry run's)
 
@@ -146,9 +147,10 @@ def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
         for step in layout.checkpoint_steps(config):
             out.append(Job(rule, f"{root}/{layout.CHECKPOINT.format(train=model, step=step)}",
                            train["checkpoint_every"] * train["batch_size"]))
+    for path, spec in layout.teachers(config).items():
+        out.append(Job("teacher", f"{root}/{path}", spec["pilot"] * teacher_calls()))
     for name, spec in specs.fitted_rationales(config).items():
-        out.append(Job("fit_rationale", f"{root}/{layout.SCHEDULE.format(rationale=name)}",
-                       spec["pilot"] * fit_calls(spec)))
+        out.append(Job("fit_rationale", f"{root}/{layout.SCHEDULE.format(rationale=name)}", fit_work(spec)))
     for cell in layout.cells(config):
         entry = specs.sampler_entry(config, cell.sampler)
         out.append(Job("generate", f"{root}/{layout.cell_path(layout.SAMPLES, cell)}",
@@ -169,7 +171,7 @@ def hours(job: Job, throughput: Throughput) -> float:
     """GPU-hours of one job: its work over the rule's rate."""
     rate = {"train_segment": throughput.train_images_per_s, "train_adaptive_segment": throughput.train_images_per_s,
             "generate": throughput.nfe_per_s,
-            "fit_rationale": throughput.nfe_per_s,
+            "teacher": throughput.nfe_per_s, "fit_rationale": throughput.nfe_per_s,
             "evaluate": throughput.eval_images_per_s, "nll": throughput.nll_nfe_per_s}[job.rule]
     return job.work / rate / 3600
 

@@ -12,6 +12,7 @@ sampled, tabled and plotted like any other. Torch is imported only where histori
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -20,16 +21,25 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ied.io import CorruptFileError, atomic_path
 from ied.rationales import PiecewiseLogLinear, Rationale, build, check_table_domain, schedule_metadata, tabulate
-from ied.samplers import Denoiser, _denoise, check_decreasing, steps_for_nfe
+from ied.samplers import Denoiser, OptionError, _denoise, check_decreasing, resolve_options, steps_for_nfe
 
 FINE_LEVELS = 120
 TEACHER_SUBSTEPS = 4
 THROUGH_KNOTS = 16  # knots per interval of `rationale_through` that follow the base's shape
 LOG_UNIFORM_SHARE = 1e-3  # of each interval's mass spread log-uniformly, so a flat base CDF never makes a flat one
-FITTED_SAMPLERS = ("euler", "heun", "dpmpp_2m", "ipndm", "unipc")
-FIT_METHODS = ("trajectory_dp", "cost_density")  # the `method` of a fitted rationale
+FITTED_SAMPLERS = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "ipndm", "unipc")
+FIT_METHODS = ("end_to_end", "trajectory_dp", "cost_density")  # the `method` of a fitted rationale
+GRID_METHODS = ("end_to_end", "trajectory_dp")  # the methods that fit one sampler's levels at one NFE
+END_TO_END_EVALUATIONS = 240  # sampler runs on the fit split an end-to-end fit may make (its bound and its bill)
+END_TO_END_VALIDATIONS = 32  # sampler runs on the validation split: one per start and one per search iteration
+VALIDATION_EVERY = 4  # pilot image i is held out for validation when i % 4 == 3
+HEUN_START_STRIDE = 4  # an end-to-end Heun fit starts from the dynamic programme on every fourth fine level
+START_RHOS = (1, 2, 3, 5, 7, 10)  # EDM ρ of the hand-made grids an end-to-end fit also starts from
+END_TO_END_STARTS = 3 + len(START_RHOS)  # the base's, the dynamic programme's, log-uniform and EDM's ρ family
 HISTORY_FREE = ("euler", "heun")  # one-step samplers; the multistep ones' cost depends on the jump before
+DP_COST = {"dpmpp_3m": "dpmpp_2m"}  # the dynamic programme's local model of a sampler it has no cost of its own for
 HEUN_BATCH_ROWS = 1024  # images per denoiser call of Heun's jump costs
 PILOT_KEY = 1 << 62  # pilot image i has the noise key PILOT_KEY + i: no evaluation seed (set·10⁷ + image) reaches it
 
@@ -47,6 +57,20 @@ class Teacher:
     states: list
     denoised: list
     calls: int
+
+    def rows(self, index: Any) -> "Teacher":
+        """The trajectory of some of the pilot images only."""
+        return Teacher(self.sigmas, [x[index] for x in self.states], [d[index] for d in self.denoised], self.calls)
+
+    def levels(self, index: Any) -> "Teacher":
+        """The trajectory at some of its levels only (the first and the last among them)."""
+        return Teacher(self.sigmas[index], [self.states[k] for k in index], [self.denoised[k] for k in index],
+                       self.calls)
+
+    @property
+    def end(self) -> Any:
+        """What a sampler's last step returns from the teacher's state at σ_min: D(x(σ_min); σ_min)."""
+        return self.denoised[-1]
 
 
 def fine_levels(base: Rationale, levels: int = FINE_LEVELS) -> np.ndarray:
@@ -202,22 +226,46 @@ def cheapest_path_with_history(first: np.ndarray, cost: np.ndarray, nodes: int) 
 
 
 def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str, nfe: int, *,
-                 levels: int = FINE_LEVELS, substeps: int = TEACHER_SUBSTEPS, max_jump: int | None = None,
-                 class_labels: Any = None, path: Teacher | None = None) -> np.ndarray:
-    """The noise levels `sampler` visits at `nfe` denoiser calls per image, fitted on `latents` (pilot noise):
-    strictly decreasing, from base.sigma_max to base.sigma_min (the final 0 not included). The cost of a path is
-    the sum of its steps' local errors against the teacher (`jump_cost`); for the multistep solvers a step's cost
-    depends on the step before it (`history_costs`, the history taken from the teacher), and the dynamic
-    programme runs over pairs of levels. `max_jump` bounds a jump in fine intervals (Heun's cost evaluates the
-    denoiser once per jump considered)."""
-    if sampler not in FITTED_SAMPLERS:
-        raise FittingError(f"no fitting cost for the sampler {sampler!r} (one of {sorted(FITTED_SAMPLERS)})")
-    steps = steps_for_nfe(sampler, nfe)
-    if not 2 <= steps <= levels:
-        raise FittingError(f"{sampler} at NFE {nfe} visits {steps} levels: a fit needs 2 to {levels} (fine levels)")
+                 method: str = "trajectory_dp", options: Mapping[str, Any] | None = None, levels: int = FINE_LEVELS,
+                 substeps: int = TEACHER_SUBSTEPS, max_jump: int | None = None, class_labels: Any = None,
+                 path: Teacher | None = None) -> np.ndarray:
+    """The noise levels `sampler` (with `options`) visits at `nfe` denoiser calls per image, fitted on `latents`
+    (pilot noise): strictly decreasing, from base.sigma_max to base.sigma_min (the final 0 not included).
+
+    `trajectory_dp`: the path through the teacher's fine levels whose summed local error is least (`dp_levels`).
+    `end_to_end`: the levels whose error of the sampler itself at σ = 0 against the teacher's end state is least
+    on a fit split of the pilots, kept by a held-out split (`end_to_end`)."""
+    if method not in GRID_METHODS:
+        raise FittingError(f"unknown method {method!r} for a grid (one of {list(GRID_METHODS)})")
+    steps = grid_steps(sampler, nfe, options, levels)
     if max_jump is not None and max_jump * (steps - 1) < levels - 1:
         raise FittingError(f"{steps - 1} jumps of at most {max_jump} fine intervals cannot cross {levels - 1}")
     path = path or teacher(denoiser, latents, fine_levels(base, levels), substeps, class_labels)
+    if method == "trajectory_dp":
+        return dp_levels(denoiser, path, sampler, steps, max_jump, class_labels)
+    return end_to_end(denoiser, latents, base, sampler, steps, path, options, class_labels).levels
+
+
+def grid_steps(sampler: str, nfe: int, options: Mapping[str, Any] | None = None, levels: int = FINE_LEVELS) -> int:
+    """The levels `sampler` visits at `nfe` calls per image, which a fit can choose among `levels` fine ones."""
+    if sampler not in FITTED_SAMPLERS:
+        raise FittingError(f"no fitting cost for the sampler {sampler!r} (one of {sorted(FITTED_SAMPLERS)})")
+    try:
+        steps = steps_for_nfe(sampler, nfe, options)
+    except ValueError as err:
+        raise FittingError(str(err)) from None
+    if not 2 <= steps <= levels:
+        raise FittingError(f"{sampler} at NFE {nfe} visits {steps} levels: a fit needs 2 to {levels} (fine levels)")
+    return steps
+
+
+def dp_levels(denoiser: Denoiser, path: Teacher, sampler: str, steps: int, max_jump: int | None = None,
+              class_labels: Any = None) -> np.ndarray:
+    """GITS' dynamic programme: the `steps` fine levels from σ_max to σ_min whose summed local error against the
+    teacher is least (`jump_cost`); for the multistep solvers a step's cost depends on the step before it
+    (`history_costs`, the history taken from the teacher), and the programme runs over pairs of levels. `max_jump`
+    bounds a jump in fine intervals (Heun's cost evaluates the denoiser once per jump considered)."""
+    sampler = DP_COST.get(sampler, sampler)
     m = len(path.sigmas)
     reach = m if max_jump is None else max_jump + 1
     cost = np.full((m, m), np.inf)
@@ -240,6 +288,137 @@ def fit_schedule(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str
     return path.sigmas[cheapest_path_with_history(cost[0], after, steps)]
 
 
+# --- end to end: the sampler's own error at σ = 0 -----------------------------------------------------------
+@dataclass
+class EndToEnd:
+    """An end-to-end fit: the levels chosen, and the report of the fit (errors of each grid on the fit and
+    validation splits, the evaluations made)."""
+
+    levels: np.ndarray
+    report: dict
+
+
+class _Spent(Exception):
+    """The fit's evaluations are spent: the search stops with the best grid it has."""
+
+
+def split(pilot: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pilot images a fit runs on and those it holds out for validation (every VALIDATION_EVERY-th)."""
+    index = np.arange(pilot)
+    held = index % VALIDATION_EVERY == VALIDATION_EVERY - 1
+    if not held.any():
+        held[-1] = True
+    return index[~held], index[held]
+
+
+def sampler_error(denoiser: Denoiser, latents: Any, target: Any, base: Rationale, sampler: str, steps: int,
+                  levels: np.ndarray, options: Mapping[str, Any] | None = None, class_labels: Any = None) -> float:
+    """The relative RMS error at σ = 0 of `sampler` itself (the function `generate` runs) on the schedule through
+    `levels` against `target`; inf where the sampler cannot step through them or leaves the finite numbers."""
+    from ied.samplers import SAMPLERS, ScheduleError
+
+    try:
+        schedule = rationale_through(levels, base)
+        x = SAMPLERS[sampler](denoiser, latents, schedule, steps, class_labels=class_labels, **dict(options or {}))
+    except (FittingError, ScheduleError):
+        return math.inf
+    error = float(_rms(x - target, target))
+    return error if math.isfinite(error) else math.inf
+
+
+def _levels_of(theta: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Strictly decreasing levels from σ_max = hi to σ_min = lo: log-gaps in proportion to softmax(θ)."""
+    weights = np.exp(theta - theta.max())
+    gaps = math.log(hi / lo) * weights / weights.sum()
+    levels = np.exp(math.log(hi) - np.concatenate([[0.0], np.cumsum(gaps)]))
+    levels[0], levels[-1] = hi, lo
+    return levels
+
+
+def end_to_end(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str, steps: int, path: Teacher,
+               options: Mapping[str, Any] | None = None, class_labels: Any = None, target: Any = None,
+               evaluations: int = END_TO_END_EVALUATIONS, validations: int = END_TO_END_VALIDATIONS) -> EndToEnd:
+    """The levels minimising `sampler_error` against the teacher's end state (or `target`) on the fit split of the
+    pilots: Powell's search over the softmax of the log-gaps (σ_max and σ_min fixed), from the better of the
+    dynamic programme's grid, the base's and the hand-made ones (`hand_made_levels`) on the fit split, at most `evaluations` sampler runs. The grid kept is the one of least
+    error on the held-out split among the search's iterates, its start included (early stopping: the starts do
+    not compete on the held-out split themselves, which would pick the luckiest of them)."""
+    from scipy.optimize import minimize
+
+    fit, held = split(len(latents))
+    target = path.end if target is None else target
+    labels = (lambda rows: None) if class_labels is None else (lambda rows: class_labels[rows])
+
+    def error(levels: np.ndarray, rows: np.ndarray) -> float:
+        return sampler_error(denoiser, latents[rows], target[rows], base, sampler, steps, levels, options, labels(rows))
+
+    starts = {"base": noise_levels_of(base, steps), "trajectory_dp": _dp_start(denoiser, path.rows(fit), sampler,
+                                                                                  steps, labels(fit)),
+              **hand_made_levels(base.sigma_min, base.sigma_max, steps)}
+    pilot_error = {name: error(levels, fit) for name, levels in starts.items()}
+    validation_error = {name: error(levels, held) for name, levels in starts.items()}
+    start = min(starts, key=lambda name: pilot_error[name])
+    lo, hi = base.sigma_min, base.sigma_max
+    spent = {"fit": 0, "held": len(starts)}
+    best = {"value": pilot_error[start], "theta": np.log(np.diff(-np.log(starts[start])))}
+    kept = [(validation_error[start], starts[start], start)]  # the search's iterates, from its start
+
+    def objective(theta: np.ndarray) -> float:
+        if spent["fit"] >= evaluations:
+            raise _Spent
+        spent["fit"] += 1
+        value = error(_levels_of(theta, lo, hi), fit)
+        if value < best["value"]:
+            best.update(value=value, theta=np.array(theta))
+        return value
+
+    def validate(theta: np.ndarray) -> None:
+        if spent["held"] < validations:
+            spent["held"] += 1
+            kept.append((error(_levels_of(theta, lo, hi), held), _levels_of(theta, lo, hi), "end_to_end"))
+
+    if steps > 2:  # two levels are σ_max and σ_min: nothing to choose
+        try:
+            minimize(objective, best["theta"], method="Powell", callback=lambda xk: validate(best["theta"]),
+                     options={"xtol": 1e-3, "ftol": 1e-5, "maxfev": evaluations})
+        except _Spent:
+            pass
+        validate(best["theta"])
+    chosen_error, levels, chosen = min(kept, key=lambda item: item[0])
+    report = {"method": "end_to_end", "start": start, "chosen": chosen, "starts": len(starts), "evaluations": spent["fit"],
+              "validations": spent["held"], "fit_images": len(fit), "validation_images": len(held),
+              "pilot_error": {**pilot_error, "end_to_end": float(best["value"])},
+              "validation_error": {**validation_error, "end_to_end": float(chosen_error)}}
+    return EndToEnd(levels, report)
+
+
+def hand_made_levels(lo: float, hi: float, steps: int) -> dict[str, np.ndarray]:
+    """The hand-made grids on [lo, hi] an end-to-end fit also starts from (one sampler run each): EDM's ρ family and
+    log-uniform levels (VE, logSNR-uniform), so the fit is never worse than these on its pilots."""
+    t = np.linspace(1.0, 0.0, steps)
+    out = {f"EDM ρ={rho:g}": (lo ** (1 / rho) + t * (hi ** (1 / rho) - lo ** (1 / rho))) ** rho for rho in START_RHOS}
+    out["log-uniform"] = np.exp(math.log(lo) + t * math.log(hi / lo))
+    for levels in out.values():
+        levels[0], levels[-1] = hi, lo
+    return out
+
+
+def noise_levels_of(base: Rationale, steps: int) -> np.ndarray:
+    """The levels the base's own schedule visits in `steps` steps (σ(t) at uniform t, the final 0 left out)."""
+    return check_decreasing(base.sigma(np.linspace(1.0, 0.0, steps)), f"{base.name} at {steps} levels")
+
+
+def _dp_start(denoiser: Denoiser, path: Teacher, sampler: str, steps: int, class_labels: Any) -> np.ndarray:
+    """The dynamic programme's grid as a start; Heun's on every HEUN_START_STRIDE-th fine level (its cost evaluates
+    the denoiser at every jump's end)."""
+    if sampler == "heun":
+        m = len(path.sigmas)
+        index = sorted(set(range(0, m, HEUN_START_STRIDE)) | {m - 1})
+        if len(index) >= steps:
+            path = path.levels(index)
+    return dp_levels(denoiser, path, sampler, steps, class_labels=class_labels)
+
+
 def first_jumps(m: int, steps: int, sampler: str, max_jump: int | None = None) -> list[tuple[int, int]]:
     """The jumps i → j of the fine grid whose history-free cost the fit needs: for a one-step sampler those on some
     path of `steps` levels from 0 to m − 1 (at 3 levels: from 0 or to m − 1), for a multistep one those from 0."""
@@ -254,13 +433,22 @@ def teacher_calls(levels: int = FINE_LEVELS, substeps: int = TEACHER_SUBSTEPS) -
     return 1 + (levels - 1) * 2 * substeps
 
 
-def fit_calls(spec: Mapping[str, Any], levels: int = FINE_LEVELS, substeps: int = TEACHER_SUBSTEPS) -> int:
-    """Denoiser evaluations per pilot image of a fit: the teacher's, and Heun's one per jump considered (every
-    other cost is computed from the teacher's evaluations)."""
-    calls = teacher_calls(levels, substeps)
-    if spec["method"] == "trajectory_dp" and spec["sampler"] == "heun":
-        calls += len(first_jumps(levels, steps_for_nfe("heun", spec["nfe"]), "heun"))
-    return calls
+def fit_work(spec: Mapping[str, Any], levels: int = FINE_LEVELS) -> int:
+    """Denoiser evaluations (images × calls) of a fit job beyond its teacher's (a job of its own, `teacher_calls`
+    per pilot image): Heun's one per jump its dynamic programme considers, and an end-to-end fit's sampler runs at
+    their bound (its evaluations on the fit split, its validations on the held-out one). Every other cost is
+    computed from the teacher's evaluations."""
+    if spec["method"] == "cost_density":
+        return 0
+    steps = steps_for_nfe(spec["sampler"], spec["nfe"], spec.get("options"))
+    if spec["method"] == "trajectory_dp":
+        return spec["pilot"] * len(first_jumps(levels, steps, "heun")) if spec["sampler"] == "heun" else 0
+    fit, held = split(spec["pilot"])
+    work = spec["nfe"] * (len(fit) * (END_TO_END_EVALUATIONS + END_TO_END_STARTS) + len(held) * END_TO_END_VALIDATIONS)
+    if spec["sampler"] == "heun":
+        strided = len(set(range(0, levels, HEUN_START_STRIDE)) | {levels - 1})
+        work += len(fit) * len(first_jumps(strided if strided >= steps else levels, steps, "heun"))
+    return work
 
 
 def _check_finite(cost: np.ndarray, sigmas: np.ndarray) -> None:
@@ -321,10 +509,59 @@ def rationale_through(sigmas: np.ndarray, base: Rationale, knots: int = THROUGH_
     return PiecewiseLogLinear("fitted", np.concatenate(points), np.concatenate(cdf), spec)
 
 
+# --- the teacher as a file: one per model, checkpoint, base and pilot, read by every fit of them --------------
+class CorruptTeacherError(CorruptFileError, FittingError):
+    """A teacher file that is truncated or fails its checksum."""
+
+
+def _teacher_digest(arrays: Mapping[str, np.ndarray], meta: str) -> str:
+    digest = hashlib.sha256(meta.encode())
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def save_teacher(path: str | Path, path_: Teacher, latents: np.ndarray, labels: np.ndarray | None,
+                 meta: Mapping[str, Any]) -> None:
+    """The teacher trajectory (levels, states, the denoiser's outputs), its latents and labels, and what it was
+    computed from (`meta`), as an .npz with a checksum (atomically; no pickle)."""
+    arrays = {"sigmas": np.asarray(path_.sigmas, dtype=np.float64),
+              "states": np.stack([np.asarray(x, dtype=np.float64) for x in path_.states]),
+              "denoised": np.stack([np.asarray(d, dtype=np.float64) for d in path_.denoised]),
+              "latents": np.asarray(latents), "labels": np.asarray(labels if labels is not None else [], np.int64)}
+    text = json.dumps({**dict(meta), "calls": int(path_.calls)}, sort_keys=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(text), sha256=np.array(_teacher_digest(arrays, text)), **arrays)
+
+
+def load_teacher(path: str | Path, expect: Mapping[str, Any]) -> tuple[Teacher, np.ndarray, np.ndarray | None, dict]:
+    """A `save_teacher` file, checked against its checksum and against `expect` (the entries its meta must hold):
+    the trajectory (as NumPy arrays), latents, labels (None if unconditional) and meta."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in ("sigmas", "states", "denoised", "latents", "labels")}
+            text, stored = str(npz["meta"]), str(npz["sha256"])
+    except FileNotFoundError:
+        raise FittingError(f"{path}: no teacher file; rerun its teacher job") from None
+    except Exception as err:  # noqa: BLE001 — zip, key or dtype damage all mean the same thing
+        raise CorruptTeacherError(path, f"unreadable or truncated teacher file ({type(err).__name__})") from None
+    if _teacher_digest(arrays, text) != stored:
+        raise CorruptTeacherError(path, "checksum mismatch; the teacher file is corrupt")
+    meta = json.loads(text)
+    for key, value in expect.items():
+        if json.loads(json.dumps(meta.get(key))) != json.loads(json.dumps(value)):
+            raise FittingError(f"{path}: a teacher of another {key} than the fit's; delete it and rerun its teacher job")
+    path_ = Teacher(arrays["sigmas"], list(arrays["states"]), list(arrays["denoised"]), int(meta["calls"]))
+    return path_, arrays["latents"], arrays["labels"] if len(arrays["labels"]) else None, meta
+
+
 # --- the pipeline's fit job: a checkpoint in, a schedule table with the fitted knots out -----------------------
 def check_spec(spec: Any) -> None:
     """A resolved `fitted` spec as the fit job needs it, before any work: its method, a base rationale, a pilot of at
-    least one image and, for a grid, a sampler and an NFE it can fit. FittingError names the key."""
+    least one image (two for end_to_end: one held out) and, for a grid, a sampler with its options and an NFE it can
+    fit. FittingError names the key."""
     def fail(key: str, message: str):
         raise FittingError(f"fitted spec: key {key!r}: {message}")
 
@@ -334,9 +571,9 @@ def check_spec(spec: Any) -> None:
         fail("family", f"must be 'fitted', got {spec.get('family')!r}")
     if spec.get("method") not in FIT_METHODS:
         fail("method", f"must be one of {list(FIT_METHODS)}, got {spec.get('method')!r}")
-    pilot = spec.get("pilot")
-    if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < 1:
-        fail("pilot", f"must be an integer ≥ 1 (pilot images), got {pilot!r}")
+    pilot, least = spec.get("pilot"), 2 if spec["method"] == "end_to_end" else 1
+    if isinstance(pilot, bool) or not isinstance(pilot, int) or pilot < least:
+        fail("pilot", f"must be an integer ≥ {least} (pilot images), got {pilot!r}")
     if not isinstance(spec.get("base"), Mapping):
         fail("base", f"must be a resolved rationale entry, got {spec.get('base')!r}")
     try:
@@ -350,27 +587,33 @@ def check_spec(spec: Any) -> None:
             fail(key, f"required by method {spec['method']}")
     if spec["sampler"] not in FITTED_SAMPLERS:
         fail("sampler", f"no fitting cost for {spec['sampler']!r} (one of {list(FITTED_SAMPLERS)})")
-    nfe = spec["nfe"]
-    if isinstance(nfe, bool) or not isinstance(nfe, int):
-        fail("nfe", f"must be an integer, got {nfe!r}")
     try:
-        steps = steps_for_nfe(spec["sampler"], nfe)
-    except ValueError as err:
+        resolve_options(spec["sampler"], spec.get("options", {}))
+    except OptionError as err:
+        fail(f"options.{err.option}", str(err))
+    if isinstance(spec["nfe"], bool) or not isinstance(spec["nfe"], int):
+        fail("nfe", f"must be an integer, got {spec['nfe']!r}")
+    try:
+        grid_steps(spec["sampler"], spec["nfe"], spec.get("options"))
+    except FittingError as err:
         fail("nfe", str(err))
-    if not 2 <= steps <= FINE_LEVELS:
-        fail("nfe", f"{spec['sampler']} at NFE {nfe} visits {steps} levels: a fit needs 2 to {FINE_LEVELS}")
 
 
-def fit_rationale(denoiser: Denoiser, spec: Mapping[str, Any], latents: Any, class_labels: Any = None
-                  ) -> tuple[PiecewiseLogLinear, Teacher]:
-    """The rationale a resolved `fitted` spec asks for, fitted to `denoiser` on pilot `latents`, and the teacher."""
+def fit_rationale(denoiser: Denoiser, spec: Mapping[str, Any], path: Teacher, latents: Any, class_labels: Any = None
+                  ) -> tuple[PiecewiseLogLinear, dict]:
+    """The rationale a resolved `fitted` spec asks for, fitted to `denoiser` from its teacher `path` on the pilot
+    `latents`, and the fit's report (the levels, and for end_to_end the errors of each grid)."""
     check_spec(spec)
     base = build("base", spec["base"])
-    path = teacher(denoiser, latents, fine_levels(base), class_labels=class_labels)
     if spec["method"] == "cost_density":
-        return cost_density(path, base), path
-    levels = fit_schedule(denoiser, latents, base, spec["sampler"], spec["nfe"], class_labels=class_labels, path=path)
-    return rationale_through(levels, base), path
+        return cost_density(path, base), {"method": "cost_density"}
+    steps = grid_steps(spec["sampler"], spec["nfe"], spec.get("options"))
+    if spec["method"] == "trajectory_dp":
+        levels, report = dp_levels(denoiser, path, spec["sampler"], steps, class_labels=class_labels), {}
+    else:
+        fit = end_to_end(denoiser, latents, base, spec["sampler"], steps, path, spec.get("options"), class_labels)
+        levels, report = fit.levels, fit.report
+    return rationale_through(levels, base), {"method": spec["method"], **report, "levels": levels.tolist()}
 
 
 def save_fitted(path: str | Path, name: str, spec: Mapping[str, Any], rationale: PiecewiseLogLinear,

@@ -18,6 +18,7 @@ from ied.data import DATASETS
 RESULTS = "results"
 DATA = "data/{split}.npz"
 SCHEDULE = "schedules/{rationale}.parquet"
+TEACHER = "teachers/{train}/{step}/{teacher}.npz"  # a fit's teacher trajectory, shared by the fits of one base and pilot
 CHECKPOINT = "checkpoints/{train}/ckpt-{step}.pt"
 LOSS = "losses/{train}/loss-{step}.parquet"  # a training segment's ε-loss per log-σ bin
 DENSITY = "densities/{train}/density-{step}.parquet"  # an adaptive training rationale's density after a segment
@@ -177,14 +178,27 @@ def ablation_cells(config: Mapping[str, Any]) -> list[Cell]:
                  config["sample"]["single"]["n_samples"], 0) for name in specs.ablation_rationales(config)]
 
 
+def by_sampler(sweep: Mapping[str, Any], key: str, sampler: str) -> tuple[str, list]:
+    """A swept sampler's list under `key` (its NFE targets, its rationales) and the config key it comes from: `<key>`
+    if a list, else `<key>.<sampler>` or `<key>.default`."""
+    value = sweep[key]
+    if isinstance(value, list):
+        return f"nfe_sweep.{key}", list(value)
+    name = sampler if sampler in value else "default"
+    return f"nfe_sweep.{key}.{name}", list(value.get(name, []))
+
+
 def nfe_targets(sweep: Mapping[str, Any], sampler: str) -> tuple[str, list[int]]:
-    """A swept sampler's NFE targets and the config key they come from: `nfe` if a list, else `nfe.<sampler>` or
-    `nfe.default`."""
-    nfe = sweep["nfe"]
-    if isinstance(nfe, list):
-        return "nfe_sweep.nfe", list(nfe)
-    key = sampler if sampler in nfe else "default"
-    return f"nfe_sweep.nfe.{key}", list(nfe.get(key, []))
+    """A swept sampler's NFE targets and the config key they come from (`by_sampler`)."""
+    return by_sampler(sweep, "nfe", sampler)
+
+
+def sweep_rationales(sweep: Mapping[str, Any], sampler: str | None = None) -> list[str]:
+    """The rationales the sweep samples with a sampler (`by_sampler`), or, without one, those of every swept sampler
+    in the config's order."""
+    if sampler is not None:
+        return by_sampler(sweep, "rationales", sampler)[1]
+    return list(dict.fromkeys(name for s in sweep.get("samplers", []) for name in sweep_rationales(sweep, s)))
 
 
 def sweep_points(config: Mapping[str, Any]) -> dict[str, list[int]]:
@@ -200,12 +214,25 @@ def sweep_points(config: Mapping[str, Any]) -> dict[str, list[int]]:
                    for n in nfe_targets(sweep, name)[1]] for name in sweep["samplers"]}
 
 
-def sweeps_at(spec: Mapping[str, Any], algorithm: str, steps: int) -> bool:
-    """Whether the sweep samples a rationale at a point (a sampler algorithm at a step count): a trajectory_dp fit
-    only at the sampler and NFE it was fitted for, every other rationale everywhere."""
-    if spec.get("method") != "trajectory_dp":
+def teacher_path(spec: Mapping[str, Any]) -> str:
+    """The teacher file a resolved fitted spec reads (relative to the experiment folder)."""
+    return TEACHER.format(train=spec["model"], step=spec["step"], teacher=specs.teacher_key(spec))
+
+
+def teachers(config: Mapping[str, Any]) -> dict[str, dict]:
+    """Every teacher the fits read, by path: its model, checkpoint and `specs.teacher_spec`."""
+    return {teacher_path(spec): {"model": spec["model"], "step": spec["step"], **specs.teacher_spec(spec)}
+            for spec in specs.fitted_rationales(config).values()}
+
+
+def sweeps_at(spec: Mapping[str, Any], sampler: Mapping[str, Any], steps: int) -> bool:
+    """Whether the sweep samples a rationale at a point (a configured sampler at a step count): a grid fitted for one
+    sampler (its algorithm and options) and NFE only there, every other rationale everywhere."""
+    if spec.get("method") not in ("trajectory_dp", "end_to_end"):
         return True
-    return algorithm == spec["sampler"] and samplers.nfe(algorithm, steps) == spec["nfe"]
+    options = samplers.identity_options(sampler["sampler"], sampler.get("options", {}))
+    return sampler["sampler"] == spec["sampler"] and options == spec.get("options", {}) \
+        and samplers.nfe(sampler["sampler"], steps, options) == spec["nfe"]
 
 
 def point_names(config: Mapping[str, Any]) -> dict[tuple[str, int], str]:
@@ -255,9 +282,9 @@ def sweep_cells(config: Mapping[str, Any]) -> list[Cell]:
     rationales, algorithms, names = specs.configured_rationales(config), config["sample"]["samplers"], \
         point_names(config)
     return [Cell(t, sweep_step(config, t), s, names[sampler, steps], sweep["n_samples"], 0)
-            for t in sweep_models(config) for s in sweep["rationales"]
-            for sampler, counts in points.items() for steps in counts
-            if sweeps_at(rationales[s], algorithms[sampler]["sampler"], steps)]
+            for t in sweep_models(config) for s in sweep_rationales(sweep)
+            for sampler, counts in points.items() if s in sweep_rationales(sweep, sampler) for steps in counts
+            if sweeps_at(rationales[s], algorithms[sampler], steps)]
 
 
 def cells(config: Mapping[str, Any]) -> list[Cell]:
@@ -386,7 +413,7 @@ def sweep(config: Mapping[str, Any]) -> Sweep:
         return {}
     points = {name: {"sampler": s, "steps": k} for (s, k), name in point_names(config).items()}
     trained = sweep_models(config)
-    return {"train": trained, "rationales": entry["rationales"], "samplers": entry["samplers"], "points": points,
+    return {"train": trained, "rationales": sweep_rationales(entry), "samplers": entry["samplers"], "points": points,
             "checkpoint": {m: sweep_step(config, m) for m in trained}, "n_samples": entry["n_samples"]}
 
 

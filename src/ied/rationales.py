@@ -471,7 +471,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {  # family → its parameters (the regis
     "lognormal": ("p_mean", "p_std"), "expression": ("density", "params"), "weighted": ("base", "weight"),
     "kingma_gao": ("weighting", "k"),
     # fitted to a model's checkpoint by a pipeline job (ied.fitting); built from that job's table, not from the spec
-    "fitted": ("model", "step", "method", "base", "sampler", "nfe", "pilot"),
+    "fitted": ("model", "step", "method", "base", "sampler", "options", "nfe", "pilot"),
     # learned in training (ied.adaptive): a training density ∝ target × EMA of the loss per bin of log σ
     "adaptive": ("target", "bins", "ema"),
     # an adaptive model's learned density at one of its checkpoints, read from that training segment's table
@@ -479,7 +479,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {  # family → its parameters (the regis
 }
 # families whose density exists only after a pipeline job (a fit, a training): read from that job's table
 TABLED = ("fitted", "learned")
-OPTIONAL = {"params", "k", "sampler", "nfe", "adaptive"}
+OPTIONAL = {"params", "k", "sampler", "options", "nfe", "adaptive"}
 _POSITIVE = {"v_max", "sigma_n", "rho", "p_std"}
 
 

@@ -219,8 +219,9 @@ def _first_denoised(denoiser: Denoiser, x: "torch.Tensor", sigma: float, class_l
 def _dpmpp(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, order: int, class_labels: Any,
            afs: bool) -> Tensor:
     """DPM-Solver++ of multistep order `order` (Lu et al. 2022, data prediction, λ = −log σ): the exponential
-    integrator with the denoiser's Taylor terms from the last `order` levels, lower orders while fewer exist; the
-    step to σ = 0 is its limit, x = D."""
+    integrator with the denoiser's Taylor terms from the last levels, of order min(order, i + 1, steps − i) at step i
+    (the lower orders while fewer levels exist, and at the end as diff-sampler's lower_order_final); the step to
+    σ = 0 is its limit, x = D."""
     sigma = noise_levels(schedule, steps).tolist()
     x = latents.double() * sigma[0]
     history: list[Any] = []  # D at the last levels, newest first
@@ -229,15 +230,16 @@ def _dpmpp(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: in
         denoised = _first_denoised(denoiser, x, s, class_labels, afs) if i == 0 else \
             _denoise(denoiser, x, s, class_labels)
         history = [denoised, *history[:order - 1]]
+        p = min(order, i + 1, steps - i)
         if s_next == 0:
             return denoised  # the exponential integrator's limit: σ_next/σ → 0, 1 − e^{−h} → 1
         h = math.log(s / s_next)
         b = math.expm1(-h)
         x = (s_next / s) * x - b * denoised
-        if len(history) >= 2:  # D1 = (D_i − D_{i−1})/r0, r0 = h_{i−1}/h
+        if p >= 2:  # D1 = (D_i − D_{i−1})/r0, r0 = h_{i−1}/h
             r0 = math.log(sigma[i - 1] / s) / h
             d1_0 = (history[0] - history[1]) / r0
-            if len(history) == 2:
+            if p == 2:
                 x = x - b * d1_0 / 2  # 2M: D_i + (D_i − D_{i−1})/2r
             else:  # 3M: D1 and D2 from the divided differences over the last three levels
                 r1 = math.log(sigma[i - 2] / sigma[i - 1]) / h
@@ -259,7 +261,8 @@ def dpmpp_2m(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: 
 def dpmpp_3m(denoiser: Denoiser, latents: Tensor, schedule: "Rationale", steps: int, *,
              class_labels: Any = None, generator: Any = None, afs: bool = False) -> Tensor:
     """DPM-Solver++(3M) (Lu et al. 2022, multistep order 3): as 2M, with the second divided difference of the last
-    three levels; orders 1, 2, then 3, and the step to σ = 0 is x = D."""
+    three levels; orders 1, 2, 3, …, 3, 2 and the step to σ = 0, x = D (diff-sampler's lower_order_final, as
+    diffusers' below 15 steps)."""
     return _dpmpp(denoiser, latents, schedule, steps, 3, class_labels, afs)
 
 

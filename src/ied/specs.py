@@ -13,7 +13,7 @@ import json
 from typing import Any, Mapping
 
 from ied.rationales import Rationale, RationaleError, build, check_keys
-from ied.samplers import identity_options
+from ied.samplers import OptionError, identity_options
 
 PRETRAINED_STEP = 0  # a pretrained model's one checkpoint: its published weights, nothing trained here
 
@@ -43,10 +43,29 @@ def resolve_rationale(name: str, entry: Mapping[str, Any], registry: Mapping[str
     spec["base"] = _reference(name, "base", entry.get("base"), registry, _seen)
     if family == "fitted":
         _own_domain_refused(name, spec, "a fitted rationale lives on its base's domain; give the base this domain")
+        _fitted_options(name, spec)
     # A weighted rationale lives on its base's domain unless it names its own; a fitted one always does.
     spec.setdefault("sigma_min", spec["base"]["sigma_min"])
     spec.setdefault("sigma_max", spec["base"]["sigma_max"])
     return spec
+
+
+def _fitted_options(name: str, spec: dict) -> None:
+    """A fit's sampler options as a cell's identity holds them (absent when they are all the sampler's defaults and
+    were added to it later, so fits made before those options existed keep their identity)."""
+    if "sampler" not in spec:
+        if "options" in spec:
+            raise RationaleError(name, "options", "options of a sampler: give the sampler too (methods end_to_end "
+                                                  "and trajectory_dp)")
+        return
+    try:
+        options = identity_options(spec["sampler"], spec.get("options", {}))
+    except OptionError as err:
+        key = "sampler" if err.option == "sampler" else f"options.{err.option}"
+        raise RationaleError(name, key, str(err)) from None
+    spec.pop("options", None)
+    if options:
+        spec["options"] = options
 
 
 def _reference(name: str, key: str, ref: Any, registry: Mapping[str, Mapping[str, Any]], seen: tuple[str, ...]) -> dict:
@@ -123,6 +142,17 @@ def configured_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
 def fitted_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
     """The rationales fitted to a model (family `fitted`), resolved: each is made by a `fit_rationale` job."""
     return {name: spec for name, spec in configured_rationales(config).items() if spec["family"] == "fitted"}
+
+
+def teacher_spec(spec: Mapping[str, Any]) -> dict:
+    """What determines a fit's teacher trajectory besides the model's checkpoint: the base and the pilot."""
+    return {"base": copy.deepcopy(dict(spec["base"])), "pilot": int(spec["pilot"])}
+
+
+def teacher_key(spec: Mapping[str, Any]) -> str:
+    """A fit's teacher file name: its pilot and the identity of its base (fits of one model, checkpoint, base and
+    pilot share it)."""
+    return f"p{int(spec['pilot'])}-{identity_hash(teacher_spec(spec)['base'])}"
 
 
 def learned_rationales(config: Mapping[str, Any]) -> dict[str, dict]:

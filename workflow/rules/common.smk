@@ -41,6 +41,7 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTH
 EXP = layout.experiment_root(config)
 RATIONALES = specs.all_rationales(config)
 FITTED = specs.fitted_rationales(config)  # made by fit_rationale jobs; every cell sampling one reads its table
+TEACHERS = layout.teachers(config)  # made by teacher jobs, one per model, checkpoint, base and pilot of the fits
 LEARNED = specs.learned_rationales(config)  # made by learned_rationale jobs from an adaptive model's density
 ADAPTIVE = specs.adaptive_models(config)  # trained by train_adaptive_segment jobs, which also write the density
 CELLS = layout.cells(config)

@@ -16,12 +16,41 @@ rule tabulate_schedule:
         "python -m ied tabulate --spec {params.spec:q} --name {wildcards.rationale} --out {output:q} > {log:q} 2>&1"
 
 
+rule teacher:
+    """A fit's teacher trajectory (ied.fitting): one per model, checkpoint, base and pilot, read by every fit of them."""
+    wildcard_constraints:
+        teacher=r"p\d+-[0-9a-f]{16}",
+    input:
+        out(layout.CHECKPOINT),
+    output:
+        out(layout.TEACHER),
+    params:
+        spec=lambda w: dumps({k: v for k, v in TEACHERS[layout.TEACHER.format(**w)].items() if k in ("base", "pilot")}),
+        # the checkpoint must hold this step of this model's training spec (or its pretrained file)
+        config_hash=lambda w: specs.model_hash(config, w.train),
+    benchmark:
+        bench("teacher", "{train}-{step}-{teacher}")
+    log:
+        jsonl=log("teacher", "{train}-{step}-{teacher}", "jsonl"),
+        stderr=log("teacher", "{train}-{step}-{teacher}"),
+    threads: res("teacher")["cpus"]
+    resources:
+        **gpu_resources("teacher", device=config["sample"]["device"]),
+    conda:
+        ENV
+    shell:
+        "python -m ied teacher --checkpoint {input:q} --spec {params.spec:q} --expect-step {wildcards.step}"
+        " --expect-config-hash {params.config_hash} --device {resources.device} --out {output:q}"
+        " --log-file {log.jsonl:q} 2> {log.stderr:q}"
+
+
 rule fit_rationale:
     """A rationale fitted to a model's checkpoint (ied.fitting): its schedule table, the fitted knots in the metadata."""
     wildcard_constraints:
         rationale=names_pattern(FITTED),
     input:
-        lambda w: out(layout.CHECKPOINT, train=FITTED[w.rationale]["model"], step=FITTED[w.rationale]["step"]),
+        checkpoint=lambda w: out(layout.CHECKPOINT, train=FITTED[w.rationale]["model"], step=FITTED[w.rationale]["step"]),
+        teacher=lambda w: out(layout.teacher_path(FITTED[w.rationale])),
     output:
         out(layout.SCHEDULE),
     params:
@@ -40,7 +69,8 @@ rule fit_rationale:
     conda:
         ENV
     shell:
-        "python -m ied fit-rationale --checkpoint {input:q} --spec {params.spec:q} --name {wildcards.rationale}"
+        "python -m ied fit-rationale --checkpoint {input.checkpoint:q} --teacher {input.teacher:q}"
+        " --spec {params.spec:q} --name {wildcards.rationale}"
         " --expect-step {params.step} --expect-config-hash {params.config_hash} --device {resources.device}"
         " --out {output:q} --log-file {log.jsonl:q} 2> {log.stderr:q}"
 
