@@ -217,7 +217,8 @@ def test_the_ablation_and_the_sweep_run_on_a_pretrained_model(tmp_path):
     config = statistics_config(tmp_path)
     config["ablation"] = {"rationale": "gauss5", "train_rationale": "edm-uncond-vp", "sampler": "heun",
                           "sigma_n": [1, 3]}
-    config["nfe_sweep"] = {"rationales": ["edm7"], "samplers": ["heun"], "steps": [10, 20], "n_samples": 100}
+    config["nfe_sweep"] = {"rationales": ["edm7"], "samplers": ["heun"], "steps": [10, 20], "n_samples": 100,
+                           "reference_images": 100}
     config = validate(config)
     assert {(c.train, c.step) for c in layout.ablation_cells(config) + layout.sweep_cells(config)} == {
         ("edm-uncond-vp", layout.PRETRAINED_STEP)}

@@ -40,8 +40,43 @@ def test_the_published_rows_of_a_pretrained_network_are_found_by_its_file_name_a
     with mock.patch.object(figures.plt.Axes, "plot", autospec=True, side_effect=figures.plt.Axes.plot) as plot:
         figures.fig_fid_nfe(metrics, experiment, tmp_path, "fid_nfe")
     labels = [call.kwargs.get("label") for call in plot.call_args_list]
-    assert "published: EDM (ρ=7), heun (a paper, Table 2)" in labels and "EDM (ρ=7), heun" in labels
+    assert "published: EDM (ρ=7) (a paper)" in labels and "EDM (ρ=7)" in labels
+    published = next(call for call in plot.call_args_list if call.kwargs.get("label", "").startswith("published"))
+    assert list(published.args[1:3]) == [[35], [1.79]]  # in the Heun panel, at its NFE
     assert (tmp_path / "fid_nfe.png").stat().st_size > 1000
+
+
+def test_the_fid_nfe_figure_has_a_panel_per_solver_a_colour_per_schedule_and_the_distance_below(tmp_path,
+                                                                                                  monkeypatch):
+    """A column per solver, each schedule one colour in all of them (fitted ones dashed), intervals as bands, and a
+    second row of panels for the distance from the flow; one legend outside the axes."""
+    from unittest import mock
+
+    from ied import figures
+    monkeypatch.chdir(tmp_path)  # no finished run whose cells keep their names
+    config = load([DEFAULT])
+    experiment = layout.figure_inputs(config)
+    rows = []
+    for name, point in experiment["sweep"]["points"].items():
+        for sample in ("edm7", "ve", "fit-density"):
+            fid = 10.0 + point["steps"] + len(sample)
+            rows.append({"train_rationale": "l2", "sample_rationale": sample, "sampler_name": name, "checkpoint_step": 900,
+                         "n_samples": 360, "seed_set": 0, "steps": point["steps"], "nfe": point["steps"], "fid": fid,
+                         "fid_lo": fid - 1, "fid_hi": fid + 1, "isc_mean": 1.0, "precision": 0.5, "recall": 0.5,
+                         "ref_rmse": 0.1, "ref_rmse_lo": 0.09, "ref_rmse_hi": 0.11, "degenerate": ""})
+    metrics = pd.DataFrame(rows)
+    with mock.patch.object(figures.plt.Axes, "plot", autospec=True, side_effect=figures.plt.Axes.plot) as plot, \
+            mock.patch.object(figures.plt.Axes, "fill_between", autospec=True,
+                              side_effect=figures.plt.Axes.fill_between) as bands:
+        figures.fig_fid_nfe(metrics, experiment, tmp_path, "fid_nfe")
+    axes = {id(call.args[0]) for call in plot.call_args_list}
+    assert len(axes) == 2 * len(experiment["sweep"]["samplers"])  # FID and distance, per solver
+    colours = {}
+    for call in plot.call_args_list:
+        colours.setdefault(call.kwargs["label"], set()).add(call.kwargs["color"])
+        assert (call.args[3] == "--") == (call.kwargs["label"] == "fitted (cost density)")
+    assert all(len(c) == 1 for c in colours.values()) and len(colours) == 3
+    assert len(bands.call_args_list) == len(plot.call_args_list)
 
 
 def test_figure_1_draws_the_fitted_rationales_dashed_beside_the_hand_made_ones(tmp_path):
@@ -98,9 +133,12 @@ def test_the_adaptive_figure_draws_each_segment_s_learned_density_beside_its_tar
     with mock.patch.object(figures.plt.Axes, "plot", autospec=True, side_effect=figures.plt.Axes.plot) as plot:
         figures.fig_adaptive_density(densities, schedules, experiment, tmp_path, "adaptive_density")
     labels = [call.kwargs.get("label") for call in plot.call_args_list]
-    assert labels.count("step 300") == labels.count("step 600") == 1
     assert "target: L2" in labels and {"VE", "L2", "N(0,5²)"} <= set(labels)
-    drawn = next(call for call in plot.call_args_list if call.kwargs.get("label") == "step 600")
-    sigma, density = drawn.args[1], drawn.args[2]
-    np.testing.assert_allclose(density, schedule.rationale().pdf(sigma) * sigma)
+    with mock.patch.object(figures.plt.Axes, "stairs", autospec=True, side_effect=figures.plt.Axes.stairs) as stairs:
+        figures.fig_adaptive_density(densities, schedules, experiment, tmp_path, "adaptive_density")
+    steps = {call.kwargs.get("label"): call for call in stairs.call_args_list}
+    assert {"step 300", "step 600", "target, per bin"} <= set(steps)
+    values, edges = steps["step 600"].args[1], steps["step 600"].args[2]  # per bin: π_b over its width in log σ
+    np.testing.assert_allclose(values, schedule.rationale().probabilities / np.diff(np.log(schedule.edges)))
+    np.testing.assert_allclose(edges, schedule.edges)
     assert (tmp_path / "adaptive_density.png").stat().st_size > 1000

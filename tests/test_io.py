@@ -84,7 +84,7 @@ def test_cli_names_a_full_disk(tmp_path, monkeypatch, capsys):
     from ied import cli
     monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "aggregate": lambda a: (_ for _ in ()).throw(
         OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.parquet")))})
-    assert cli.main(["aggregate", "--out", str(tmp_path / "m.parquet"), "x"]) == 1
+    assert cli.main(["aggregate", "--out", str(tmp_path / "m.parquet"), "--rows", "x"]) == 1
     err = capsys.readouterr().err
     assert "no space left on device writing" in err and "metrics.parquet" in err and len(err.splitlines()) == 1
 

@@ -227,18 +227,18 @@ def test_latex_table_is_exactly_booktabs():
 
 
 def test_empty_protocols_and_unlabelled_names():
-    from ied.tables import best_checkpoints, per_checkpoint
+    from ied.tables import INTERVAL_COLUMNS, best_checkpoints, per_checkpoint
     empty = per_checkpoint(metrics().iloc[:0])
     assert empty.empty and list(empty.columns) == ["sampler_name", "train_rationale", "sample_rationale",
                                                    "checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
                                                    "fid_min", "isc_mean", "isc_std", "kid_mean", "precision",
-                                                   "recall"]
+                                                   "recall", *INTERVAL_COLUMNS]
     assert best_checkpoints(empty).empty
     grid = {**GRID, "labels": {"ve": "VE"}}  # g has no label: its name is shown
     table = single_table(metrics(), grid)
     assert list(table.columns) == ["sampler_name", "train_rationale", "sample_rationale", "checkpoint_step", "fid",
                                    "isc_mean", "isc_std", "precision", "recall", "kid_mean", "fid_std_repeated",
-                                   "isc_std_repeated", "degenerate", "train_label", "sample_label"]
+                                   "isc_std_repeated", *INTERVAL_COLUMNS, "degenerate", "train_label", "sample_label"]
     assert set(table["sample_label"]) == {"VE", "g"} and set(table["train_label"]) == {"VE", "l2"}
 
 

@@ -214,6 +214,32 @@ def bench_features(n: int, device: torch.device, inception_weights: str | None) 
     return out
 
 
+def bench_bootstrap(n: int, dims: int, resamples: int, device: torch.device) -> dict:
+    """Seconds of the score intervals of n generated and n reference features of `dims` dimensions (Inception's
+    pool3: 2048) per resample, each score timed on `resamples` resamples; 200 resamples extrapolate linearly (the
+    features and the reference's root are computed once)."""
+    from ied import fidelity
+
+    generator = torch.Generator().manual_seed(0)
+    gen = torch.randn(n, dims, generator=generator).to(device)
+    real = (torch.randn(n, dims, generator=generator) * 1.1 + 0.1).to(device)
+    counts = fidelity.resample_counts(n, resamples)
+    reference = fidelity.fid_statistics(real.cpu())
+    parts = {"fid": lambda: fidelity.bootstrap_fid(gen, reference, counts),
+             "isc": lambda: fidelity.bootstrap_inception_score(gen[:, :1008].cpu(), counts),
+             "kid": lambda: fidelity.bootstrap_kid(gen, real, counts),
+             "precision_recall": lambda: fidelity.bootstrap_precision_recall(gen, real, counts)}
+    out: dict[str, Any] = {"images": n, "dims": dims, "resamples_timed": resamples + 1}
+    for name, fn in parts.items():  # one call each (no warm-up: the work dwarfs it)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        out[name] = {"seconds": seconds, "seconds_per_200": seconds * 200 / (resamples + 1)}
+    out["seconds_per_200"] = sum(v["seconds_per_200"] for k, v in out.items() if isinstance(v, dict))
+    return out
+
+
 def bench_nll(preset: str, batch: int, device: torch.device, rtol: float) -> dict:
     """Likelihood throughput: images/s and NFE per image of one batched probability-flow ODE solve."""
     from ied.nll import ode_logp
@@ -330,8 +356,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--peak-tflops", type=float, help="device bf16 peak (default: from the GPU's name)")
     add("--inception-weights", help="also time Inception feature extraction")
     add("--stages", help="a results/<experiment> folder: per-stage wall time of its run")
+    add("--bootstrap", type=int, nargs=3, default=[50_000, 2048, 2], metavar=("IMAGES", "DIMS", "RESAMPLES"),
+        help="the score intervals' cost: features of IMAGES × DIMS, RESAMPLES timed")
     add("--only", nargs="+", default=["training", "sampling", "flops", "schedules", "features"],
-        choices=["training", "sampling", "flops", "schedules", "features", "nll", "ddp", "startup"],
+        choices=["training", "sampling", "flops", "schedules", "features", "nll", "ddp", "startup", "bootstrap"],
         help="what to measure")
 
 
@@ -377,6 +405,8 @@ def run(a: argparse.Namespace) -> int:
         report["nll"] = bench_nll(a.preset, a.nll_batch, device, a.nll_rtol)
     if "ddp" in a.only:
         report["ddp"] = bench_ddp(a.ddp_batch, a.train_steps)
+    if "bootstrap" in a.only:
+        report["bootstrap"] = bench_bootstrap(*a.bootstrap, device)
     if "startup" in a.only:
         report["startup"] = bench_startup()
     if a.stages:

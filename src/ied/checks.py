@@ -63,6 +63,7 @@ def validate(config: Mapping[str, Any], *, deep: bool = True) -> dict:
     _check_labels(config)
     _check_file_names(config)
     _check_levels(config)
+    _check_references(config)
     _check_gpus(config)
     _check_evaluation(config, deep)  # last: it opens the files
     _check_budget(config)
@@ -433,6 +434,16 @@ def _check_levels(config: dict) -> None:
             fine_levels(build(f"{name}.base", spec["base"]))
         except ScheduleError as err:
             fail(f"rationales.{name}.base", f"the fit's grid: {err}")
+
+
+def _check_references(config: dict) -> None:
+    """A deterministic cell's distance from the flow is measured on the first reference_images of its set."""
+    images = config["nfe_sweep"]["reference_images"]
+    for cell in layout.distance_cells(config):
+        if images > cell.n:
+            fail("nfe_sweep.reference_images", f"{images} images measured against the probability-flow solution, but "
+                                               f"the cell {layout.CELL_JOB.format(**cell.wildcards())} holds "
+                                               f"{cell.n}")
 
 
 def _check_gpus(config: dict) -> None:

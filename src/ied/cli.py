@@ -202,8 +202,33 @@ def _scoring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the metrics row (Parquet) to write")
     p.add_argument("--cell", type=_json, default={}, help="the cell's names, stored in the row (JSON)")
     p.add_argument("--cache-root", help="folder of the cached reference features")
+    p.add_argument("--bootstrap", type=COUNT, default=0, help="resamples of each score's 95 %% interval (0: none)")
     p.add_argument("--batch-size", type=POSITIVE, default=256, help="images per feature batch")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    p = sub.add_parser("reference", help="the probability-flow solution of a set's first images (ied.reference)")
+    p.add_argument("--checkpoint", required=True, help="the checkpoint whose flow is solved")
+    p.add_argument("--spec", type=_json, required=True, help="domain, images, steps, set size and seed set (JSON)")
+    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
+    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
+    p.add_argument("--batch-size", type=POSITIVE, default=256, help="images per solve")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True, help="the reference file to write")
+
+    p = sub.add_parser("distance", help="deterministic cells against the probability-flow solution → a row each")
+    p.add_argument("--checkpoint", required=True, help="the cells' checkpoint")
+    p.add_argument("--reference", required=True, help="their reference (the reference job's output)")
+    p.add_argument("--cells", type=_json, required=True,
+                   help="the cells: a JSON list of {cell: its names, spec: its resolved sampling spec}")
+    p.add_argument("--tables", nargs="*", default=[], help="name=path of each fitted or learned rationale's table")
+    p.add_argument("--n-samples", type=POSITIVE, required=True, help="the cells' set size (their labels follow it)")
+    p.add_argument("--seed-set", type=COUNT, default=0, help="the cells' seed set")
+    p.add_argument("--expect-step", type=COUNT, help="refuse a checkpoint of another step")
+    p.add_argument("--expect-config-hash", help="refuse a checkpoint of another training spec")
+    p.add_argument("--batch-size", type=POSITIVE, default=256, help="images per batch")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="auto", help="auto (bf16 on CUDA), bf16 or fp32, as the cell's")
+    p.add_argument("--out", required=True, help="the distance row (Parquet) to write")
 
     p = sub.add_parser("nll", help="bits/dim of a prepared split under a checkpoint (probability-flow ODE)")
     p.add_argument("--checkpoint", required=True, help="the checkpoint to score")
@@ -224,9 +249,10 @@ def _scoring_commands(sub: argparse._SubParsersAction) -> None:
 
 def _summary_commands(sub: argparse._SubParsersAction, with_bench_options: bool = False) -> None:
     """The subcommands that summarise results, check configs and measure."""
-    p = sub.add_parser("aggregate", help="concatenate metric rows")
+    p = sub.add_parser("aggregate", help="concatenate metric rows, with the cells' distances from the flow")
     p.add_argument("--out", required=True, help="the metrics table to write")
-    p.add_argument("rows", nargs="+", help="metric rows (Parquet)")
+    p.add_argument("--rows", nargs="+", required=True, help="metric rows (Parquet)")
+    p.add_argument("--distances", nargs="*", default=[], help="distance rows (Parquet) of deterministic cells")
 
     p = sub.add_parser("tables", help="Tables 1–4 from the metrics")
     p.add_argument("--metrics", required=True, help="the metrics table (ied.layout.METRICS)")
@@ -316,6 +342,7 @@ def _known(err: Exception) -> str | None:
     from ied.metrics import MetricsError
     from ied.nll import NLLError
     from ied.pretrained import PretrainedError
+    from ied.reference import ReferenceError
     from ied.rationales import RationaleError
     from ied.samplers import OptionError, ScheduleError
     from ied.train import TrainingError
@@ -329,7 +356,7 @@ def _known(err: Exception) -> str | None:
         return f"{err.filename}: {err.strerror or err}"
     known = (AdaptiveError, CheckpointError, ConfigError, CostError, DataError, DeviceError, FittingError, GenerationError,
              MetricsError, NLLError,
-             PretrainedError, RationaleError, OptionError, ScheduleError, TrainingError)
+             PretrainedError, RationaleError, OptionError, ReferenceError, ScheduleError, TrainingError)
     return str(err) if isinstance(err, known) else None
 
 
@@ -393,7 +420,8 @@ def _evaluate(a):
     from ied.metrics import evaluate
     row = evaluate(a.samples, a.reference or None, a.extractor, a.weights, a.out, cell=a.cell, sha256=a.sha256 or None,
                    cache_root=a.cache_root, batch_size=a.batch_size, device=a.device,
-                   reference_statistics=a.reference_statistics or None, expect_shape=a.expect_shape)
+                   reference_statistics=a.reference_statistics or None, expect_shape=a.expect_shape,
+                   bootstrap=a.bootstrap)
     print(json.dumps({k: row[k] for k in ("fid", "isc_mean", "kid_mean", "degenerate")}), file=sys.stderr)
 
 
@@ -413,12 +441,28 @@ def _import_edm(a):
 
 
 def _aggregate(a):
-    import pandas as pd
-
     from ied.io import atomic_path
-    frame = pd.concat([pd.read_parquet(p) for p in a.rows], ignore_index=True)
+    from ied.metrics import aggregate
+    frame = aggregate(a.rows, a.distances)
     with atomic_path(a.out) as tmp:
         frame.to_parquet(tmp, index=False)
+
+
+def _reference(a):
+    from ied.reference import reference_checkpoint
+    info = reference_checkpoint(a.checkpoint, a.spec, a.out, expect_step=a.expect_step,
+                                expect_config_hash=a.expect_config_hash, device=a.device, batch_size=a.batch_size)
+    print(json.dumps(info), file=sys.stderr)
+
+
+def _distance(a):
+    from ied.reference import distance
+    tables = dict(entry.split("=", 1) for entry in a.tables)
+    rows = distance(a.checkpoint, a.reference, a.cells, a.out, n_samples=a.n_samples, seed_set=a.seed_set,
+                    expect_step=a.expect_step, expect_config_hash=a.expect_config_hash, tables=tables,
+                    device=a.device, precision=a.precision, batch_size=a.batch_size)
+    for row in rows:
+        print(json.dumps(row), file=sys.stderr)
 
 
 def _tables(a):
@@ -480,7 +524,7 @@ COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-
             "generate": _generate, "teacher": _teacher, "fit-rationale": _fit_rationale,
             "learn-rationale": _learn_rationale, "evaluate": _evaluate, "nll": _nll,
             "import-edm": _import_edm, "cost": _cost,
-            "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
+            "reference": _reference, "distance": _distance, "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
             "check-config": _check_config, "bench": _bench}
 
 if __name__ == "__main__":

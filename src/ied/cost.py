@@ -7,7 +7,8 @@ a run (Snakemake's `onstart`): a command that runs no job (--unlock, --lint, --l
 is never refused.
 Work per job: training images (steps × batch), a teacher's pilot images × its denoiser evaluations, a fit's denoiser
 evaluations at their bound (ied.fitting.fit_work),
-generated images × NFE, likelihood images × probes × the expected
+generated images × NFE, a reference's images × its two Heun solves' NFE, a distance job's images × its cells' NFE,
+likelihood images × probes × the expected
 NFE of one ODE solve, evaluated images. GPU-hours = work ÷ throughput, the throughput from a JSON `ied bench`
 wrote on the target GPU, or else the paper's A100 figures. Job start-up is not counted.
 
@@ -28,9 +29,11 @@ from ied.samplers import nfe
 
 # import_network, tables… run on CPUs; an adaptive model's segments are train_adaptive_segment jobs, as Snakemake
 # names them (train_segment's resources and rate)
-GPU_RULES = ("train_segment", "train_adaptive_segment", "teacher", "fit_rationale", "generate", "evaluate", "nll")
+GPU_RULES = ("train_segment", "train_adaptive_segment", "teacher", "fit_rationale", "generate", "evaluate", "reference",
+             "distance", "nll")
 UNITS = {"train_segment": "training images", "train_adaptive_segment": "training images", "teacher": "images × NFE",
-         "fit_rationale": "images × NFE", "generate": "images × NFE", "evaluate": "images", "nll": "images × NFE"}
+         "fit_rationale": "images × NFE", "generate": "images × NFE", "evaluate": "images",
+         "reference": "images × NFE", "distance": "images × NFE", "nll": "images × NFE"}
 BILL_OUT = "IED_BILL_OUT"  # a JSON path: the Snakefile writes its bill there (how `ied cost` reads a dry run's)
 
 
@@ -156,6 +159,12 @@ def jobs(config: Mapping[str, Any], throughput: Throughput) -> list[Job]:
         out.append(Job("generate", f"{root}/{layout.cell_path(layout.SAMPLES, cell)}",
                        cell.n * nfe(entry["sampler"], entry["steps"], entry.get("options"))))
         out.append(Job("evaluate", f"{root}/{layout.cell_path(layout.METRIC_ROW, cell)}", cell.n))
+    for path, spec in layout.references(config).items():  # Heun at S and 2S steps
+        out.append(Job("reference", f"{root}/{path}", spec["images"] * (6 * spec["steps"] - 2)))
+    for path, group in layout.distance_groups(config).items():  # each cell's sampler on the reference's images
+        entries = [specs.sampler_entry(config, cell.sampler) for cell in group]
+        out.append(Job("distance", f"{root}/{path}", config["nfe_sweep"]["reference_images"]
+                       * sum(nfe(e["sampler"], e["steps"], e.get("options")) for e in entries)))
     nll = config["nll"]
     if "n_images" in nll:
         info = DATASETS[config["dataset"]["name"]]
@@ -172,6 +181,7 @@ def hours(job: Job, throughput: Throughput) -> float:
     rate = {"train_segment": throughput.train_images_per_s, "train_adaptive_segment": throughput.train_images_per_s,
             "generate": throughput.nfe_per_s,
             "teacher": throughput.nfe_per_s, "fit_rationale": throughput.nfe_per_s,
+            "reference": throughput.nfe_per_s, "distance": throughput.nfe_per_s,
             "evaluate": throughput.eval_images_per_s, "nll": throughput.nll_nfe_per_s}[job.rule]
     return job.work / rate / 3600
 

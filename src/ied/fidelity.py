@@ -88,3 +88,89 @@ def precision_recall(generated: torch.Tensor, real: torch.Tensor, k: int = PRC_N
     precision = _covered(generated, real, _kth_neighbour_radii(real, k))
     recall = _covered(real, generated, _kth_neighbour_radii(generated, k))
     return precision, recall
+
+
+# --- bootstrap intervals over the generated images (the reference fixed) ---------------------------------------
+BOOTSTRAP_SEED = 2026  # the resamples' seed: an interval is a function of the features and the resample count
+BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_ROWS = 4096  # rows of a kernel or distance block computed at once (memory only)
+
+
+def resample_counts(n: int, resamples: int, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """How often each of n generated images is drawn in each resample of n with replacement (resamples × n), then
+    the set itself (a row of ones), whose value the interval is centred by."""
+    drawn = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    return np.vstack([drawn, np.ones((1, n), dtype=drawn.dtype)])
+
+
+def centred_interval(replicates: np.ndarray, level: float = BOOTSTRAP_LEVEL) -> tuple[float, float]:
+    """The central `level` interval of the resamples' values (all but the last), moved by their bias: their mean
+    minus the set's own value (the last). A resample of n draws holds about 63 % distinct images, so a score biased
+    at small n (FID, KID with repeated draws, recall) is biased further in it; the move centres the interval on the
+    set's own value, and its coverage of the score's mean over sets of n is about `level` (tests)."""
+    values, own = replicates[:-1], replicates[-1]
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values, [tail, 100 - tail])
+    shift = float(np.mean(values)) - float(own)
+    return float(low) - shift, float(high) - shift
+
+
+def bootstrap_fid(generated: torch.Tensor, reference: dict[str, np.ndarray], counts: np.ndarray) -> np.ndarray:
+    """The FID of each resample of the generated features against fixed reference statistics: its weighted mean and
+    covariance, and tr (Σ Σ_r)^½ as Σ √λ of the symmetric S Σ S, S = Σ_r^½ (the same eigenvalues, one
+    eigendecomposition of the reference for all resamples)."""
+    x = generated.double()
+    n = len(x)
+    values, vectors = np.linalg.eigh(reference["sigma"])
+    root = torch.from_numpy((vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T).to(x)
+    mu_r = torch.from_numpy(reference["mu"]).to(x)
+    trace_r = float(np.trace(reference["sigma"]))
+    out = np.empty(len(counts))
+    for b, weights in enumerate(torch.from_numpy(counts).to(x)):
+        mu = weights @ x / n
+        centred = x - mu
+        sigma = (centred * weights[:, None]).T @ centred / (n - 1)
+        inner = torch.linalg.eigvalsh(root @ sigma @ root).clamp(min=0).sqrt().sum()
+        out[b] = float((mu - mu_r).pow(2).sum() + sigma.trace() + trace_r - 2 * inner)
+    return out
+
+
+def bootstrap_inception_score(logits: torch.Tensor, counts: np.ndarray, splits: int = ISC_SPLITS) -> np.ndarray:
+    """The Inception Score (mean over splits, as `inception_score`) of each resample of the logits."""
+    rows = [np.repeat(np.arange(len(logits)), c) for c in counts]
+    return np.array([inception_score(logits[torch.from_numpy(r)], splits)[0] for r in rows])
+
+
+def bootstrap_kid(generated: torch.Tensor, real: torch.Tensor, counts: np.ndarray) -> np.ndarray:
+    """The unbiased MMD² of the cubic polynomial kernel over all pairs for each resample of the generated features
+    (pairs of two draws of one image count, as distinct draws): KID without its random subsets, whose mean it is."""
+    x, y = generated.double(), real.double()
+    n, m, d = len(x), len(y), x.shape[1]
+    weights = torch.from_numpy(counts.T.copy()).to(x)  # n × B
+    within, cross, diagonal = torch.zeros(len(counts)).to(x), torch.zeros(len(counts)).to(x), torch.zeros(n).to(x)
+    for start in range(0, n, BOOTSTRAP_ROWS):
+        block = x[start:start + BOOTSTRAP_ROWS]
+        k_xx = (block @ x.T / d + 1) ** 3
+        within += (weights[start:start + BOOTSTRAP_ROWS] * (k_xx @ weights)).sum(0)
+        diagonal[start:start + len(block)] = ((block * block).sum(1) / d + 1) ** 3
+        cross += weights[start:start + BOOTSTRAP_ROWS].T @ ((block @ y.T / d + 1) ** 3).sum(1)
+    k_yy = sum(float((((y[s:s + BOOTSTRAP_ROWS] @ y.T / d + 1) ** 3).sum()
+                      - (((y[s:s + BOOTSTRAP_ROWS] ** 2).sum(1) / d + 1) ** 3).sum()))
+               for s in range(0, m, BOOTSTRAP_ROWS)) / (m * (m - 1))
+    within = (within - weights.T @ diagonal) / (n * (n - 1))
+    return (within - 2 * cross / (n * m) + k_yy).cpu().numpy()
+
+
+def bootstrap_precision_recall(generated: torch.Tensor, real: torch.Tensor, counts: np.ndarray,
+                               k: int = PRC_NEIGHBOURHOOD) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall of each resample, the k-NN radii those of the full sets: precision the resampled share
+    of generated images inside the real balls, recall the share of real images inside the ball of an image drawn."""
+    real_radii, generated_radii = _kth_neighbour_radii(real, k), _kth_neighbour_radii(generated, k)
+    inside = torch.cat([(_distances(part, real) <= real_radii).any(dim=1) for part in generated.split(PRC_BATCH)])
+    drawn = torch.from_numpy(counts > 0).to(torch.float32).T  # n × B
+    covered = torch.zeros(len(counts))
+    for part in real.split(PRC_BATCH):
+        within = (_distances(part, generated) <= generated_radii).to(torch.float32)  # real part × n
+        covered += ((within @ drawn) > 0).to(torch.float32).sum(0)
+    precision = counts @ inside.numpy().astype(np.float64) / counts.sum(1)
+    return precision, (covered / len(real)).numpy().astype(np.float64)

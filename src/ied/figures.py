@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from ied import layout  # noqa: E402
-from ied.adaptive import learned_rationale, read_density  # noqa: E402
+from ied.adaptive import read_density  # noqa: E402
 from ied.rationales import build  # noqa: E402
 from ied.layout import FigureInputs  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
@@ -90,8 +90,10 @@ def _made_by_models(experiment: FigureInputs) -> set[str]:
 
 def fig_adaptive_density(densities: Mapping[str, pd.DataFrame], schedules: Mapping[str, pd.DataFrame],
                          experiment: FigureInputs, outdir: Path, name: str) -> None:
-    """The adaptive training rationales: (a) the learned density after each segment (darker: earlier) beside its
-    target (dashed) and the fixed training rationales, in Fig. 1's σ·φ(σ); (b) the loss EMA per bin it follows."""
+    """The adaptive training rationales: (a) the learned density after each segment (darker: earlier) as what it is,
+    a probability per bin of log σ (π_b over the bin's width in log σ: a step per bin, so the target's shape inside a
+    bin does not read as a saw-tooth of the data), beside its target's per-bin mass (dashed) and the fixed training
+    rationales, in Fig. 1's σ·φ(σ); (b) the loss EMA per bin it follows."""
     models = list(experiment["adaptive"])
     fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models) + 1.5, 7), squeeze=False,
                              layout="constrained")
@@ -100,10 +102,16 @@ def fig_adaptive_density(densities: Mapping[str, pd.DataFrame], schedules: Mappi
         table, spec = densities.get(model, (pd.DataFrame(columns=["step"]), None))
         last = max(int(table["step"].max()) if len(table) else 1, 1)
         for step, rows in table.groupby("step"):
-            p = learned_rationale(model, spec, rows.sort_values("sigma_lo"))
-            grid = np.geomspace(p.sigma_min, p.sigma_max, 2000)
-            top.plot(grid, p.pdf(grid) * grid, color=cmap(step / last), lw=1.2, label=f"step {step}")
+            rows = rows.sort_values("sigma_lo")
+            edges = np.append(rows["sigma_lo"].to_numpy(), rows["sigma_hi"].to_numpy()[-1])
+            width = np.diff(np.log(edges))
+            top.stairs(rows["probability"].to_numpy() / width, edges, color=cmap(step / last), lw=1.2,
+                       label=f"step {step}")
             bottom.step(rows["sigma_lo"], rows["loss"], where="post", color=cmap(step / last), lw=1)
+        if len(table):
+            rows = table[table["step"] == table["step"].max()].sort_values("sigma_lo")
+            top.stairs(rows["target_mass"].to_numpy() / width, edges, color="k", ls="--", lw=1.0,
+                       label="target, per bin")
         fixed = [t for t in experiment["train"] if t in schedules and t not in experiment.get("pretrained", [])]
         palette = _palette(fixed)
         for other in fixed:
@@ -114,10 +122,10 @@ def fig_adaptive_density(densities: Mapping[str, pd.DataFrame], schedules: Mappi
             target = build("target", spec["target"])
             grid = np.geomspace(target.sigma_min, target.sigma_max, 2000)
             named = experiment["adaptive"][model]
-            top.plot(grid, target.pdf(grid) * grid, "k--", lw=1.2,
+            top.plot(grid, target.pdf(grid) * grid, "k-", lw=0.6, alpha=0.6,
                      label=f"target: {_label(experiment, named) if named else 'inline'}")
         top.set(xscale="log", xlabel="σ", ylabel="σ·p(σ)  (density per unit log σ)",
-                title=f"(a) {_label(experiment, model)}: learned density")
+                title=f"(a) {_label(experiment, model)}: learned density, per bin of log σ")
         top.legend(fontsize=7)
         bottom.set(xscale="log", yscale="log", xlabel="σ", ylabel="loss EMA per bin  L̄(σ)",
                    title="(b) the per-bin loss it follows")
@@ -303,31 +311,68 @@ def fig_paper_comparison(metrics: pd.DataFrame, experiment: FigureInputs, outdir
 
 # --- beyond the paper: FID against NFE, training loss per noise level ----------------------------------------
 def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
-    """FID against denoiser evaluations per image, per sampling rationale and sampler, at one checkpoint; a
-    published network's published results (`published_results`) as black crosses beside its lines."""
+    """FID (top) and the distance from the probability-flow solution (below it) against NFE per image at one
+    checkpoint: a column per solver, a colour per schedule in every panel (the fitted and learned ones dashed), 95 %
+    intervals as bands, a published network's published rows as black markers in their solver's panel, and one
+    legend outside the axes."""
     table = nfe_table(metrics, experiment)
-    trains = list(dict.fromkeys(table["train_rationale"])) or experiment["sweep"]["train"]
-    samples = experiment["sweep"]["rationales"]
-    palette = _palette(samples)
-    samplers = experiment["sweep"]["samplers"]  # each its line style and marker (cycled past six)
-    styles = {name: ["-", "--", ":", "-.", (0, (5, 1)), (0, (1, 2))][i % 6] for i, name in enumerate(samplers)}
-    markers = {name: "osD^vP"[i % 6] for i, name in enumerate(samplers)}
-    fig, axes = plt.subplots(1, len(trains), figsize=(4.5 * len(trains) + 2, 3.6), squeeze=False, sharey=True,
-                             layout="constrained")
-    for ax, train in zip(axes[0], trains):
-        for (sampler, sample), line in table[table["train_rationale"] == train].groupby(
-                ["base_sampler", "sample_rationale"], sort=False):
-            ax.plot(line["nfe"], line["fid"], linestyle=styles[sampler], marker=markers[sampler], ms=3,
-                    color=palette[sample], label=f"{_label(experiment, sample)}, {sampler}")
-        for row in experiment.get("published", {}).get(train, []):  # a published network's published results
-            ax.plot([row["nfe"]], [row["fid"]], "kx", ms=6, mew=1.5,
-                     label=f"published: {row['schedule']}, {row['solver']} ({row['source']})")
-        ax.set(xscale="log", xlabel="NFE per image", title=f"{_label(experiment, train)}, "
-                                                            f"step {experiment['sweep']['checkpoint'][train]}")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("FID ↓")
-    _fid_axis(axes[0][0], table["fid"])
+    sweep = experiment["sweep"]
+    trains = list(dict.fromkeys(table["train_rationale"])) or sweep["train"]
+    solvers, schedules = sweep["samplers"], sweep["rationales"]
+    palette, made = _palette(schedules), _made_by_models(experiment)
+    blocks = [("fid", "FID ↓")] + [("ref_rmse", "distance from the flow ↓")] * bool(table["ref_rmse"].notna().any())
+    fig, axes = plt.subplots(len(trains) * len(blocks), len(solvers), squeeze=False, sharex="col",
+                             figsize=(3.2 * len(solvers) + 3, 2.8 * len(trains) * len(blocks)), layout="constrained")
+    for t, train in enumerate(trains):
+        for b, (value, ylabel) in enumerate(blocks):
+            row = axes[t * len(blocks) + b]
+            for ax, solver in zip(row, solvers):
+                _nfe_panel(ax, table[(table["train_rationale"] == train) & (table["base_sampler"] == solver)], value,
+                           palette, made, experiment)
+                if value == "fid":
+                    _published_markers(ax, experiment.get("published", {}).get(train, []),
+                                       sweep.get("solvers", {}).get(solver, solver))
+                ax.set(xscale="log", title=f"{solver} — {_label(experiment, train)}" if b == 0 else "")
+                nfes = sorted(set(table.loc[table["base_sampler"] == solver, "nfe"]))
+                ax.set_xticks(nfes, [str(n) for n in nfes])
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                _fid_axis(ax, table.loc[table["base_sampler"] == solver, value])
+            row[0].set_ylabel(ylabel)
+    for ax in axes[-1]:
+        ax.set_xlabel("NFE per image")
+    handles = {}
+    for ax in axes.ravel():
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside right center", fontsize=7,
+                   title=f"schedule (step {', '.join(str(sweep['checkpoint'][t]) for t in trains)})")
     _save(fig, outdir, name)
+
+
+def _nfe_panel(ax, table: pd.DataFrame, value: str, palette: Mapping[str, Any], made: set,
+               experiment: FigureInputs) -> None:
+    """One solver's schedules against NFE: a line each with its interval as a band (degenerate points left out)."""
+    for sample, line in table.groupby("sample_rationale", sort=False):
+        line = line[(line["degenerate"] == "") & line[value].notna()].sort_values("nfe")
+        if line.empty:
+            continue
+        fitted = sample in made
+        ax.plot(line["nfe"], line[value], "--" if fitted else "-", marker="D" if fitted else "o", ms=4 if fitted else 3,
+                color=palette[sample], label=_label(experiment, sample))
+        if line[f"{value}_lo"].notna().any():
+            ax.fill_between(line["nfe"], line[f"{value}_lo"], line[f"{value}_hi"], color=palette[sample], alpha=0.15,
+                            lw=0)
+
+
+def _published_markers(ax, rows: Sequence[Mapping[str, Any]], solver: str) -> None:
+    """A published network's published FIDs of this solver, a marker per schedule (and source)."""
+    mine = [r for r in rows if r["solver"] == solver]
+    markers = {s: "xP*Dv^<>"[i % 8] for i, s in enumerate(dict.fromkeys(r["schedule"] for r in mine))}
+    for schedule, marker in markers.items():
+        points = [r for r in mine if r["schedule"] == schedule]
+        ax.plot([r["nfe"] for r in points], [r["fid"] for r in points], marker, color="black", ms=5, ls="none",
+                label=f"published: {schedule} ({points[0]['source'].split(',')[0]})")
 
 
 def fig_loss_by_sigma(losses: Mapping[str, pd.DataFrame], experiment: FigureInputs, outdir: Path, name: str) -> None:

@@ -28,6 +28,8 @@ CELL_JOB = "{train}-{step}-{sample}-{sampler}-n{n}-seed{seed}"  # a cell's log a
 SAMPLES = f"samples/{CELL}.npz"
 GRID = f"grids/{CELL}.png"
 METRIC_ROW = f"metrics/rows/{CELL}.parquet"
+REFERENCE = "references/{train}/{step}/{domain}/n{n}-seed{seed}.npz"  # the probability-flow solution of a set's first
+DISTANCE = "metrics/distance/{train}/{step}/{domain}/n{n}-seed{seed}.parquet"  # images; each deterministic cell's from it
 METRICS = "metrics.parquet"
 EVALUATOR = "evaluator/digits-cnn.pt"
 FIDELITY_CACHE = "evaluator/fidelity-cache"
@@ -294,6 +296,44 @@ def cells(config: Mapping[str, Any]) -> list[Cell]:
     return list(dict.fromkeys(out))
 
 
+def distance_cells(config: Mapping[str, Any]) -> list[Cell]:
+    """The cells of a deterministic sampler (the sweep's, a protocol's deterministic samplers and fitted grids): each
+    has a distance from the probability-flow solution."""
+    return [c for c in cells(config) if _deterministic(config, c.sampler)]
+
+
+def _deterministic(config: Mapping[str, Any], name: str) -> bool:
+    entry = specs.sampler_entry(config, name)
+    return samplers.deterministic(entry["sampler"], entry.get("options", {}))
+
+
+def domain(spec: Mapping[str, Any]) -> str:
+    """A σ domain as a path component, `<σ_min>-<σ_max>` (the shortest spelling of each number)."""
+    return f"{specs.short_number(spec['sigma_min'])}-{specs.short_number(spec['sigma_max'])}"
+
+
+def reference_of(config: Mapping[str, Any], cell: Cell, pattern: str = REFERENCE) -> str:
+    """The reference a deterministic cell is measured against (relative to the experiment folder): its model,
+    checkpoint, sampling rationale's domain, set size and seed set; with `pattern` DISTANCE, the distance job's."""
+    spec = specs.all_rationales(config)[cell.sample]
+    return pattern.format(train=cell.train, step=cell.step, domain=domain(spec), n=cell.n, seed=cell.seed_set)
+
+
+def references(config: Mapping[str, Any]) -> dict[str, dict]:
+    """Every reference the distance jobs read, by path: its `specs.reference_spec`."""
+    rationales = specs.all_rationales(config)
+    return {reference_of(config, c): specs.reference_spec(config, rationales[c.sample], c.n, c.seed_set)
+            for c in distance_cells(config)}
+
+
+def distance_groups(config: Mapping[str, Any]) -> dict[str, list[Cell]]:
+    """The deterministic cells by the distance job that measures them (one per reference), by its output path."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in distance_cells(config):
+        groups.setdefault(reference_of(config, cell, DISTANCE), []).append(cell)
+    return groups
+
+
 def artefacts(config: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """Table and figure file stems by role, named by the paper's numbers for this run's dataset."""
     numbers = PAPER_NUMBERS[DATASETS[config["dataset"]["name"]].paper_style]
@@ -339,12 +379,14 @@ class SweepPoint(TypedDict):
 
 
 class Sweep(TypedDict, total=False):
-    """The FID-vs-NFE sweep (empty when none is configured): models, rationales, samplers, its points by sampler
-    name (`<sampler>-<steps>`), each model's checkpoint, the sample size."""
+    """The FID-vs-NFE sweep (empty when none is configured): models, rationales, samplers (and each one's solver as
+    published rows name it), its points by sampler name (`<sampler>-<steps>`), each model's checkpoint, the sample
+    size."""
 
     train: list[str]
     rationales: list[str]
     samplers: list[str]
+    solvers: dict[str, str]
     points: dict[str, SweepPoint]
     checkpoint: dict[str, int]
     n_samples: int
@@ -413,7 +455,10 @@ def sweep(config: Mapping[str, Any]) -> Sweep:
         return {}
     points = {name: {"sampler": s, "steps": k} for (s, k), name in point_names(config).items()}
     trained = sweep_models(config)
-    return {"train": trained, "rationales": sweep_rationales(entry), "samplers": entry["samplers"], "points": points,
+    entries = config["sample"]["samplers"]
+    solvers = {name: samplers.describe(entries[name]["sampler"], entries[name].get("options")) for name in entry["samplers"]}
+    return {"train": trained, "rationales": sweep_rationales(entry), "samplers": entry["samplers"], "solvers": solvers,
+            "points": points,
             "checkpoint": {m: sweep_step(config, m) for m in trained}, "n_samples": entry["n_samples"]}
 
 

@@ -217,14 +217,17 @@ def extract(images: np.ndarray, features: Extractor, batch_size: int, device: to
 def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor_name: str, weights_path: str | Path, *,
               sha256: str | None = None, cache_root: str | Path | None = None,
               reference_cache_name: str | None = None, isc: bool = True, batch_size: int = 256,
-              device: str = "auto", reference_statistics: tuple[np.ndarray, np.ndarray] | None = None
-              ) -> dict[str, float]:
+              device: str = "auto", reference_statistics: tuple[np.ndarray, np.ndarray] | None = None,
+              bootstrap: int = 0) -> dict[str, Any]:
     """FID, IS (10 splits), KID, and precision and recall (k = 3, Kynkäänniemi et al.) of `generated` against
     `reference` (uint8 N×C×H×W), all on the one extractor's features, as torch-fidelity computes them.
 
     The reference's features are cached under `cache_root` as `<reference_cache_name>.npz` (checksummed). With
     `reference_statistics` (mu, sigma) instead of reference images, FID is computed against them (in float64, as
-    published statistics are) and KID, precision and recall, which need the reference's features, are NaN."""
+    published statistics are) and KID, precision and recall, which need the reference's features, are NaN.
+
+    `bootstrap` > 0: each score's 95 % interval over that many resamples of the generated images (the reference
+    fixed), `<score>_lo` and `<score>_hi` (`intervals`)."""
     from ied import fidelity
     from ied.device import choose
 
@@ -250,8 +253,44 @@ def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor_nam
         result["fid"] = fidelity.frechet_distance(ours, {"mu": mu, "sigma": sigma})
     result["isc_mean"], result["isc_std"] = (fidelity.inception_score(gen[layers["isc"]]) if isc
                                              else (math.nan, math.nan))
-    return {key: float(result[key]) for key in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision",
-                                                 "recall")}
+    scores = {key: float(result[key]) for key in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision",
+                                                   "recall")}
+    if bootstrap:
+        reference_fid = fidelity.fid_statistics(ref[layers["fid"]]) if reference is not None else \
+            {"mu": reference_statistics[0], "sigma": reference_statistics[1]}
+        scores.update(intervals(gen, None if reference is None else ref, layers, reference_fid, bootstrap, isc))
+    return scores
+
+
+INTERVAL_SCORES = ("fid", "isc_mean", "kid_mean", "precision", "recall")
+
+
+def intervals(gen: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor] | None, layers: Mapping[str, str],
+              reference_fid: Mapping[str, np.ndarray], resamples: int, isc: bool = True) -> dict[str, Any]:
+    """95 % bootstrap intervals of FID, IS, KID, precision and recall over `resamples` resamples of the generated
+    features (the reference fixed; ied.fidelity.centred_interval), as `<score>_lo`, `<score>_hi`; NaN where the score is.
+    An interval whose resamples all agree (a constant or all-alike set) is degenerate: NaN, and `interval` says so."""
+    from ied import fidelity
+
+    counts = fidelity.resample_counts(len(gen[layers["fid"]]), resamples)
+    replicates = {"fid": fidelity.bootstrap_fid(gen[layers["fid"]], reference_fid, counts)}
+    if isc:
+        replicates["isc_mean"] = fidelity.bootstrap_inception_score(gen[layers["isc"]], counts)
+    if ref is not None:
+        replicates["kid_mean"] = fidelity.bootstrap_kid(gen[layers["kid"]], ref[layers["kid"]], counts)
+        replicates["precision"], replicates["recall"] = fidelity.bootstrap_precision_recall(
+            gen[layers["prc"]], ref[layers["prc"]], counts)
+    out: dict[str, Any] = {"bootstrap": resamples}
+    flat = []
+    for score in INTERVAL_SCORES:
+        values = replicates.get(score)
+        usable = values is not None and bool(np.isfinite(values).all()) \
+            and float(np.ptp(values)) > 1e-9 * max(1.0, float(np.abs(values).max()))  # not one value but for rounding
+        if values is not None and not usable:
+            flat.append(score)
+        out[f"{score}_lo"], out[f"{score}_hi"] = fidelity.centred_interval(values) if usable else (math.nan, math.nan)
+    out["interval"] = f"degenerate: every resample gives one {', '.join(flat)}" if flat else ""
+    return out
 
 
 def reference_cache_name(reference: str | Path, extractor: str, weights_path: str | Path) -> str:
@@ -263,8 +302,8 @@ def reference_cache_name(reference: str | Path, extractor: str, weights_path: st
 def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, weights_path: str | Path,
              out: str | Path, *, cell: Mapping[str, Any] | None = None, sha256: str | None = None,
              cache_root: str | Path | None = None, batch_size: int = 256, device: str = "auto",
-             reference_statistics: str | Path | None = None, expect_shape: tuple[int, ...] | None = None
-             ) -> dict[str, Any]:
+             reference_statistics: str | Path | None = None, expect_shape: tuple[int, ...] | None = None,
+             bootstrap: int = 0) -> dict[str, Any]:
     """Score one samples file against the reference split (or published reference statistics) and write the result
     row as Parquet.
 
@@ -297,7 +336,7 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
     cache_name = reference_cache_name(reference, extractor, weights_path) if cache_root and ref is not None else None
     scores = calculate(gen.images, None if ref is None else ref.images, extractor, weights_path, sha256=sha256,
                        cache_root=cache_root, reference_cache_name=cache_name, batch_size=batch_size, device=device,
-                       reference_statistics=statistics)
+                       reference_statistics=statistics, bootstrap=bootstrap)
     problem = degenerate(gen.images, 0.0 if ref is None else saturated(ref.images))
     scored = ("fid", "kid_mean") if ref is not None else ("fid",)  # KID needs the reference's features
     if problem is None and not all(math.isfinite(scores[k]) for k in scored):
@@ -313,3 +352,18 @@ def evaluate(samples: str | Path, reference: str | Path | None, extractor: str, 
     with atomic_path(out) as tmp:
         pd.DataFrame([row]).to_parquet(tmp, index=False)
     return row
+
+
+CELL_COLUMNS = ["train_rationale", "sample_rationale", "sampler_name", "checkpoint_step", "seed_set", "n_samples"]
+
+
+def aggregate(rows: list[str | Path], distances: list[str | Path] = ()) -> "pd.DataFrame":
+    """Every metrics row in one table, each deterministic cell's distance from the probability-flow solution
+    (ied.reference) joined on its cell (NaN where a cell has none)."""
+    import pandas as pd
+
+    frame = pd.concat([pd.read_parquet(p) for p in rows], ignore_index=True)
+    if len(distances):
+        distance = pd.concat([pd.read_parquet(p) for p in distances], ignore_index=True)
+        frame = frame.merge(distance, on=CELL_COLUMNS, how="left", validate="one_to_one")
+    return frame

@@ -347,6 +347,28 @@ def _per_step(sampler: str, options: Mapping[str, Any] | None) -> tuple[int, int
     return per_step, offset - bool((options or {}).get("afs"))
 
 
+def describe(sampler: str, options: Mapping[str, Any] | None = None) -> str:
+    """A sampler with its options away from their defaults, as published rows name a solver: `unipc (order 3)`,
+    `dpmpp_2m (afs)`, `ipndm`."""
+    declared, resolved = sampler_options(sampler), resolve_options(sampler, options or {})
+    shown = [name if value is True else f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}"
+             for name, value in resolved.items() if value != declared[name].default]
+    return f"{sampler} ({', '.join(shown)})" if shown else sampler
+
+
+def deterministic(sampler: str, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether `sampler` with `options` solves the probability-flow ODE (no noise is drawn): a cell of it has a
+    distance from the flow's solution."""
+    options = resolve_options(sampler, options or {})
+    if sampler == "euler_maruyama":
+        return False
+    if sampler == "edm_stochastic":
+        return options["S_churn"] == 0
+    if sampler == "s2n":
+        return options["rho"] == 0
+    return True
+
+
 def nfe(sampler: str, steps: int, options: Mapping[str, Any] | None = None) -> int:
     """Denoiser evaluations per image for `steps` steps of `sampler` with `options`."""
     per_step, offset = _per_step(sampler, options)

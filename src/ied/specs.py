@@ -155,6 +155,16 @@ def teacher_key(spec: Mapping[str, Any]) -> str:
     return f"p{int(spec['pilot'])}-{identity_hash(teacher_spec(spec)['base'])}"
 
 
+def reference_spec(config: Mapping[str, Any], rationale_spec: Mapping[str, Any], n_samples: int,
+                   seed_set: int) -> dict:
+    """What determines a probability-flow reference besides the checkpoint: the domain, the images (the first
+    `nfe_sweep.reference_images` of a set of n), the seed set and the solver's steps."""
+    sweep = config["nfe_sweep"]
+    return {"sigma_min": float(rationale_spec["sigma_min"]), "sigma_max": float(rationale_spec["sigma_max"]),
+            "images": int(sweep["reference_images"]), "steps": int(sweep["reference_steps"]),
+            "n_samples": int(n_samples), "seed_set": int(seed_set)}
+
+
 def learned_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
     """Adaptive models' densities at a checkpoint (family `learned`), resolved: each is read from that training
     segment's density table by a `learned_rationale` job."""

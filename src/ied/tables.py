@@ -48,10 +48,13 @@ def per_checkpoint(rows: pd.DataFrame) -> pd.DataFrame:
             "fid_mean": g["fid"].mean(), "fid_std": math.nan if one else g["fid"].std(ddof=1),
             "fid_min": g["fid"].min(),
             "isc_mean": g["isc_mean"].mean(), "isc_std": g["isc_std"].iloc[0] if one else g["isc_mean"].std(ddof=1),
-            "kid_mean": g["kid_mean"].mean(), "precision": g["precision"].mean(), "recall": g["recall"].mean()})
+            "kid_mean": g["kid_mean"].mean(), "precision": g["precision"].mean(), "recall": g["recall"].mean(),
+            **{c: g[c].iloc[0] if one else math.nan for c in INTERVAL_COLUMNS}})  # one set's bootstrap interval
+    rows = rows.assign(**{c: rows[c] if c in rows else math.nan for c in INTERVAL_COLUMNS})  # rows before intervals
     if rows.empty:
         return pd.DataFrame(columns=CELL_KEYS + ["checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
-                                                 "fid_min", "isc_mean", "isc_std", "kid_mean", "precision", "recall"])
+                                                 "fid_min", "isc_mean", "isc_std", "kid_mean", "precision", "recall",
+                                                 *INTERVAL_COLUMNS])
     return rows.groupby(CELL_KEYS + ["checkpoint_step"]).apply(summarize, include_groups=False).reset_index()
 
 
@@ -81,7 +84,7 @@ def single_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame
         columns={"fid_std": "fid_std_repeated", "isc_std": "isc_std_repeated"})
     best = best.merge(spread, on=CELL_KEYS, how="left").rename(columns={"fid_mean": "fid"})
     columns = CELL_KEYS + ["checkpoint_step", "fid", "isc_mean", "isc_std", "precision", "recall", "kid_mean",
-                           "fid_std_repeated", "isc_std_repeated", "degenerate"]
+                           "fid_std_repeated", "isc_std_repeated", *INTERVAL_COLUMNS, "degenerate"]
     return _ordered(best[columns], experiment, experiment["single"]["rationales"])
 
 
@@ -93,6 +96,18 @@ def repeated_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFra
     return _ordered(best[columns], experiment, experiment["repeated"]["rationales"])
 
 
+DISTANCE_COLUMNS = ["ref_rmse", "ref_rmse_lo", "ref_rmse_hi", "ref_rmse_std", "ref_rmse_p10", "ref_rmse_median",
+                    "ref_rmse_p90"]
+INTERVAL_COLUMNS = [f"{score}_{end}" for score in ("fid", "isc_mean", "kid_mean", "precision", "recall")
+                    for end in ("lo", "hi")]
+
+
+def _resamples(metrics: pd.DataFrame) -> str:
+    """The resample counts behind the intervals, as the note names them."""
+    counts = sorted({int(b) for b in metrics.get("bootstrap", pd.Series(dtype=float)).dropna()})
+    return "/".join(map(str, counts)) or "no"
+
+
 def nfe_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
     """FID against the number of denoiser evaluations per image: one row per sweep point."""
     sweep = experiment["sweep"]
@@ -102,8 +117,9 @@ def nfe_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
                    & (metrics["seed_set"] == 0) & metrics["sampler_name"].isin(points)
                    & metrics["train_rationale"].isin(sweep["train"]) & metrics["sample_rationale"].isin(sweep["rationales"])]
     rows = rows.assign(base_sampler=rows["sampler_name"].map(lambda n: points[n]["sampler"]))
+    rows = rows.assign(**{c: rows[c] if c in rows else math.nan for c in DISTANCE_COLUMNS + INTERVAL_COLUMNS})
     columns = ["train_rationale", "sample_rationale", "base_sampler", "sampler_name", "steps", "nfe", "fid",
-               "isc_mean", "precision", "recall", "degenerate"]
+               "isc_mean", "precision", "recall", *INTERVAL_COLUMNS, *DISTANCE_COLUMNS, "degenerate"]
     labels = experiment["labels"]
     rows = rows[columns].assign(train_label=rows["train_rationale"].map(lambda n: labels.get(n, n)),
                                 sample_label=rows["sample_rationale"].map(lambda n: labels.get(n, n)))
@@ -111,6 +127,18 @@ def nfe_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
 
 
 # --- the paper's '*' and bold ------------------------------------------------------------------------------
+def overlapping(values: pd.Series, lo: pd.Series, hi: pd.Series, lower_is_better: bool, usable: pd.Series
+                ) -> tuple[pd.Series, Any]:
+    """The best usable cell's index and the '*' marks: a cell whose interval [lo, hi] overlaps the best's (best
+    excluded): the two are not separated at that confidence. A cell without an interval is never starred."""
+    candidates = values.where(usable)
+    if candidates.isna().all():
+        return pd.Series(False, index=values.index), None
+    best = candidates.idxmin() if lower_is_better else candidates.idxmax()
+    overlap = (lo <= hi[best]) & (hi >= lo[best])
+    return overlap & lo.notna() & hi.notna() & usable & (values.index != best), best
+
+
 def starred(values: pd.Series, stds: pd.Series, lower_is_better: bool, usable: pd.Series) -> tuple[pd.Series, Any]:
     """The best usable cell's index and the '*' marks: value ± std overlaps best ± std (best excluded).
 
@@ -126,36 +154,49 @@ def starred(values: pd.Series, stds: pd.Series, lower_is_better: bool, usable: p
 
 @dataclass
 class Entry:
-    """One table cell: a value, its ± std (or NaN), the paper's '*' and bold marks."""
+    """One table cell: a value, its ± std (or NaN), the paper's '*' and bold marks, and its number format."""
 
     value: float
     std: float = math.nan
     star: bool = False
     bold: bool = False
     degenerate: bool = False
+    fmt: str = ".2f"
 
     def markdown(self) -> str:
         if self.degenerate:
             return "degenerate"
-        text = f"**{self.value:.2f}**" if self.bold else f"{self.value:.2f}"
-        return text + ("*" if self.star else "") + ("" if math.isnan(self.std) else f" ± {self.std:.2f}")
+        if math.isnan(self.value):
+            return "—"
+        text = f"**{self.value:{self.fmt}}**" if self.bold else f"{self.value:{self.fmt}}"
+        return text + ("*" if self.star else "") + ("" if math.isnan(self.std) else f" ± {self.std:{self.fmt}}")
 
     def latex(self) -> str:
         if self.degenerate:
             return r"\textit{degenerate}"
-        text = rf"\textbf{{{self.value:.2f}}}" if self.bold else f"{self.value:.2f}"
-        return text + ("$^*$" if self.star else "") + ("" if math.isnan(self.std) else rf" $\pm$ {self.std:.2f}")
+        if math.isnan(self.value):
+            return "--"
+        text = rf"\textbf{{{self.value:{self.fmt}}}}" if self.bold else f"{self.value:{self.fmt}}"
+        return text + ("$^*$" if self.star else "") + ("" if math.isnan(self.std) else
+                                                      rf" $\pm$ {self.std:{self.fmt}}")
 
 
-def grids(table: pd.DataFrame, value: str, std: str | None, star_std: str | None, lower: bool
-          ) -> dict[str, pd.DataFrame]:
-    """Per sampler, a training × sampling grid of Entries; bold best and '*' within that sampler's grid."""
+def grids(table: pd.DataFrame, value: str, std: str | None, star_std: str | None, lower: bool,
+          interval: str | None = None) -> dict[str, pd.DataFrame]:
+    """Per sampler, a training × sampling grid of Entries; bold best and '*' within that sampler's grid: by the
+    overlap of the bootstrap intervals `<interval>_lo`, `_hi` where the cells have them (± half an interval's
+    width), else by the standard deviations as the paper marks them."""
     out = {}
     for sampler, frame in table.groupby("sampler_name", sort=False):
         frame = frame.reset_index(drop=True)
         usable = frame["degenerate"] == ""
         stds = frame[std] if std else pd.Series(math.nan, index=frame.index)
-        stars, best = starred(frame[value], frame[star_std] if star_std else stds, lower, usable)
+        if interval and frame[f"{interval}_lo"].notna().any():
+            lo, hi = frame[f"{interval}_lo"], frame[f"{interval}_hi"]
+            stds = (hi - lo) / 2
+            stars, best = overlapping(frame[value], lo, hi, lower, usable)
+        else:
+            stars, best = starred(frame[value], frame[star_std] if star_std else stds, lower, usable)
         frame["entry"] = [Entry(v, s, bool(st), i == best, not ok) for i, (v, s, st, ok) in
                           enumerate(zip(frame[value], stds, stars, usable))]
         grid = frame.pivot(index="train_label", columns="sample_label", values="entry")
@@ -272,16 +313,21 @@ def write_tables(metrics_path: str | Path, experiment: TableInputs, outdir: str 
     n, k, m = experiment["single"]["n_samples"], experiment["repeated"]["sets"], experiment["repeated"]["n_samples"]
     pretrained = ("A pretrained model has one checkpoint, its published weights (step 0). "
                   if experiment.get("pretrained") else "")
-    sections = [(TITLES["fid"], grids(single, "fid", None, "fid_std_repeated", True)),
-                (TITLES["isc"], grids(single, "isc_mean", "isc_std", "isc_std_repeated", False))]
+    sections = [(TITLES["fid"], grids(single, "fid", None, "fid_std_repeated", True, "fid")),
+                (TITLES["isc"], grids(single, "isc_mean", "isc_std", "isc_std_repeated", False, "isc_mean"))]
     # against published reference statistics there are no reference features: no precision or recall
-    sections += [(TITLES[key], grids(single, key, None, None, False)) for key in ("precision", "recall")
+    sections += [(TITLES[key], grids(single, key, None, None, False, key)) for key in ("precision", "recall")
                  if single[key].notna().any()]
+    marks = (f"`*`: its 95 % interval (bootstrap over the generated images, {_resamples(metrics)} resamples) overlaps "
+             f"the best's (bold), ± half the interval's width; without intervals, within the standard deviations "
+             f"(over the {experiment['repeated']['sets']} repeated sets of {experiment['repeated']['n_samples']}) "
+             f"of the best score." if single["fid_lo"].notna().any() else
+             f"`*`: within the standard deviations (over the {experiment['repeated']['sets']} repeated sets of "
+             f"{experiment['repeated']['n_samples']}) of the best score (bold).")
     _write(outdir, names["single"], single, sections,
            f"Best FID recorded during training ({n} samples, one set per checkpoint), and IS, precision and "
            f"recall at that checkpoint.",
-           f"{pretrained}IS: mean ± std over 10 splits. `*`: within the standard deviations (over the {k} repeated "
-           f"sets of {m}) of the best score (bold). `degenerate`: constant or all-alike samples, never ranked.")
+           f"{pretrained}{marks} `degenerate`: constant, all-alike or clipped samples, never ranked.")
     repeated = repeated_table(metrics, experiment)
     _write(outdir, names["repeated"], repeated,
            [(TITLES["fid"], grids(repeated, "fid_mean", "fid_std", "fid_std", True)),
@@ -296,17 +342,20 @@ def write_tables(metrics_path: str | Path, experiment: TableInputs, outdir: str 
         _write_nll(outdir / names["nll"], nll_table(nll_summary(nll_paths), single, experiment))
 
 
-def nfe_grid(frame: pd.DataFrame) -> pd.DataFrame:
-    """One model's sweep as the literature prints it: rows solver / schedule, columns NFE, FID Entries with the
-    lowest usable FID of each column in bold (None where a solver does not make that NFE)."""
+def nfe_grid(frame: pd.DataFrame, value: str = "fid", fmt: str = ".2f") -> pd.DataFrame:
+    """One model's sweep as the literature prints it: rows solver / schedule, columns NFE, Entries of `value` with the
+    lowest usable one of each column in bold (None where a solver does not make that NFE)."""
     frame = frame.reset_index(drop=True).assign(row=frame["base_sampler"].values + " / " + frame["sample_label"].values)
     rows, columns = list(dict.fromkeys(frame["row"])), sorted(set(frame["nfe"]))
     grid = pd.DataFrame(None, index=rows, columns=columns, dtype=object)
     for nfe, column in frame.groupby("nfe"):
-        usable = column["degenerate"] == ""
-        best = column["fid"].where(usable).idxmin() if usable.any() else None
+        usable = (column["degenerate"] == "") & column[value].notna()
+        nan = pd.Series(math.nan, index=column.index)
+        lo, hi = column.get(f"{value}_lo", nan), column.get(f"{value}_hi", nan)
+        stars, best = overlapping(column[value], lo, hi, True, usable)
         for i, line in column.iterrows():
-            grid.loc[line["row"], nfe] = Entry(line["fid"], bold=i == best, degenerate=not usable[i])
+            grid.loc[line["row"], nfe] = Entry(line[value], (hi[i] - lo[i]) / 2, bool(stars[i]), i == best,
+                                               line["degenerate"] != "", fmt)
     return grid
 
 
@@ -315,19 +364,31 @@ def _write_nfe(stem: Path, table: pd.DataFrame) -> None:
         table.to_parquet(tmp, index=False)
     md, tex = ["## FID against the number of denoiser evaluations (NFE) per image", ""], []
     for train, frame in table.groupby("train_label", sort=False):
-        grid = nfe_grid(frame)
-        heads = [f"NFE {n}" for n in grid.columns]
-        text = grid.map(lambda e: e.markdown() if isinstance(e, Entry) else "")
-        text.columns, text.index.name = heads, "solver / schedule"
-        md += [f"### trained with {train}: FID (lowest of each NFE in bold)", "", text.to_markdown(disable_numparse=True),
-               ""]
-        body = [" & ".join([latex_escape(r)] + [e.latex() if isinstance(e, Entry) else "" for e in row]) + r" \\"
-                for r, row in grid.iterrows()]
-        tex += [r"\begin{table}[t]", r"\centering",
-                rf"\caption{{FID against NFE per image, trained with {latex_escape(train)} (lowest of each NFE in bold).}}",
-                rf"\begin{{tabular}}{{l{'c' * len(heads)}}}", r"\toprule",
-                "Solver / schedule & " + " & ".join(heads) + r" \\", r"\midrule", *body,
-                r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        blocks = [("FID", "fid", ".2f")]
+        if frame["ref_rmse"].notna().any():
+            blocks.append(("distance from the probability-flow solution (relative RMS, ref_rmse)", "ref_rmse", ".4f"))
+        for title, value, fmt in blocks:
+            grid = nfe_grid(frame, value, fmt)
+            heads = [f"NFE {n}" for n in grid.columns]
+            text = grid.map(lambda e: e.markdown() if isinstance(e, Entry) else "")
+            text.columns, text.index.name = heads, "solver / schedule"
+            md += [f"### trained with {train}: {title} (lowest of each NFE in bold)", "",
+                   text.to_markdown(disable_numparse=True), ""]
+            body = [" & ".join([latex_escape(r)] + [e.latex() if isinstance(e, Entry) else "" for e in row]) + r" \\"
+                    for r, row in grid.iterrows()]
+            tex += [r"\begin{table}[t]", r"\centering",
+                    rf"\caption{{{latex_escape(title)} against NFE per image, trained with {latex_escape(train)} "
+                    rf"(lowest of each NFE in bold).}}",
+                    rf"\begin{{tabular}}{{l{'c' * len(heads)}}}", r"\toprule",
+                    "Solver / schedule & " + " & ".join(heads) + r" \\", r"\midrule", *body,
+                    r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    if table["fid_lo"].notna().any():
+        md += ["± half a 95 % bootstrap interval (FID: over the generated images; ref_rmse: over the images measured); "
+               "`*`: the interval overlaps the bold (lowest) one of its column, so the two are not separated.", ""]
+    if table["ref_rmse"].notna().any():
+        md += ["`ref_rmse`: the relative RMS distance of a cell's first images (before quantisation) from the "
+               "probability-flow solution from the same latents (Heun, checked against half its steps); `—`: a "
+               "stochastic sampler, no such solution.", ""]
     write_text(stem.with_suffix(".md"), "\n".join(md))
     write_text(stem.with_suffix(".tex"), "\n".join(tex))
 

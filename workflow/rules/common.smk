@@ -45,6 +45,8 @@ TEACHERS = layout.teachers(config)  # made by teacher jobs, one per model, check
 LEARNED = specs.learned_rationales(config)  # made by learned_rationale jobs from an adaptive model's density
 ADAPTIVE = specs.adaptive_models(config)  # trained by train_adaptive_segment jobs, which also write the density
 CELLS = layout.cells(config)
+REFERENCES = layout.references(config)  # made by reference jobs, one per model, checkpoint, domain, set size and set
+DISTANCES = layout.distance_groups(config)  # each reference's deterministic cells, measured by one distance job
 EVERY = config["train"].get("checkpoint_every", 0)
 EXTRACTOR = extractor(config)
 REFERENCE = reference_split(config)  # None: FID against reference statistics (evaluate.reference_statistics)
@@ -58,6 +60,12 @@ CELL_JOB = layout.CELL_JOB  # one file name per cell for logs and benchmarks
 def names_pattern(names):
     """A wildcard constraint matching exactly these names (none: nothing)."""
     return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def distance_tables(w):
+    """The fitted or learned sampling rationales among a distance job's cells (their tables are its inputs)."""
+    cells = DISTANCES[layout.DISTANCE.format(**w)]
+    return sorted({c.sample for c in cells if c.sample in FITTED or c.sample in LEARNED})
 
 
 def fitted_table(w):

@@ -12,6 +12,7 @@ rule evaluate:
         weights_sha256=WEIGHTS_SHA256,
         # published reference statistics enter by their content, like the weights
         statistics_sha256=STATISTICS_SHA256,
+        bootstrap=config["evaluate"]["bootstrap"],
         reference=lambda w, input: f"--reference {shlex.quote(input.reference[0])}" if input.reference else "",
         shape=IMAGE_SHAPE,
     benchmark:
@@ -32,14 +33,74 @@ rule evaluate:
         "python -m ied evaluate --samples {input.samples:q} {params.reference}"
         " --reference-statistics={resources.statistics:q} --expect-shape {params.shape} --extractor {params.extractor}"
         " --weights {resources.weights:q} --sha256={params.weights_sha256:q} --cell {params.cell:q}"
-        " --cache-root {resources.cache:q}"
+        " --cache-root {resources.cache:q} --bootstrap {params.bootstrap}"
         " --batch-size {resources.batch_size} --device {resources.device} --out {output:q} > {log:q} 2>&1"
 
 
-rule aggregate:
-    """Every metrics row in one table."""
+rule reference:
+    """The probability-flow solution of a set's first images under a checkpoint (ied.reference), and its own error."""
     input:
-        cell_paths(layout.METRIC_ROW),
+        out(layout.CHECKPOINT),
+    output:
+        out(layout.REFERENCE),
+    params:
+        spec=lambda w: dumps(REFERENCES[layout.REFERENCE.format(**w)]),
+        config_hash=lambda w: specs.model_hash(config, w.train),
+    benchmark:
+        bench("reference", "{train}-{step}-{domain}-n{n}-seed{seed}")
+    log:
+        log("reference", "{train}-{step}-{domain}-n{n}-seed{seed}"),
+    threads: res("reference")["cpus"]
+    resources:
+        **gpu_resources("reference", batch_size=config["sample"]["batch_size"], device=config["sample"]["device"]),
+    conda:
+        ENV
+    shell:
+        "python -m ied reference --checkpoint {input:q} --spec {params.spec:q} --expect-step {wildcards.step}"
+        " --expect-config-hash {params.config_hash} --batch-size {resources.batch_size} --device {resources.device}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule distance:
+    """The deterministic cells a reference serves, their first images against it (ied.reference) → a row per cell."""
+    input:
+        checkpoint=out(layout.CHECKPOINT),
+        reference=out(layout.REFERENCE),
+        tables=lambda w: [out(layout.SCHEDULE, rationale=s) for s in distance_tables(w)],
+    output:
+        out(layout.DISTANCE),
+    params:
+        cells=lambda w: dumps([{"cell": {"train_rationale": c.train, "sample_rationale": c.sample,
+                                         "sampler_name": c.sampler},
+                                "spec": specs.sampling_spec(config, c.sample, c.sampler)}
+                               for c in DISTANCES[layout.DISTANCE.format(**w)]]),
+        tables=lambda w: " ".join(shlex.quote(f"{s}={out(layout.SCHEDULE, rationale=s)}") for s in distance_tables(w)),
+        config_hash=lambda w: specs.model_hash(config, w.train),
+    benchmark:
+        bench("distance", "{train}-{step}-{domain}-n{n}-seed{seed}")
+    log:
+        log("distance", "{train}-{step}-{domain}-n{n}-seed{seed}"),
+    threads: res("distance")["cpus"]
+    resources:
+        **gpu_resources("distance",
+            batch_size=config["sample"]["batch_size"],
+            device=config["sample"]["device"],
+            precision=config["sample"]["precision"]),
+    conda:
+        ENV
+    shell:
+        "python -m ied distance --checkpoint {input.checkpoint:q} --reference {input.reference:q}"
+        " --cells {params.cells:q} --tables {params.tables} --n-samples {wildcards.n} --seed-set {wildcards.seed}"
+        " --expect-step {wildcards.step} --expect-config-hash {params.config_hash}"
+        " --batch-size {resources.batch_size} --device {resources.device} --precision {resources.precision}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule aggregate:
+    """Every metrics row in one table, with each deterministic cell's distance from the probability-flow solution."""
+    input:
+        rows=cell_paths(layout.METRIC_ROW),
+        distances=[out(path) for path in DISTANCES],
     output:
         out(layout.METRICS),
     benchmark:
@@ -49,4 +110,4 @@ rule aggregate:
     conda:
         ENV
     shell:
-        "python -m ied aggregate --out {output:q} {input:q} > {log:q} 2>&1"
+        "python -m ied aggregate --out {output:q} --distances {input.distances:q} --rows {input.rows:q} > {log:q} 2>&1"
