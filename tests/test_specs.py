@@ -82,3 +82,25 @@ def test_close_sigma_n_values_keep_their_own_names():
     assert names == ["gauss5-sn2.0000001", "gauss5-sn2.0000002", "gauss5-sn10", "gauss5-sn0.5"]
     assert specs.short_number(1e-05) == "1e-05"
     assert specs.short_number(1e16) == "1e16" and specs.short_number(5.0) == "5"
+
+
+def test_each_training_rationale_and_seed_is_a_model_and_seed_0_keeps_its_identity():
+    """`train.seeds`: seed 0 keeps the rationale's name and training spec (a finished run reruns nothing); seed s is
+    `<rationale>.seed<s>`, trained with train.seed + s; a rationale listed in a protocol stands for all its seeds."""
+    from ied import layout
+    from ied.checks import load
+    from ied.config import merge
+    from ied.checks import validate
+    from conftest import DEFAULT
+    before = load([DEFAULT])
+    after = validate(merge(before, {"train": {"seeds": {"default": [0], "l2": [0, 1, 2]}}}), deep=False)
+    assert specs.model_hash(before, "l2") == specs.model_hash(after, "l2")
+    assert layout.trained_models(after) == ["ve", "l2", "l2.seed1", "l2.seed2", "gauss5", "adaptive-l2"]
+    assert specs.training_spec(after, "l2.seed2")["seed"] == 2 and specs.training_spec(after, "ve")["seed"] == 0
+    assert specs.training_spec(after, "l2.seed2")["rationale"] == specs.training_spec(after, "l2")["rationale"]
+    assert specs.model_hash(after, "l2.seed1") != specs.model_hash(after, "l2")
+    assert layout.sweep_models(after) == ["l2", "l2.seed1", "l2.seed2"]
+    assert layout.protocol_models(after, "repeated") == ["ve", "l2", "l2.seed1", "l2.seed2", "gauss5"]
+    assert specs.labels(after)["l2.seed1"] == "L2 (seed 1)"
+    shifted = validate(merge(before, {"train": {"seed": 5, "seeds": [0, 3]}}), deep=False)
+    assert specs.training_spec(shifted, "ve.seed3")["seed"] == 8

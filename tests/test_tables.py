@@ -232,13 +232,14 @@ def test_empty_protocols_and_unlabelled_names():
     assert empty.empty and list(empty.columns) == ["sampler_name", "train_rationale", "sample_rationale",
                                                    "checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
                                                    "fid_min", "isc_mean", "isc_std", "kid_mean", "precision",
-                                                   "recall", *INTERVAL_COLUMNS]
+                                                   "recall", *INTERVAL_COLUMNS, "seeds", "fid_seeds"]
     assert best_checkpoints(empty).empty
     grid = {**GRID, "labels": {"ve": "VE"}}  # g has no label: its name is shown
     table = single_table(metrics(), grid)
     assert list(table.columns) == ["sampler_name", "train_rationale", "sample_rationale", "checkpoint_step", "fid",
                                    "isc_mean", "isc_std", "precision", "recall", "kid_mean", "fid_std_repeated",
-                                   "isc_std_repeated", *INTERVAL_COLUMNS, "degenerate", "train_label", "sample_label"]
+                                   "isc_std_repeated", *INTERVAL_COLUMNS, "seeds", "fid_seeds", "degenerate",
+                                   "train_label", "sample_label"]
     assert set(table["sample_label"]) == {"VE", "g"} and set(table["train_label"]) == {"VE", "l2"}
 
 

@@ -137,7 +137,7 @@ def _check_step(key: str, step: Any, config: dict, model: str | None = None) -> 
     """`step` is "last" or a checkpoint of `model` (default: of the trained models)."""
     if step == "last":
         return
-    if model is not None and model not in config["train"]["rationales"]:
+    if model is not None and not specs.is_trained(config, model):
         fail(key, f"step {step}: {model!r} is a pretrained model with one checkpoint; use last")
     train = config["train"]
     if not train["rationales"]:
@@ -153,6 +153,13 @@ def _check_models(config: dict) -> None:
     _check_names("train.rationales", train["rationales"], config["rationales"], "defined under rationales")
     if not train["rationales"] and not pretrained:
         fail("train.rationales", "no model to sample: list a training rationale or add a pretrained: model")
+    if isinstance(train["seeds"], dict):
+        _check_names("train.seeds", [k for k in train["seeds"] if k != "default"], train["rationales"],
+                     "a training rationale (or default)")
+    for model, (name, seed) in specs.trained(config).items():
+        if seed and (model in config["rationales"] or model in pretrained):
+            fail("train.seeds", f"the model of {name!r} with seed {seed} is named {model!r}, which names a rationale "
+                                f"or a pretrained model too")
     for name, entry in pretrained.items():
         if name in config["rationales"]:
             fail(f"pretrained.{name}", "is also a rationale's name; give the model a name of its own")
@@ -255,8 +262,8 @@ def _check_fitted(config: dict) -> None:
                 if option in entry:
                     fail(f"{key}.{option}", f"applies to the methods {' and '.join(GRID_METHODS)} only "
                                             f"({spec['method']} serves every NFE)")
-        if spec["model"] in config["train"]["rationales"]:
-            trained = specs.configured_rationales(config)[spec["model"]]
+        if specs.is_trained(config, spec["model"]):
+            trained = specs.configured_rationales(config)[specs.trained(config)[spec["model"]][0]]
             if spec["sigma_min"] < trained["sigma_min"] or spec["sigma_max"] > trained["sigma_max"]:
                 fail(f"{key}.base", f"its domain [{spec['sigma_min']:g}, {spec['sigma_max']:g}] leaves the domain "
                                     f"[{trained['sigma_min']:g}, {trained['sigma_max']:g}] {spec['model']!r} was "
@@ -270,8 +277,9 @@ def _check_adaptive(config: dict) -> None:
     for name, entry in registry.items():
         key = f"rationales.{name}"
         if entry["family"] == "learned":
-            if entry["model"] not in trained:
-                fail(f"{key}.model", f"{entry['model']!r} is not trained here (list it in train.rationales)")
+            if not specs.is_trained(config, entry["model"]):
+                fail(f"{key}.model", f"{entry['model']!r} is not trained here with seed 0 (list it in "
+                                     f"train.rationales)")
             _check_step(f"{key}.step", entry["step"], config, entry["model"])
             if name in trained:
                 fail("train.rationales", f"{name!r} is a learned density to sample with; train with its model "

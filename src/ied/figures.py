@@ -159,7 +159,7 @@ def _over_training(summary: pd.DataFrame, experiment: FigureInputs, panels: list
                    name: str, title: str) -> None:
     """Rows of panels (metric, sampler, row title) × a column per model; std bands; shared y per row. A pretrained
     model's column holds its one checkpoint (its published weights) as one point per sampling rationale."""
-    trains, samples = experiment["train"], experiment["single"]["rationales"] + [
+    trains, samples = _training_rationales(experiment), experiment["single"]["rationales"] + [
         s for s in experiment["repeated"]["rationales"] if s not in experiment["single"]["rationales"]]
     palette = _palette(samples)
     fig, axes = plt.subplots(len(panels), len(trains), figsize=(3.6 * len(trains) + 1.6, 3.0 * len(panels)),
@@ -190,8 +190,15 @@ def _over_training(summary: pd.DataFrame, experiment: FigureInputs, panels: list
     _save(fig, outdir, name)
 
 
+def _training_rationales(experiment: FigureInputs) -> list[str]:
+    """The models by training rationale, in order: a rationale's seeds are one column (their mean ± std)."""
+    seeds = experiment.get("seeds", {})
+    return list(dict.fromkeys(seeds.get(m, (m, 0))[0] for m in experiment["train"]))
+
+
 def fig_over_training(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, name: str) -> None:
-    """Figs. 3/4: (a) FID and (b) IS over training from the single sets; IS bands: std over its 10 splits."""
+    """Figs. 3/4: (a) FID and (b) IS over training from the single sets; IS bands: std over its 10 splits, or over
+    the training seeds of a rationale trained with several (as FID's)."""
     single = experiment["single"]
     summary = per_checkpoint(protocol_rows(metrics, single))
     panels = [(metric, sampler, f"({chr(97 + i)}) {'FID ↓' if metric == 'fid' else 'IS ↑'} — {sampler}")
@@ -234,11 +241,12 @@ def fig_ablation(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, 
 
 # --- Figs. 8/9: samples -------------------------------------------------------------------------------------
 def fig_samples(metrics: pd.DataFrame, experiment: FigureInputs, root: Path, outdir: Path, name: str) -> None:
-    """Figs. 8/9: the 10×10 grid of each cell's single set at its Table 1/2 checkpoint (first sampler)."""
+    """Figs. 8/9: the 10×10 grid of each cell's single set at its Table 1/2 checkpoint (first sampler; of a training
+    rationale's first seed)."""
     best = single_table(metrics, experiment)
     sampler = experiment["single"]["samplers"][0]
     best = best[best["sampler_name"] == sampler]
-    trains, samples = experiment["train"], experiment["single"]["rationales"]
+    trains, samples = _training_rationales(experiment), experiment["single"]["rationales"]
     n = experiment["single"]["n_samples"]
     fig, axes = plt.subplots(len(trains), len(samples), figsize=(2.6 * len(samples), 2.8 * len(trains)),
                              squeeze=False, layout="constrained")
@@ -250,7 +258,8 @@ def fig_samples(metrics: pd.DataFrame, experiment: FigureInputs, root: Path, out
             if row.empty:
                 continue
             step = int(row["checkpoint_step"].iloc[0])
-            image = plt.imread(root / layout.cell_path(layout.GRID, layout.Cell(train, step, sample, sampler, n, 0)))
+            model = next(m for m in experiment["train"] if experiment.get("seeds", {}).get(m, (m, 0))[0] == train)
+            image = plt.imread(root / layout.cell_path(layout.GRID, layout.Cell(model, step, sample, sampler, n, 0)))
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             ax.grid(False)
             ax.set_title(f"{_label(experiment, train)} → {_label(experiment, sample)}, step {step}", fontsize=8)
@@ -283,7 +292,7 @@ def fig_paper_comparison(metrics: pd.DataFrame, experiment: FigureInputs, outdir
     for role, value in (("single", "fid"), ("repeated", "fid_mean")):
         table = ours[role]
         table = table[table["sampler_name"] == experiment[role]["samplers"][0]]
-        rows = [_label(experiment, n) for n in experiment["train"]]
+        rows = [_label(experiment, n) for n in _training_rationales(experiment)]
         cols = [_label(experiment, n) for n in experiment[role]["rationales"]]
         grid = _in_order(table.pivot(index="train_label", columns="sample_label", values=value).astype(float),
                          rows, cols)
@@ -405,8 +414,9 @@ def fig_nll(summary: pd.DataFrame, metrics: pd.DataFrame, experiment: FigureInpu
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     for train in trains:
         line = summary[summary["train_rationale"] == train].sort_values("checkpoint_step")
-        own = train if train in single["rationales"] else single["rationales"][0]
-        curve = fid[(fid["train_rationale"] == train) & (fid["sample_rationale"] == own)
+        rationale = experiment.get("seeds", {}).get(train, (train, 0))[0]
+        own = rationale if rationale in single["rationales"] else single["rationales"][0]
+        curve = fid[(fid["train_rationale"] == rationale) & (fid["sample_rationale"] == own)
                     & (fid["sampler_name"] == sampler)].sort_values("checkpoint_step")
         if train in experiment.get("pretrained", []):  # one checkpoint: a level across the training axis
             for ax, values in ((axes[0], line["bpd"]), (axes[1], curve["fid_mean"])):

@@ -93,8 +93,8 @@ def tabulated(spec: Mapping[str, Any]) -> bool:
 
 
 def trained_models(config: Mapping[str, Any]) -> list[str]:
-    """The models this pipeline trains, one per training rationale."""
-    return list(config["train"]["rationales"])
+    """The models this pipeline trains: one per training rationale and seed (`specs.trained`)."""
+    return list(specs.trained(config))
 
 
 def pretrained_models(config: Mapping[str, Any]) -> list[str]:
@@ -120,7 +120,7 @@ def protocol_steps(config: Mapping[str, Any], purpose: str, model: str | None = 
     checkpoints up to `up_to`, a pretrained model's one; without `model`, those of every model."""
     if model is None:
         return sorted({step for m in protocol_models(config, purpose) for step in protocol_steps(config, purpose, m)})
-    if model not in config["train"]["rationales"]:
+    if not specs.is_trained(config, model):
         return [PRETRAINED_STEP]
     protocol = config["sample"][purpose]
     wanted = checkpoint_steps(config) if protocol["checkpoints"] == "all" else sorted(protocol["checkpoints"])
@@ -132,7 +132,7 @@ def nll_steps(config: Mapping[str, Any], model: str) -> list[int]:
     nll = config["nll"]
     if "n_images" not in nll:
         return []
-    if model not in config["train"]["rationales"]:
+    if not specs.is_trained(config, model):
         return [PRETRAINED_STEP]
     wanted = nll["checkpoints"]
     steps = checkpoint_steps(config)
@@ -144,9 +144,17 @@ def ablation_step(config: Mapping[str, Any]) -> int:
     return specs.checkpoint_step(config, ablation["train_rationale"], ablation["checkpoint"])
 
 
+def with_seeds(config: Mapping[str, Any], names: list[str]) -> list[str]:
+    """Models named by a list of training rationales and models: a training rationale stands for its models of every
+    seed, in order."""
+    seeded = specs.trained(config)
+    return list(dict.fromkeys(m for name in names for m in ([k for k, (r, _) in seeded.items() if r == name]
+                                                            if name in config["train"]["rationales"] else [name])))
+
+
 def sweep_models(config: Mapping[str, Any]) -> list[str]:
-    """The models of the NFE sweep: its `train_rationales`, or every model."""
-    return config["nfe_sweep"].get("train_rationales") or models(config)
+    """The models of the NFE sweep: its `train_rationales` (each with its seeds), or every model."""
+    return with_seeds(config, config["nfe_sweep"].get("train_rationales") or models(config))
 
 
 def sweep_step(config: Mapping[str, Any], model: str) -> int:
@@ -154,8 +162,8 @@ def sweep_step(config: Mapping[str, Any], model: str) -> int:
 
 
 def protocol_models(config: Mapping[str, Any], purpose: str) -> list[str]:
-    """The models a sample-set protocol samples: its `train_rationales`, or every model."""
-    return config["sample"][purpose].get("train_rationales") or models(config)
+    """The models a sample-set protocol samples: its `train_rationales` (each with its seeds), or every model."""
+    return with_seeds(config, config["sample"][purpose].get("train_rationales") or models(config))
 
 
 def protocol_cells(config: Mapping[str, Any], purpose: str) -> list[Cell]:
@@ -362,10 +370,11 @@ def figures(config: Mapping[str, Any]) -> list[str]:
 
 # --- what the tables and figures receive (the rules pass it as JSON: `ied tables/figures --experiment`) ---------
 class Protocol(TypedDict):
-    """A sample-set protocol: the models it samples, its sampling rationales and samplers, sample size, sets and
-    checkpoints."""
+    """A sample-set protocol: the models it samples (and each trained one's training rationale and seed), its
+    sampling rationales and samplers, sample size, sets and checkpoints."""
 
     train: list[str]
+    seeds: dict[str, list]
     rationales: list[str]
     samplers: list[str]
     n_samples: int
@@ -393,10 +402,11 @@ class Sweep(TypedDict, total=False):
 
 
 class TableInputs(TypedDict):
-    """What the tables read: names in the config's order, labels, the protocols, the sweep, the artefact names
-    and each model's NLL checkpoints."""
+    """What the tables read: names in the config's order, labels, each trained model's training rationale and seed,
+    the protocols, the sweep, the artefact names and each model's NLL checkpoints."""
 
     train: list[str]
+    seeds: dict[str, list]
     pretrained: list[str]
     samplers: list[str]
     labels: dict[str, str]
@@ -442,8 +452,10 @@ class FigureInputs(TableInputs):
 
 def protocol(config: Mapping[str, Any], purpose: str) -> Protocol:
     """The `sample.single` or `sample.repeated` protocol as the tables and figures read it."""
-    entry = config["sample"][purpose]
-    return {"train": protocol_models(config, purpose), "rationales": entry["rationales"],
+    entry, trained = config["sample"][purpose], specs.trained(config)
+    chosen = protocol_models(config, purpose)
+    return {"train": chosen, "seeds": {m: list(trained[m]) for m in chosen if m in trained},
+            "rationales": entry["rationales"],
             "samplers": protocol_samplers(config, purpose),
             "n_samples": entry["n_samples"], "sets": entry["sets"], "steps": protocol_steps(config, purpose)}
 
@@ -464,7 +476,8 @@ def sweep(config: Mapping[str, Any]) -> Sweep:
 
 def table_inputs(config: Mapping[str, Any]) -> TableInputs:
     """What `ied tables` receives."""
-    return {"train": models(config), "pretrained": pretrained_models(config),
+    return {"train": models(config), "seeds": {m: list(v) for m, v in specs.trained(config).items()},
+            "pretrained": pretrained_models(config),
             "samplers": list(config["sample"]["samplers"]), "labels": specs.labels(config),
             "single": protocol(config, "single"), "repeated": protocol(config, "repeated"), "sweep": sweep(config),
             "artefacts": artefacts(config), "nll_steps": {m: nll_steps(config, m) for m in models(config)}}
@@ -479,7 +492,8 @@ def figure_inputs(config: Mapping[str, Any]) -> FigureInputs:
             "schedules": [n for n, spec in specs.configured_rationales(config).items() if has_schedule(spec)],
             "fitted": list(specs.fitted_rationales(config)),
             "learned": list(specs.learned_rationales(config)),
-            "adaptive": {m: _target_name(config["rationales"][m]) for m in specs.adaptive_models(config)},
+            "adaptive": {m: _target_name(config["rationales"][specs.trained(config)[m][0]])
+                         for m in specs.adaptive_models(config)},
             "ablation": {"train_rationale": config["ablation"].get("train_rationale"),
                          "sampler": config["ablation"].get("sampler"), "sigma_n": ablation,
                          "checkpoint": ablation_step(config) if ablation else None},

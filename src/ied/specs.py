@@ -120,12 +120,41 @@ def _resolve_learned(name: str, spec: dict, registry: Mapping[str, Mapping[str, 
     return {**spec, "adaptive": adaptive, "sigma_min": adaptive["sigma_min"], "sigma_max": adaptive["sigma_max"]}
 
 
+SEED_SEPARATOR = ".seed"  # a training rationale's model of seed s > 0 is `<rationale>.seed<s>`; of seed 0, the name
+
+
+def training_seeds(config: Mapping[str, Any], rationale: str) -> list[int]:
+    """The seeds a training rationale is trained with: `train.seeds` if a list, else `train.seeds.<rationale>` or
+    `train.seeds.default`."""
+    seeds = config["train"]["seeds"]
+    if isinstance(seeds, Mapping):
+        seeds = seeds.get(rationale, seeds.get("default", [0]))
+    return [int(seed) for seed in seeds]
+
+
+def seed_model(rationale: str, seed: int) -> str:
+    """The model of a training rationale and seed (seed 0 keeps the rationale's name, so runs before seeds rerun
+    nothing)."""
+    return rationale if seed == 0 else f"{rationale}{SEED_SEPARATOR}{seed}"
+
+
+def trained(config: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """Every trained model, in the config's order (rationales, then seeds): its training rationale and seed."""
+    return {seed_model(name, seed): (name, seed) for name in config["train"]["rationales"]
+            for seed in training_seeds(config, name)}
+
+
+def is_trained(config: Mapping[str, Any], model: str) -> bool:
+    """Whether `model` is trained here (not a published network's)."""
+    return model in trained(config)
+
+
 def checkpoint_step(config: Mapping[str, Any], model: str, step: int | str) -> int:
     """A model's checkpoint `step` as a number: `last` is the training's last checkpoint, or a pretrained model's
     one (PRETRAINED_STEP)."""
     if step != "last":
         return int(step)
-    return int(config["train"]["total_steps"]) if model in config["train"]["rationales"] else PRETRAINED_STEP
+    return int(config["train"]["total_steps"]) if is_trained(config, model) else PRETRAINED_STEP
 
 
 def configured_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
@@ -174,7 +203,7 @@ def learned_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
 def adaptive_models(config: Mapping[str, Any]) -> list[str]:
     """The trained models whose training rationale is adaptive (their segments also write the learned density)."""
     registry = config["rationales"]
-    return [name for name in config["train"]["rationales"] if registry[name].get("family") == "adaptive"]
+    return [model for model, (name, _) in trained(config).items() if registry[name].get("family") == "adaptive"]
 
 
 def ablation_rationales(config: Mapping[str, Any]) -> dict[str, dict]:
@@ -213,6 +242,7 @@ def labels(config: Mapping[str, Any]) -> dict[str, str]:
     """Display names for tables and figures: `label`, else the name; N(0,σ_N²) for the ablation; a pretrained
     model's label (it may share a name with a rationale only when that rationale is not trained)."""
     out = {name: entry.get("label", name) for name, entry in config["rationales"].items()}
+    out.update({model: f"{out[name]} (seed {seed})" for model, (name, seed) in trained(config).items() if seed})
     out.update({name: entry.get("label", name) for name, entry in (config.get("pretrained") or {}).items()})
     for name, spec in ablation_rationales(config).items():
         out.setdefault(name, f"N(0,{short_number(spec['sigma_n'])}²)")
@@ -233,15 +263,16 @@ def network(entry: Mapping[str, Any]) -> dict:
     return fill_defaults("network", entry)
 
 
-def training_spec(config: Mapping[str, Any], name: str) -> dict:
-    """Everything that determines a training rationale's weights, and nothing else (no label, log interval,
-    device or thread count): the checkpoints' config hash is its identity_hash."""
+def training_spec(config: Mapping[str, Any], model: str) -> dict:
+    """Everything that determines a trained model's weights, and nothing else (no label, log interval, device or
+    thread count): the checkpoints' config hash is its identity_hash. Its seed is `train.seed` plus the model's."""
     train = config["train"]
+    name, seed = trained(config).get(model, (model, 0))
     return {"dataset": config["dataset"]["name"], "rationale": all_rationales(config)[name],
             "network": copy.deepcopy(train["network"]), "batch_size": int(train["batch_size"]),
             "lr": float(train["lr"]), "ema": float(train["ema"]),
             "grad_clip": None if train["grad_clip"] is None else float(train["grad_clip"]),
-            "seed": int(train["seed"]), "weighting": train["weighting"]}
+            "seed": int(train["seed"]) + seed, "weighting": train["weighting"]}
 
 
 def pretrained_identity(sha256: str) -> dict:
@@ -257,7 +288,7 @@ def pretrained_spec(config: Mapping[str, Any], name: str) -> dict:
 
 def model_hash(config: Mapping[str, Any], model: str) -> str:
     """The config hash a model's checkpoints carry: of its training spec, or of its pretrained file."""
-    if model in config["train"]["rationales"]:
+    if is_trained(config, model):
         return identity_hash(training_spec(config, model))
     return identity_hash(pretrained_spec(config, model))
 

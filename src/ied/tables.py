@@ -29,18 +29,50 @@ TITLES = {"fid": "FID ↓", "isc": "IS ↑", "precision": "Precision ↑", "reca
 
 # --- selecting and summarising the metric rows of a protocol -----------------------------------------------
 def protocol_rows(metrics: pd.DataFrame, protocol: Mapping[str, Any]) -> pd.DataFrame:
-    """The rows a protocol (single or repeated sets) is made of: its size, sets, checkpoints, models and names."""
+    """The rows a protocol (single or repeated sets) is made of: its size, sets, checkpoints, models and names; a
+    trained model's rows under its training rationale, with its seed (`train_seed`; a published network's: 0)."""
     keep = ((metrics["n_samples"] == protocol["n_samples"]) & (metrics["seed_set"] < protocol["sets"])
             & metrics["checkpoint_step"].isin(protocol["steps"]) & metrics["train_rationale"].isin(protocol["train"])
             & metrics["sample_rationale"].isin(protocol["rationales"])
             & metrics["sampler_name"].isin(protocol["samplers"]))
-    return metrics[keep]
+    return by_training_rationale(metrics[keep], protocol.get("seeds", {}))
+
+
+def by_training_rationale(rows: pd.DataFrame, seeds: Mapping[str, Sequence]) -> pd.DataFrame:
+    """Rows of each model under its training rationale (`train_rationale`), its seed in `train_seed`."""
+    model = rows["train_rationale"]
+    return rows.assign(train_rationale=model.map(lambda m: seeds.get(m, (m, 0))[0]),
+                       train_seed=model.map(lambda m: int(seeds.get(m, (m, 0))[1])))
 
 
 def per_checkpoint(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over sets per (sampler, train, sample, checkpoint); degenerate if any set is.
+    """Per (sampler, training rationale, sampling rationale, checkpoint): with one training seed, the mean and std
+    over sets (degenerate if any set is); with several, the mean over seeds of each seed's mean over sets, and the std
+    over seeds (`seeds`, and each seed's FID in `fid_seeds`).
 
-    With one set, `isc_std` is torch-fidelity's std over the 10 IS splits (the paper's IS ± std)."""
+    With one set of one seed, `isc_std` is torch-fidelity's std over the 10 IS splits (the paper's IS ± std)."""
+    rows = rows if "train_seed" in rows else rows.assign(train_seed=0)
+    summary = _per_seed(rows)
+    if summary.empty or summary["train_seed"].nunique() == 1 and not summary.duplicated(
+            CELL_KEYS + ["checkpoint_step"]).any():
+        return summary.assign(seeds=1, fid_seeds=summary["fid_mean"].map(lambda v: [v])).drop(columns="train_seed")
+    return summary.groupby(CELL_KEYS + ["checkpoint_step"]).apply(_over_seeds, include_groups=False).reset_index()
+
+
+def _over_seeds(g: pd.DataFrame) -> pd.Series:
+    """One cell at one checkpoint over its seeds: the means over seeds, their std for FID and IS."""
+    if len(g) == 1:  # this cell has one seed (others have more): as it is
+        return pd.Series({**g.drop(columns="train_seed").iloc[0].to_dict(), "seeds": 1,
+                          "fid_seeds": [float(g["fid_mean"].iloc[0])]})
+    means = {c: g[c].mean() for c in ("fid_mean", "fid_min", "isc_mean", "kid_mean", "precision", "recall")}
+    return pd.Series({"sets": int(g["sets"].iloc[0]), "degenerate": "; ".join(sorted({d for d in g["degenerate"] if d})),
+                      **means, "fid_std": g["fid_mean"].std(ddof=1), "isc_std": g["isc_mean"].std(ddof=1),
+                      **{c: math.nan for c in INTERVAL_COLUMNS}, "seeds": len(g),
+                      "fid_seeds": [float(v) for v in g["fid_mean"]]})
+
+
+def _per_seed(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over sets per (sampler, train, sample, checkpoint, seed); degenerate if any set is."""
     def summarize(g: pd.DataFrame) -> pd.Series:
         one = len(g) == 1
         return pd.Series({
@@ -52,10 +84,11 @@ def per_checkpoint(rows: pd.DataFrame) -> pd.DataFrame:
             **{c: g[c].iloc[0] if one else math.nan for c in INTERVAL_COLUMNS}})  # one set's bootstrap interval
     rows = rows.assign(**{c: rows[c] if c in rows else math.nan for c in INTERVAL_COLUMNS})  # rows before intervals
     if rows.empty:
-        return pd.DataFrame(columns=CELL_KEYS + ["checkpoint_step", "sets", "degenerate", "fid_mean", "fid_std",
-                                                 "fid_min", "isc_mean", "isc_std", "kid_mean", "precision", "recall",
-                                                 *INTERVAL_COLUMNS])
-    return rows.groupby(CELL_KEYS + ["checkpoint_step"]).apply(summarize, include_groups=False).reset_index()
+        return pd.DataFrame(columns=CELL_KEYS + ["checkpoint_step", "train_seed", "sets", "degenerate", "fid_mean",
+                                                 "fid_std", "fid_min", "isc_mean", "isc_std", "kid_mean", "precision",
+                                                 "recall", *INTERVAL_COLUMNS])
+    return rows.groupby(CELL_KEYS + ["checkpoint_step", "train_seed"]).apply(summarize, include_groups=False
+                                                                             ).reset_index()
 
 
 def best_checkpoints(summary: pd.DataFrame) -> pd.DataFrame:
@@ -68,8 +101,9 @@ def best_checkpoints(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _ordered(frame: pd.DataFrame, experiment: TableInputs, rationales: Sequence[str]) -> pd.DataFrame:
     """Rows in the config's order (samplers, training, sampling), with display labels joined by name."""
-    labels = experiment["labels"]
-    order = {"sampler_name": experiment["samplers"], "train_rationale": experiment["train"], "sample_rationale": rationales}
+    labels, seeds = experiment["labels"], experiment.get("seeds", {})
+    trains = list(dict.fromkeys(seeds.get(m, (m, 0))[0] for m in experiment["train"]))  # models by training rationale
+    order = {"sampler_name": experiment["samplers"], "train_rationale": trains, "sample_rationale": rationales}
     frame = frame.assign(train_label=frame["train_rationale"].map(lambda n: labels.get(n, n)),
                          sample_label=frame["sample_rationale"].map(lambda n: labels.get(n, n)))
     return frame.sort_values(CELL_KEYS, key=lambda c: c.map({n: i for i, n in enumerate(order[c.name])}),
@@ -83,9 +117,22 @@ def single_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame
     spread = repeated[CELL_KEYS + ["fid_std", "isc_std"]].rename(
         columns={"fid_std": "fid_std_repeated", "isc_std": "isc_std_repeated"})
     best = best.merge(spread, on=CELL_KEYS, how="left").rename(columns={"fid_mean": "fid"})
+    best = _seed_spread(best)
     columns = CELL_KEYS + ["checkpoint_step", "fid", "isc_mean", "isc_std", "precision", "recall", "kid_mean",
-                           "fid_std_repeated", "isc_std_repeated", *INTERVAL_COLUMNS, "degenerate"]
+                           "fid_std_repeated", "isc_std_repeated", *INTERVAL_COLUMNS, "seeds", "fid_seeds",
+                           "degenerate"]
     return _ordered(best[columns], experiment, experiment["single"]["rationales"])
+
+
+def _seed_spread(best: pd.DataFrame) -> pd.DataFrame:
+    """A cell of several training seeds is its seeds' mean, its spread mean ± std over seeds (in place of one set's
+    bootstrap interval); FID and IS."""
+    several = best["seeds"] > 1
+    out = best.copy()
+    for value, std in (("fid", "fid_std"), ("isc_mean", "isc_std")):
+        out.loc[several, f"{value}_lo"] = best.loc[several, value] - best.loc[several, std]
+        out.loc[several, f"{value}_hi"] = best.loc[several, value] + best.loc[several, std]
+    return out
 
 
 def repeated_table(metrics: pd.DataFrame, experiment: TableInputs) -> pd.DataFrame:
@@ -258,7 +305,8 @@ def nll_table(summary: pd.DataFrame, single: pd.DataFrame, experiment: TableInpu
     rows = []
     for train in experiment["train"]:
         mine = summary[summary["train_rationale"] == train].set_index("checkpoint_step")
-        cells = single[(single["train_rationale"] == train) & (single["sampler_name"] == sampler)
+        rationale = experiment.get("seeds", {}).get(train, (train, 0))[0]  # a seed's best: its rationale's (seed mean)
+        cells = single[(single["train_rationale"] == rationale) & (single["sampler_name"] == sampler)
                        & (single["degenerate"] == "")]
         best = int(cells.loc[cells["fid"].idxmin(), "checkpoint_step"]) if len(cells) else None
         last = max(experiment["nll_steps"][train])
@@ -318,10 +366,13 @@ def write_tables(metrics_path: str | Path, experiment: TableInputs, outdir: str 
     # against published reference statistics there are no reference features: no precision or recall
     sections += [(TITLES[key], grids(single, key, None, None, False, key)) for key in ("precision", "recall")
                  if single[key].notna().any()]
+    seeded = (" A cell of several training seeds (`seeds` in the Parquet file, each seed's FID in `fid_seeds`) is "
+              "their mean ± std over seeds, its best checkpoint the seeds' mean's, and its spread that interval."
+              if (single["seeds"] > 1).any() else "")
     marks = (f"`*`: its 95 % interval (bootstrap over the generated images, {_resamples(metrics)} resamples) overlaps "
              f"the best's (bold), ± half the interval's width; without intervals, within the standard deviations "
              f"(over the {experiment['repeated']['sets']} repeated sets of {experiment['repeated']['n_samples']}) "
-             f"of the best score." if single["fid_lo"].notna().any() else
+             f"of the best score.{seeded}" if single["fid_lo"].notna().any() else
              f"`*`: within the standard deviations (over the {experiment['repeated']['sets']} repeated sets of "
              f"{experiment['repeated']['n_samples']}) of the best score (bold).")
     _write(outdir, names["single"], single, sections,

@@ -153,4 +153,4 @@ def density_tables():
 
 
 def loss_tables():
-    return [out(layout.LOSS, train=t, step=s) for t in config["train"]["rationales"] for s in layout.checkpoint_steps(config)]
+    return [out(layout.LOSS, train=t, step=s) for t in layout.trained_models(config) for s in layout.checkpoint_steps(config)]
