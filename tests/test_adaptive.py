@@ -209,7 +209,8 @@ def test_a_learned_rationale_is_the_density_at_its_checkpoint_and_sampling_reads
     """learn-rationale turns a segment's density table into a schedule table; generate builds the same density from
     it, refuses it for another spec and names the missing table."""
     from ied.cli import main
-    from ied.generate import GenerationError, _schedule
+    from ied.rationales import RationaleError
+    from ied.specs import sampling_rationale as _schedule
     import json
     s = AdaptiveSchedule(spec())
     seen_everywhere(s, lambda sigma: 1 + np.sqrt(sigma))
@@ -226,7 +227,7 @@ def test_a_learned_rationale_is_the_density_at_its_checkpoint_and_sampling_reads
         adaptive.load_learned(tmp_path / "lr.parquet", {**learned, "step": 600})
     with pytest.raises(AdaptiveError, match="another adaptive spec or step"):
         adaptive.save_learned(tmp_path / "density.parquet", {**learned, "step": 600}, "lr", tmp_path / "x.parquet")
-    with pytest.raises(GenerationError, match="learned sampling rationale needs its table"):
+    with pytest.raises(RationaleError, match="learned sampling rationale needs its table"):
         _schedule(learned, None)
 
 

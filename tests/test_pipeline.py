@@ -127,6 +127,11 @@ EDITS = {
                                       {"fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
     "sampler steps": ({"sample": {"samplers": {"unipc": {"steps": 5}}}},
                       {"generate": 14, "evaluate": 14, **AGGREGATION}),
+    # a second seed of L2: that model's training, NLL, single sets (2 checkpoints × 2 rationales × em, unipc) and
+    # repeated ones not already single (4 × 2 − 2), the references and distances of its unipc cells, the aggregation
+    "add a seed": ({"train": {"seeds": {"default": [0], "l2": [0, 1]}}},
+                   {"train_segment": 2, "nll": 2, "generate": 14, "evaluate": 14, "reference": 4, "distance": 4,
+                    **AGGREGATION}),
     # a sampler only the sweep uses: its points are `<sampler>-<steps>`, so its configured steps rename nothing
     "swept sampler steps": ({"sample": {"samplers": {"dpmpp_2m": {"steps": 7}, "heun": {"steps": 2}}}}, {}),
     # the pretrained model's label is a label; its file moved (same content) is the same model
@@ -264,7 +269,16 @@ def test_end_to_end_reduced_default(e2e_run):
     assert (metrics.loc[metrics["train_rationale"] == "edm-tiny", "checkpoint_step"] == 0).all()
     for column in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall"):
         assert metrics[column].map(math.isfinite).all(), column
-    assert (metrics["degenerate"] == "").all() and set(metrics["reference_split"]) == {"test"}
+    # the tiny models' sets at Euler–Maruyama's 3 to 8 steps and Heun's 2 leave the image range: flagged, not ranked
+    clipped = metrics["saturated"] > 1 - 0.1 * (1 - 0.58)
+    assert (clipped == (metrics["degenerate"] != "")).all() and set(metrics["reference_split"]) == {"test"}
+    assert metrics.loc[clipped, "degenerate"].str.contains("saturated at 0 or 255").all()
+    for score in ("fid", "kid_mean", "precision", "recall"):  # every set's intervals, around its score
+        assert (metrics[f"{score}_lo"] <= metrics[f"{score}_hi"]).all(), score
+    assert (metrics["fid_lo"] < metrics["fid"]).all() and (metrics["fid"] < metrics["fid_hi"]).all()
+    deterministic = metrics[~metrics["sampler_name"].str.startswith("em")]
+    assert deterministic["ref_rmse"].notna().all() and metrics.loc[metrics["sampler_name"].str.startswith("em"),
+                                                                    "ref_rmse"].isna().all()
     assert sorted(p.name for p in (exp / "tables").iterdir()) == sorted(
         f"{name}.{ext}" for name in ("table1", "table3", "fid_nfe", "nll") for ext in ("parquet", "md", "tex"))
     table3 = pd.read_parquet(exp / "tables" / "table3.parquet")

@@ -13,15 +13,12 @@ import torch
 from ied import device as devices
 from ied.checkpoints import load_ema_denoiser
 from ied.data import DataError, ImageSet, load_imageset, load_imageset_meta, save_imageset, to_uint8
-from ied.adaptive import load_learned
-from ied.fitting import load_fitted
-from ied.io import atomic_path, content_sha256
-from ied.noise import PerImageNoise, balanced_labels
-from ied.rationales import TABLED, Rationale, build
+from ied.io import atomic_path
+from ied.noise import SEED_SET_STRIDE, PerImageNoise, balanced_labels
+from ied.rationales import Rationale
 from ied.samplers import SAMPLERS, identity_options, nfe, resolve_options
-from ied.specs import identity_hash
+from ied.specs import identity_hash, sampling_rationale
 
-SEED_SET_STRIDE = 10_000_000  # image i of seed set k has the noise key k·stride + i (ied.noise)
 
 
 def save_grid(path: str | Path, images: np.ndarray, rows: int = 10, pad: int = 1) -> None:
@@ -56,7 +53,7 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
     from the same checkpoint content, spec, seed set and (a fitted rationale) table content; batch and shard sizes
     do not change any image."""
     options = resolve_options(spec["sampler"], spec["options"])
-    schedule, table_sha256 = _schedule(spec["rationale"], rationale_table)
+    schedule, table_sha256 = sampling_rationale(spec["rationale"], rationale_table)
     dev = devices.choose(device)
     denoiser, ckpt = load_ema_denoiser(checkpoint, device=dev, step=expect_step, config_hash=expect_config_hash)
     net = devices.prepare_module(denoiser, dev, compile=compile)
@@ -84,17 +81,6 @@ def generate(checkpoint: str | Path, spec: Mapping[str, Any], out: str | Path, *
         p.unlink()
     parts.rmdir()
     return data
-
-
-def _schedule(spec: Mapping[str, Any], table: str | Path | None) -> tuple[Rationale, dict]:
-    """The sampling rationale of a resolved spec: built from it, or a fitted or learned one read from the table its
-    job wrote (whose content then enters the shards' identity)."""
-    if spec["family"] not in TABLED:
-        return build("sampling rationale", spec), {}
-    if not table:
-        raise GenerationError(f"a {spec['family']} sampling rationale needs its table (--rationale-table)")
-    load = load_fitted if spec["family"] == "fitted" else load_learned
-    return load(table, spec), {"rationale_table_sha256": content_sha256(table)}
 
 
 def _sampler(net: torch.nn.Module, dev: torch.device, autocast: Any, ckpt: Mapping[str, Any],

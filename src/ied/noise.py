@@ -19,6 +19,7 @@ _M0, _M1 = 0xD2511F53, 0xCD9E8D57  # Philox multipliers
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key increments
 ROUNDS = 10
 
+SEED_SET_STRIDE = 10_000_000  # image i of seed set k has the noise key k·stride + i
 STREAM_SAMPLING = 0  # sampler latents (draw 0) and per-step noise (draws 1, 2, …)
 STREAM_EPSILON = 1  # training ε per example
 STREAM_TIME = 2  # training t ~ U[0, 1] per example (σ = σ(t))

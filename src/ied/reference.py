@@ -21,11 +21,11 @@ import torch
 
 from ied import device as devices
 from ied.checkpoints import load_ema_denoiser
-from ied.generate import SEED_SET_STRIDE, GenerationError, _schedule
 from ied.io import CorruptFileError, atomic_path
-from ied.noise import PerImageNoise, balanced_labels
+from ied.noise import SEED_SET_STRIDE, PerImageNoise, balanced_labels
 from ied.rationales import build
 from ied.samplers import SAMPLERS, resolve_options
+from ied.specs import sampling_rationale
 
 REFERENCE_RHO = 7  # the reference's schedule: EDM ρ = 7 over the cells' domain
 REFERENCE_SHARE = 0.01  # the reference's own error must stay below this share of every cell error it serves
@@ -174,7 +174,7 @@ def _sampled(call: Any, spec: Mapping[str, Any], meta: Mapping[str, Any], refere
         if not math.isclose(float(meta[key]), float(rationale[key]), rel_tol=1e-12):
             raise ReferenceError(f"{reference}: a reference of another {key} ({meta[key]}) than the cell's "
                                  f"({rationale[key]}); delete it and rerun its reference job")
-    schedule, _ = _schedule(rationale, table)
+    schedule, _ = sampling_rationale(rationale, table)
     options = resolve_options(spec["sampler"], spec["options"])
     parts = []
     with torch.no_grad():
@@ -185,7 +185,7 @@ def _sampled(call: Any, spec: Mapping[str, Any], meta: Mapping[str, Any], refere
                                                    **options).cpu())
     x = torch.cat(parts)
     if not bool(torch.isfinite(x).all()):
-        raise GenerationError(f"{reference}: the sampler {spec['sampler']} produced non-finite values on its images")
+        raise ReferenceError(f"{reference}: the sampler {spec['sampler']} produced non-finite values on its images")
     return x
 
 

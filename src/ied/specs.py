@@ -312,3 +312,20 @@ def sampling_spec(config: Mapping[str, Any], rationale_name: str, sampler_name: 
     return {"rationale": all_rationales(config)[rationale_name], "sampler": entry["sampler"],
             "steps": int(entry["steps"]), "options": identity_options(entry["sampler"], entry.get("options", {}))}
 
+
+def sampling_rationale(spec: Mapping[str, Any], table: Any = None) -> tuple[Rationale, dict]:
+    """The sampling rationale of a resolved spec: built from it, or a fitted or learned one read from the table its
+    job wrote (whose content digest is returned, for the identity of what is sampled with it)."""
+    from ied.rationales import TABLED
+
+    if spec["family"] not in TABLED:
+        return build("sampling rationale", spec), {}
+    if not table:
+        raise RationaleError("sampling rationale", "family", f"a {spec['family']} sampling rationale needs its table "
+                                                            f"(--rationale-table)")
+    from ied.adaptive import load_learned
+    from ied.fitting import load_fitted
+    from ied.io import content_sha256
+
+    load = load_fitted if spec["family"] == "fitted" else load_learned
+    return load(table, spec), {"rationale_table_sha256": content_sha256(table)}

@@ -404,9 +404,9 @@ def nfe_grid(frame: pd.DataFrame, value: str = "fid", fmt: str = ".2f") -> pd.Da
         nan = pd.Series(math.nan, index=column.index)
         lo, hi = column.get(f"{value}_lo", nan), column.get(f"{value}_hi", nan)
         stars, best = overlapping(column[value], lo, hi, True, usable)
-        for i, line in column.iterrows():
+        for i, line in column.iterrows():  # a degenerate set has no FID to show; its distance is still one
             grid.loc[line["row"], nfe] = Entry(line[value], (hi[i] - lo[i]) / 2, bool(stars[i]), i == best,
-                                               line["degenerate"] != "", fmt)
+                                               value == "fid" and line["degenerate"] != "", fmt)
     return grid
 
 
