@@ -107,6 +107,10 @@ def test_each_resample_s_scores_are_those_of_the_resampled_set(features):
         covered = (torch.cdist(real.float(), gen.float()[drawn]) <= radii_gen[drawn]).any(1).float().mean().item()
         assert precision[b] == pytest.approx(inside) and recall[b] == pytest.approx(covered)
     assert fids[-1] == pytest.approx(fidelity.frechet_distance(fidelity.fid_statistics(gen), stats_r), rel=1e-8)
+    logits = gen[:, :10] * 3
+    scores = fidelity.bootstrap_inception_score(logits, counts)
+    for b, r in enumerate(rows):
+        assert scores[b] == pytest.approx(fidelity.inception_score(logits[r])[0], rel=1e-10)
 
 
 def test_the_fid_interval_covers_the_mean_fid_of_a_set_of_n_95_percent_of_the_time():

@@ -141,6 +141,7 @@ WEIGHTS = config["evaluate"]["feature_extractor_weights_path"] if EXTRACTOR != D
 WEIGHTS_SHA256 = content_sha256(WEIGHTS) if WEIGHTS else ""
 STATISTICS = config["evaluate"]["reference_statistics"]
 STATISTICS_SHA256 = content_sha256(STATISTICS) if STATISTICS else ""
+BOOTSTRAP = config["evaluate"]["bootstrap"]  # resamples of each score's interval (ied.metrics.intervals)
 
 
 def nll_tables():

@@ -12,7 +12,8 @@ rule evaluate:
         weights_sha256=WEIGHTS_SHA256,
         # published reference statistics enter by their content, like the weights
         statistics_sha256=STATISTICS_SHA256,
-        bootstrap=config["evaluate"]["bootstrap"],
+        # the intervals' resamples, when asked for (0: rows as before the intervals existed, so their identity too)
+        **({"bootstrap": BOOTSTRAP} if BOOTSTRAP else {}),
         reference=lambda w, input: f"--reference {shlex.quote(input.reference[0])}" if input.reference else "",
         shape=IMAGE_SHAPE,
     benchmark:
@@ -33,7 +34,7 @@ rule evaluate:
         "python -m ied evaluate --samples {input.samples:q} {params.reference}"
         " --reference-statistics={resources.statistics:q} --expect-shape {params.shape} --extractor {params.extractor}"
         " --weights {resources.weights:q} --sha256={params.weights_sha256:q} --cell {params.cell:q}"
-        " --cache-root {resources.cache:q} --bootstrap {params.bootstrap}"
+        f" --cache-root {{resources.cache:q}} --bootstrap {BOOTSTRAP}"
         " --batch-size {resources.batch_size} --device {resources.device} --out {output:q} > {log:q} 2>&1"
 
 
