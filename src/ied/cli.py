@@ -524,7 +524,8 @@ COMMANDS = {"prepare": _prepare, "tabulate": _tabulate, "train": _train, "train-
             "generate": _generate, "teacher": _teacher, "fit-rationale": _fit_rationale,
             "learn-rationale": _learn_rationale, "evaluate": _evaluate, "nll": _nll,
             "import-edm": _import_edm, "cost": _cost,
-            "reference": _reference, "distance": _distance, "aggregate": _aggregate, "tables": _tables, "figures": _figures, "report": _report,
+            "reference": _reference, "distance": _distance, "aggregate": _aggregate, "tables": _tables,
+            "figures": _figures, "report": _report,
             "check-config": _check_config, "bench": _bench}
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ def fit_checkpoint(checkpoint: str | Path, spec: Mapping[str, Any], name: str, o
         raise fitting.FittingError(f"{checkpoint} (step {ckpt['step']}): {err}") from None
     info = {"event": "fitted", "checkpoint_step": ckpt["step"], "checkpoint_sha256": ckpt["sha256"],
             "config_hash": ckpt["config_hash"], "pilot": spec["pilot"], "teacher_calls": path.calls,
-            "denoiser_evaluations": evaluated[0], "billed": fitting.fit_work(spec), "seconds": time.perf_counter() - tick,
+            "denoiser_evaluations": evaluated[0], "billed": fitting.fit_work(spec),
+            "seconds": time.perf_counter() - tick,
             "device": str(dev), **report}
     fitting.save_fitted(out, name, spec, rationale, info)
     _log(log_path, info)

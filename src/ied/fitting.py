@@ -339,10 +339,11 @@ def end_to_end(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str, 
                options: Mapping[str, Any] | None = None, class_labels: Any = None, target: Any = None,
                evaluations: int = END_TO_END_EVALUATIONS, validations: int = END_TO_END_VALIDATIONS) -> EndToEnd:
     """The levels minimising `sampler_error` against the teacher's end state (or `target`) on the fit split of the
-    pilots: Powell's search over the softmax of the log-gaps (σ_max and σ_min fixed), from the better of the
-    dynamic programme's grid, the base's and the hand-made ones (`hand_made_levels`) on the fit split, at most `evaluations` sampler runs. The grid kept is the one of least
-    error on the held-out split among the search's iterates, its start included (early stopping: the starts do
-    not compete on the held-out split themselves, which would pick the luckiest of them)."""
+    pilots: Powell's search over the softmax of the log-gaps (σ_max and σ_min fixed), from the best on the fit split
+    of the dynamic programme's grid, the base's and the hand-made ones (`hand_made_levels`), at most `evaluations`
+    sampler runs. The grid kept is the one of least error on the held-out split among the search's iterates, its
+    start included (early stopping: the starts do not compete on the held-out split themselves, which would pick
+    the luckiest of them)."""
     from scipy.optimize import minimize
 
     fit, held = split(len(latents))
@@ -385,7 +386,8 @@ def end_to_end(denoiser: Denoiser, latents: Any, base: Rationale, sampler: str, 
             pass
         validate(best["theta"])
     chosen_error, levels, chosen = min(kept, key=lambda item: item[0])
-    report = {"method": "end_to_end", "start": start, "chosen": chosen, "starts": len(starts), "evaluations": spent["fit"],
+    report = {"method": "end_to_end", "start": start, "chosen": chosen, "starts": len(starts),
+              "evaluations": spent["fit"],
               "validations": spent["held"], "fit_images": len(fit), "validation_images": len(held),
               "pilot_error": {**pilot_error, "end_to_end": float(best["value"])},
               "validation_error": {**validation_error, "end_to_end": float(chosen_error)}}
@@ -552,7 +554,8 @@ def load_teacher(path: str | Path, expect: Mapping[str, Any]) -> tuple[Teacher, 
     meta = json.loads(text)
     for key, value in expect.items():
         if json.loads(json.dumps(meta.get(key))) != json.loads(json.dumps(value)):
-            raise FittingError(f"{path}: a teacher of another {key} than the fit's; delete it and rerun its teacher job")
+            raise FittingError(f"{path}: a teacher of another {key} than the fit's; delete it and rerun its teacher "
+                               f"job")
     path_ = Teacher(arrays["sigmas"], list(arrays["states"]), list(arrays["denoised"]), int(meta["calls"]))
     return path_, arrays["latents"], arrays["labels"] if len(arrays["labels"]) else None, meta
 

@@ -18,7 +18,7 @@ from ied.data import DATASETS
 RESULTS = "results"
 DATA = "data/{split}.npz"
 SCHEDULE = "schedules/{rationale}.parquet"
-TEACHER = "teachers/{train}/{step}/{teacher}.npz"  # a fit's teacher trajectory, shared by the fits of one base and pilot
+TEACHER = "teachers/{train}/{step}/{teacher}.npz"  # a fit's teacher trajectory, shared by fits of one base and pilot
 CHECKPOINT = "checkpoints/{train}/ckpt-{step}.pt"
 LOSS = "losses/{train}/loss-{step}.parquet"  # a training segment's ε-loss per log-σ bin
 DENSITY = "densities/{train}/density-{step}.parquet"  # an adaptive training rationale's density after a segment
@@ -28,8 +28,9 @@ CELL_JOB = "{train}-{step}-{sample}-{sampler}-n{n}-seed{seed}"  # a cell's log a
 SAMPLES = f"samples/{CELL}.npz"
 GRID = f"grids/{CELL}.png"
 METRIC_ROW = f"metrics/rows/{CELL}.parquet"
-REFERENCE = "references/{train}/{step}/{domain}/n{n}-seed{seed}.npz"  # the probability-flow solution of a set's first
-DISTANCE = "metrics/distance/{train}/{step}/{domain}/n{n}-seed{seed}.parquet"  # images; each deterministic cell's from it
+# the probability-flow solution of a set's first images, and each deterministic cell's distance from it
+REFERENCE = "references/{train}/{step}/{domain}/n{n}-seed{seed}.npz"
+DISTANCE = "metrics/distance/{train}/{step}/{domain}/n{n}-seed{seed}.parquet"
 METRICS = "metrics.parquet"
 EVALUATOR = "evaluator/digits-cnn.pt"
 FIDELITY_CACHE = "evaluator/fidelity-cache"
@@ -468,7 +469,8 @@ def sweep(config: Mapping[str, Any]) -> Sweep:
     points = {name: {"sampler": s, "steps": k} for (s, k), name in point_names(config).items()}
     trained = sweep_models(config)
     entries = config["sample"]["samplers"]
-    solvers = {name: samplers.describe(entries[name]["sampler"], entries[name].get("options")) for name in entry["samplers"]}
+    solvers = {name: samplers.describe(entries[name]["sampler"], entries[name].get("options"))
+               for name in entry["samplers"]}
     return {"train": trained, "rationales": sweep_rationales(entry), "samplers": entry["samplers"], "solvers": solvers,
             "points": points,
             "checkpoint": {m: sweep_step(config, m) for m in trained}, "n_samples": entry["n_samples"]}

@@ -268,7 +268,8 @@ INTERVAL_SCORES = ("fid", "isc_mean", "kid_mean", "precision", "recall")
 def intervals(gen: Mapping[str, torch.Tensor], ref: Mapping[str, torch.Tensor] | None, layers: Mapping[str, str],
               reference_fid: Mapping[str, np.ndarray], resamples: int, isc: bool = True) -> dict[str, Any]:
     """95 % bootstrap intervals of FID, IS, KID, precision and recall over `resamples` resamples of the generated
-    features (the reference fixed; ied.fidelity.centred_interval), as `<score>_lo`, `<score>_hi`; NaN where the score is.
+    features (the reference fixed; ied.fidelity.centred_interval), as `<score>_lo`, `<score>_hi`; NaN where the
+    score is.
     An interval whose resamples all agree (a constant or all-alike set) is degenerate: NaN, and `interval` says so."""
     from ied import fidelity
 

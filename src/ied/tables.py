@@ -65,7 +65,8 @@ def _over_seeds(g: pd.DataFrame) -> pd.Series:
         return pd.Series({**g.drop(columns="train_seed").iloc[0].to_dict(), "seeds": 1,
                           "fid_seeds": [float(g["fid_mean"].iloc[0])]})
     means = {c: g[c].mean() for c in ("fid_mean", "fid_min", "isc_mean", "kid_mean", "precision", "recall")}
-    return pd.Series({"sets": int(g["sets"].iloc[0]), "degenerate": "; ".join(sorted({d for d in g["degenerate"] if d})),
+    degenerate = "; ".join(sorted({d for d in g["degenerate"] if d}))
+    return pd.Series({"sets": int(g["sets"].iloc[0]), "degenerate": degenerate,
                       **means, "fid_std": g["fid_mean"].std(ddof=1), "isc_std": g["isc_mean"].std(ddof=1),
                       **{c: math.nan for c in INTERVAL_COLUMNS}, "seeds": len(g),
                       "fid_seeds": [float(v) for v in g["fid_mean"]]})

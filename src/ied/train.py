@@ -347,7 +347,8 @@ def _adaptive(rationale: Mapping[str, Any], state: dict | None, density_table: s
         try:
             adaptive.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in saved.items()})
         except AdaptiveError as err:
-            raise checkpoints.CheckpointError(f"{checkpoint}: {err}; delete it and rerun its training segment") from None
+            raise checkpoints.CheckpointError(f"{checkpoint}: {err}; delete it and rerun its training "
+                                              f"segment") from None
     return adaptive
 
 
