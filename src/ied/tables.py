@@ -56,20 +56,28 @@ def per_checkpoint(rows: pd.DataFrame) -> pd.DataFrame:
     if summary.empty or summary["train_seed"].nunique() == 1 and not summary.duplicated(
             CELL_KEYS + ["checkpoint_step"]).any():
         return summary.assign(seeds=1, fid_seeds=summary["fid_mean"].map(lambda v: [v])).drop(columns="train_seed")
-    return summary.groupby(CELL_KEYS + ["checkpoint_step"]).apply(_over_seeds, include_groups=False).reset_index()
+    seeded = summary.groupby(CELL_KEYS + ["checkpoint_step"]).apply(_over_seeds, include_groups=False).reset_index()
+    return seeded.astype({c: float for c in _summary_columns() if c not in ("sets", "degenerate", "seeds", "fid_seeds")}
+                         | {"sets": int, "seeds": int})
+
+
+def _summary_columns() -> list[str]:
+    """A cell's summary over sets and seeds, column by column."""
+    return ["sets", "degenerate", "fid_mean", "fid_std", "fid_min", "isc_mean", "isc_std", "kid_mean", "precision",
+            "recall", *INTERVAL_COLUMNS, "seeds", "fid_seeds"]
 
 
 def _over_seeds(g: pd.DataFrame) -> pd.Series:
     """One cell at one checkpoint over its seeds: the means over seeds, their std for FID and IS."""
     if len(g) == 1:  # this cell has one seed (others have more): as it is
-        return pd.Series({**g.drop(columns="train_seed").iloc[0].to_dict(), "seeds": 1,
-                          "fid_seeds": [float(g["fid_mean"].iloc[0])]})
+        one = {**g.iloc[0].to_dict(), "seeds": 1, "fid_seeds": [float(g["fid_mean"].iloc[0])]}
+        return pd.Series([one[c] for c in _summary_columns()], index=_summary_columns(), dtype=object)
     means = {c: g[c].mean() for c in ("fid_mean", "fid_min", "isc_mean", "kid_mean", "precision", "recall")}
     degenerate = "; ".join(sorted({d for d in g["degenerate"] if d}))
-    return pd.Series({"sets": int(g["sets"].iloc[0]), "degenerate": degenerate,
-                      **means, "fid_std": g["fid_mean"].std(ddof=1), "isc_std": g["isc_mean"].std(ddof=1),
-                      **{c: math.nan for c in INTERVAL_COLUMNS}, "seeds": len(g),
-                      "fid_seeds": [float(v) for v in g["fid_mean"]]})
+    out = {"sets": int(g["sets"].iloc[0]), "degenerate": degenerate, **means, "fid_std": g["fid_mean"].std(ddof=1),
+           "isc_std": g["isc_mean"].std(ddof=1), **{c: math.nan for c in INTERVAL_COLUMNS}, "seeds": len(g),
+           "fid_seeds": [float(v) for v in g["fid_mean"]]}
+    return pd.Series([out[c] for c in _summary_columns()], index=_summary_columns(), dtype=object)
 
 
 def _per_seed(rows: pd.DataFrame) -> pd.DataFrame:
