@@ -23,7 +23,7 @@ from ied.adaptive import read_density  # noqa: E402
 from ied.rationales import build  # noqa: E402
 from ied.layout import FigureInputs  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
-from ied.tables import (nfe_table, nll_summary, per_checkpoint, protocol_rows, repeated_table,  # noqa: E402
+from ied.tables import (nfe_table, nll_summary, over_seeds, per_checkpoint, protocol_rows, repeated_table,  # noqa: E402
                         single_table)
 
 
@@ -324,9 +324,9 @@ def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, n
     checkpoint: a column per solver, a colour per schedule in every panel (the fitted and learned ones dashed), 95 %
     intervals as bands, a published network's published rows as black markers in their solver's panel, and one
     legend outside the axes."""
-    table = nfe_table(metrics, experiment)
+    table = over_seeds(nfe_table(metrics, experiment), experiment.get("seeds", {}))  # a rationale's seeds: one line
     sweep = experiment["sweep"]
-    trains = list(dict.fromkeys(table["train_rationale"])) or sweep["train"]
+    trains = list(dict.fromkeys(table["train_rationale"])) or sweep["train"][:1]
     solvers, schedules = sweep["samplers"], sweep["rationales"]
     palette, made = _palette(schedules), _made_by_models(experiment)
     blocks = [("fid", "FID ↓")] + [("ref_rmse", "distance from the flow ↓")] * bool(table["ref_rmse"].notna().any())
@@ -341,9 +341,13 @@ def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, n
                 if value == "fid":
                     _published_markers(ax, experiment.get("published", {}).get(train, []),
                                        sweep.get("solvers", {}).get(solver, solver))
-                ax.set(xscale="log", title=f"{solver} — {_label(experiment, train)}" if b == 0 else "")
+                seeded = int(table.loc[table["train_rationale"] == train, "seeds"].max())
+                ax.set(xscale="log", title=f"{solver} — {_label(experiment, train)}"
+                       + (f" ({seeded} seeds)" if seeded > 1 else "") if b == 0 else "")
                 nfes = sorted(set(table.loc[table["base_sampler"] == solver, "nfe"]))
                 ax.set_xticks(nfes, [str(n) for n in nfes])
+                if len(nfes) == 1:  # one point: room either side of it
+                    ax.set_xlim(nfes[0] / 1.5, nfes[0] * 1.5)
                 ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
                 _fid_axis(ax, table.loc[table["base_sampler"] == solver, value])
             row[0].set_ylabel(ylabel)
@@ -369,9 +373,13 @@ def _nfe_panel(ax, table: pd.DataFrame, value: str, palette: Mapping[str, Any], 
         fitted = sample in made
         ax.plot(line["nfe"], line[value], "--" if fitted else "-", marker="D" if fitted else "o", ms=4 if fitted else 3,
                 color=palette[sample], label=_label(experiment, sample))
-        if line[f"{value}_lo"].notna().any():
+        if line[f"{value}_lo"].notna().any() and len(line) > 1:
             ax.fill_between(line["nfe"], line[f"{value}_lo"], line[f"{value}_hi"], color=palette[sample], alpha=0.15,
                             lw=0)
+        elif line[f"{value}_lo"].notna().any():  # one point (a grid fitted for it): its interval as an error bar
+            ax.errorbar(line["nfe"], line[value], yerr=[line[value] - line[f"{value}_lo"],
+                                                        line[f"{value}_hi"] - line[value]],
+                        color=palette[sample], capsize=3, lw=1, ls="none")
 
 
 def _published_markers(ax, rows: Sequence[Mapping[str, Any]], solver: str) -> None:

@@ -397,7 +397,7 @@ def write_tables(metrics_path: str | Path, experiment: TableInputs, outdir: str 
            f"{pretrained}`*`: mean ± std overlaps the best's (bold). The lowest of the sets is how EDM reports FID. "
            f"`degenerate`: constant or all-alike samples, never ranked.")
     if "nfe" in names:
-        _write_nfe(outdir / names["nfe"], nfe_table(metrics, experiment))
+        _write_nfe(outdir / names["nfe"], nfe_table(metrics, experiment), experiment)
     if "nll" in names:
         _write_nll(outdir / names["nll"], nll_table(nll_summary(nll_paths), single, experiment))
 
@@ -419,11 +419,39 @@ def nfe_grid(frame: pd.DataFrame, value: str = "fid", fmt: str = ".2f") -> pd.Da
     return grid
 
 
-def _write_nfe(stem: Path, table: pd.DataFrame) -> None:
-    with atomic_path(stem.with_suffix(".parquet")) as tmp:
+def over_seeds(table: pd.DataFrame, seeds: Mapping[str, Sequence]) -> pd.DataFrame:
+    """The sweep's rows by training rationale: a point of a rationale trained with several seeds is their mean, its
+    interval the mean ± std over seeds (FID and ref_rmse), `seeds` how many; one seed's row as it is."""
+    table = table.assign(training_rationale=table["train_rationale"].map(lambda m: seeds.get(m, (m, 0))[0]), seeds=1)
+    if table.empty:
+        return table
+    keys = ["training_rationale", "base_sampler", "sample_rationale", "nfe"]
+    out = []
+    for _, group in table.groupby(keys, sort=False):
+        row = group.iloc[0].copy()
+        row["seeds"] = len(group)
+        if len(group) > 1:
+            for value in ("fid", "ref_rmse"):
+                mean, std = group[value].mean(), group[value].std(ddof=1)
+                row[value], row[f"{value}_lo"], row[f"{value}_hi"] = mean, mean - std, mean + std
+            row["degenerate"] = "; ".join(sorted({d for d in group["degenerate"] if d}))
+        out.append(row)
+    frame = pd.DataFrame(out).reset_index(drop=True)
+    return frame.assign(train_rationale=frame["training_rationale"])
+
+
+def _write_nfe(stem: Path, table: pd.DataFrame, experiment: TableInputs) -> None:
+    with atomic_path(stem.with_suffix(".parquet")) as tmp:  # every model's (each seed's) rows
         table.to_parquet(tmp, index=False)
+    seeds = experiment.get("seeds", {})
+    table = over_seeds(table, seeds)
+    labels = experiment["labels"]
+    table = table.assign(train_label=table["train_rationale"].map(lambda n: labels.get(n, n)))
+    several = table.loc[table["seeds"] > 1, "train_label"].unique()
     md, tex = ["## FID against the number of denoiser evaluations (NFE) per image", ""], []
     for train, frame in table.groupby("train_label", sort=False):
+        if train in several:
+            train = f"{train}, {int(frame['seeds'].max())} seeds (mean ± std over seeds)"
         blocks = [("FID", "fid", ".2f")]
         if frame["ref_rmse"].notna().any():
             blocks.append(("distance from the probability-flow solution (relative RMS, ref_rmse)", "ref_rmse", ".4f"))
@@ -443,8 +471,10 @@ def _write_nfe(stem: Path, table: pd.DataFrame) -> None:
                     "Solver / schedule & " + " & ".join(heads) + r" \\", r"\midrule", *body,
                     r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     if table["fid_lo"].notna().any():
-        md += ["± half a 95 % bootstrap interval (FID: over the generated images; ref_rmse: over the images measured); "
-               "`*`: the interval overlaps the bold (lowest) one of its column, so the two are not separated.", ""]
+        md += ["± half a 95 % bootstrap interval (FID: over the generated images; ref_rmse: over the images measured), "
+               "or, for a rationale trained with several seeds, the std over its seeds (each seed's row is in the "
+               "Parquet file); `*`: the interval overlaps the bold (lowest) one of its column, so the two are not "
+               "separated.", ""]
     if table["ref_rmse"].notna().any():
         md += ["`ref_rmse`: the relative RMS distance of a cell's first images (before quantisation) from the "
                "probability-flow solution from the same latents (Heun, checked against half its steps); `—`: a "
