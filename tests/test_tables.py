@@ -407,3 +407,27 @@ def test_a_degenerate_sweep_point_is_never_the_bold_best_of_its_nfe():
     grid = nfe_grid(frame)
     assert [grid.loc[r, 5].bold for r in ("em / VE", "em / L2", "unipc / VE")] == [False, False, True]
     assert grid.loc["em / VE", 5].markdown() == "degenerate"
+
+
+def test_a_rationale_s_seeds_are_one_cell_at_the_checkpoint_best_on_their_mean():
+    """L2 trained with seeds 0 and 1 (models `l2`, `l2.seed1`): Table 1's cell is their mean at the checkpoint whose
+    mean is least (step 20: 11.5, though seed 1 alone is best at step 30), ± their std, each seed's FID kept; a cell
+    of several seeds is starred by the overlap of mean ± std."""
+    rows = []
+    for model, fids in (("l2", {10: 14.0, 20: 11.0, 30: 13.0}), ("l2.seed1", {10: 15.0, 20: 12.0, 30: 10.5}),
+                        ("ve", {10: 30.0, 20: 12.2, 30: 31.0})):
+        for step, fid in fids.items():
+            rows.append({**row(model, "ve", step, fid), "fid_lo": fid - 5, "fid_hi": fid + 5})
+    seeds = {"l2": ["l2", 0], "l2.seed1": ["l2", 1], "ve": ["ve", 0]}
+    grid = {**GRID, "train": ["ve", "l2", "l2.seed1"], "seeds": seeds,
+            "single": {**GRID["single"], "train": ["ve", "l2", "l2.seed1"], "rationales": ["ve"], "seeds": seeds},
+            "repeated": {**GRID["repeated"], "train": [], "seeds": {}}}
+    table = single_table(pd.DataFrame(rows), grid).set_index("train_rationale")
+    assert list(table.index) == ["ve", "l2"] and table.loc["l2", "checkpoint_step"] == 20
+    assert table.loc["l2", "fid"] == pytest.approx(11.5) and table.loc["l2", "seeds"] == 2
+    assert list(table.loc["l2", "fid_seeds"]) == [11.0, 12.0]
+    std = pd.Series([11.0, 12.0]).std()
+    assert (table.loc["l2", "fid_lo"], table.loc["l2", "fid_hi"]) == pytest.approx((11.5 - std, 11.5 + std))
+    assert (table.loc["ve", "fid_lo"], table.loc["ve", "fid_hi"]) == pytest.approx((7.2, 17.2))  # one seed: its interval
+    entries = grids(single_table(pd.DataFrame(rows), grid), "fid", None, None, True, "fid")["em"]
+    assert entries.loc["L2", "VE"].bold and entries.loc["VE", "VE"].star  # 12.2 ± 5 overlaps 11.5 ± 0.71
