@@ -117,22 +117,38 @@ def centred_interval(replicates: np.ndarray, level: float = BOOTSTRAP_LEVEL) -> 
 
 def bootstrap_fid(generated: torch.Tensor, reference: dict[str, np.ndarray], counts: np.ndarray) -> np.ndarray:
     """The FID of each resample of the generated features against fixed reference statistics: its weighted mean and
-    covariance, and tr (Σ Σ_r)^½ as Σ √λ of the symmetric S Σ S, S = Σ_r^½ (the same eigenvalues, one
-    eigendecomposition of the reference for all resamples)."""
+    covariance Σ, and tr (Σ Σ_r)^½ as Σ √λ of S Σ S = MᵀM, S = Σ_r^½, M the weighted, centred rows of Y = XS. The
+    eigenvalues come from the smaller of MᵀM (D × D) and MMᵀ (N × N, from the Gram matrix YYᵀ computed once), which
+    share their non-zero ones: a set of fewer images than dimensions costs N³ per resample, not D³."""
     x = generated.double()
-    n = len(x)
+    n, d = x.shape
     values, vectors = np.linalg.eigh(reference["sigma"])
     root = torch.from_numpy((vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T).to(x)
+    y = (x - x.mean(0)) @ root  # the covariance ignores a shift: centred first, so little cancels below
     mu_r = torch.from_numpy(reference["mu"]).to(x)
     trace_r = float(np.trace(reference["sigma"]))
+    gram = y @ y.T if n <= d else None
     out = np.empty(len(counts))
     for b, weights in enumerate(torch.from_numpy(counts).to(x)):
         mu = weights @ x / n
-        centred = x - mu
-        sigma = (centred * weights[:, None]).T @ centred / (n - 1)
-        inner = torch.linalg.eigvalsh(root @ sigma @ root).clamp(min=0).sqrt().sum()
-        out[b] = float((mu - mu_r).pow(2).sum() + sigma.trace() + trace_r - 2 * inner)
+        trace = (weights * (x - mu).pow(2).sum(1)).sum() / (n - 1)
+        out[b] = float((mu - mu_r).pow(2).sum() + trace + trace_r - 2 * _root_trace(y, gram, weights))
     return out
+
+
+def _root_trace(y: torch.Tensor, gram: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
+    """Σ √λ over the eigenvalues of MᵀM = Σ_i w_i (y_i − ν)(y_i − ν)ᵀ / (N − 1), ν = Σ_i w_i y_i / N, formed as MMᵀ
+    from the Gram matrix G = YYᵀ where it is given (G − gνᵀ − νgᵀ + (wᵀGw/N²) 11ᵀ, g = Gw/N, scaled by √w)."""
+    n = len(y)
+    if gram is None:
+        centred = y - weights @ y / n
+        inner = (centred * weights[:, None]).T @ centred
+    else:
+        g = gram @ weights / n
+        centred = gram - g[:, None] - g[None, :] + (weights @ g) / n
+        scale = weights.sqrt()
+        inner = centred * scale[:, None] * scale[None, :]
+    return torch.linalg.eigvalsh(inner / (n - 1)).clamp(min=0).sqrt().sum()
 
 
 def bootstrap_inception_score(logits: torch.Tensor, counts: np.ndarray, splits: int = ISC_SPLITS,
