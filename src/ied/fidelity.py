@@ -155,7 +155,7 @@ def bootstrap_inception_score(logits: torch.Tensor, counts: np.ndarray, splits: 
                               seed: int = SEED) -> np.ndarray:
     """The Inception Score (mean over splits, as `inception_score`: the resampled set shuffled by the same seed) of
     each resample of the logits; the class probabilities computed once."""
-    log_p = logits.double().log_softmax(dim=1).numpy()
+    log_p = logits.double().log_softmax(dim=1).cpu().numpy()
     p = np.exp(log_p)
     n = len(log_p)
     order = np.random.RandomState(seed).permutation(n)  # a resample has n draws: inception_score's shuffle of them

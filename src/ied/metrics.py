@@ -258,7 +258,9 @@ def calculate(generated: np.ndarray, reference: np.ndarray | None, extractor_nam
     if bootstrap:
         reference_fid = fidelity.fid_statistics(ref[layers["fid"]]) if reference is not None else \
             {"mu": reference_statistics[0], "sigma": reference_statistics[1]}
-        scores.update(intervals(gen, None if reference is None else ref, layers, reference_fid, bootstrap, isc))
+        on_device = {name: value.to(where) for name, value in gen.items()}  # the resamples' algebra: the GPU's work
+        scores.update(intervals(on_device, None if reference is None else {k: v.to(where) for k, v in ref.items()},
+                                layers, reference_fid, bootstrap, isc))
     return scores
 
 
