@@ -103,7 +103,7 @@ def test_a_budget_below_the_estimate_refuses_before_any_job(tmp_path):
     assert refused.returncode != 0 and len(lines) == 1 and "Traceback" not in refused.stderr
     assert "config key 'budget.gpu_hours': this run needs ≈ 0.3 GPU-hours at the paper's A100 figures" in lines[0]
     assert lines[0].endswith("over the budget of 0.001; the largest: generate × 110 (0.1 h), train_segment × 6 "
-                             "(0.1 h), reference × 1 (0.0 h)")
+                             "(0.1 h), fit_rationale × 6 (0.0 h)")
     assert not (tmp_path / "results").exists()
     planned = snakemake("-n", *small, "budget={gpu_hours: 1000}", cwd=tmp_path)
     assert "to run: " in planned.stderr and "GPU jobs" in planned.stderr

@@ -88,20 +88,22 @@ EDITS = {
     "nll run-time settings": ({"nll": {"max_nfe": 500, "batch_size": 7, "device": "cpu"}}, {}),
     "batch and shard size": ({"sample": {"batch_size": 7, "shard_size": 5}, "evaluate": {"batch_size": 16}}, {}),
     "paper results path": ({"paper_results": str(REPO / "config" / "paper_results.yaml")}, {}),
-    # (3 trained × 2 checkpoints + the pretrained model's one) × 2 samplers, one set, with ve (already tabulated)
+    # (3 trained × 2 checkpoints + the pretrained model's one) × 2 samplers, one set, with ve (already tabulated);
+    # the distance of each new UniPC cell from the flow (its models' references exist)
     "add a sampling rationale": ({"sample": {"single": {"rationales": ["l2", "gauss5", "ve"]}}},
-                                 {"generate": 14, "evaluate": 14, **AGGREGATION}),
+                                 {"generate": 14, "evaluate": 14, "distance": 7, **AGGREGATION}),
     # its two segments; single: 2 checkpoints × 2 rationales × 2 samplers; repeated: 4 rationales × 2 sets,
-    # less the 2 single sets of step 20 with em
+    # less the 2 single sets of step 20 with em; the references and distances of its 4 UniPC cells
     "add a training rationale": ({"train": {"rationales": ["ve", "l2", "adaptive-l2", "gauss5"]},
                                   "sample": {"repeated": {"train_rationales": ["ve", "l2", "edm-tiny", "gauss5"]}}},
-                                 {"train_segment": 2, "generate": 14, "evaluate": 14, "nll": 2, **AGGREGATION}),
+                                 {"train_segment": 2, "generate": 14, "evaluate": 14, "nll": 2, "reference": 4,
+                                  "distance": 4, **AGGREGATION}),
     # its two segments (writing its density too) and its single sets: 2 checkpoints × 2 rationales × 2 samplers
     "add an adaptive training rationale": ({"rationales": {"adaptive-ve": {"family": "adaptive", "target": "ve",
                                                                            "bins": 10}},
                                             "train": {"rationales": ["ve", "l2", "adaptive-l2", "adaptive-ve"]}},
                                            {"train_adaptive_segment": 2, "generate": 8, "evaluate": 8, "nll": 2,
-                                            **AGGREGATION}),
+                                            "reference": 4, "distance": 4, **AGGREGATION}),
     # its table from the density at step 20, and its repeated sets: 3 models (VE, L2 at step 20, the pretrained
     # one) × 2 sets
     "add a learned rationale": ({"rationales": {"learned-20": {"family": "learned", "model": "adaptive-l2",
@@ -112,21 +114,24 @@ EDITS = {
     # the adaptive density's spec is its model's identity: its training, its learned table and what samples them
     "adaptive decay": ({"rationales": {"adaptive-l2": {"ema": 0.9}}},
                        {"train_adaptive_segment": 2, "learned_rationale": 1, "generate": 14, "evaluate": 14, "nll": 2,
-                        **AGGREGATION}),
-    # unipc's single sets ((3 trained × 2 checkpoints + 1) × 2 rationales); its sweep points (3, 7 steps) stay
-    # its fit, its one sweep cell (DPM-Solver++(2M) at NFE 7), and the aggregation
+                        "reference": 4, "distance": 4, **AGGREGATION}),
+    # its teacher, its fit, its one sweep cell (DPM-Solver++(2M) at NFE 7) with its distance, and the aggregation
     "add a fitted rationale": ({"rationales": {"fit-new": {"family": "fitted", "model": "l2", "method": "trajectory_dp",
                                                            "base": "ve", "sampler": "dpmpp_2m", "nfe": 7, "pilot": 2}},
                                 "nfe_sweep": {"rationales": ["l2", "fit-dpm-3", "fit-density", "fit-new"]}},
-                               {"teacher": 1, "fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
+                               {"teacher": 1, "fit_rationale": 1, "generate": 1, "evaluate": 1, "distance": 1,
+                                **AGGREGATION}),
     # a fit of a base and pilot another fit has: that fit's teacher serves it
     "add a fit of the same teacher": ({"rationales": {"fit-new": {"family": "fitted", "model": "l2", "method": "end_to_end",
                                                                   "base": "edm7", "sampler": "ipndm", "nfe": 7,
                                                                   "pilot": 2}},
                                        "nfe_sweep": {"rationales": ["l2", "fit-dpm-3", "fit-density", "fit-new"]}},
-                                      {"fit_rationale": 1, "generate": 1, "evaluate": 1, **AGGREGATION}),
+                                      {"fit_rationale": 1, "generate": 1, "evaluate": 1, "distance": 1,
+                                       **AGGREGATION}),
+    # unipc's single sets ((3 trained × 2 checkpoints + 1) × 2 rationales) and their distances (the references are
+    # the flow's, whatever the steps); its sweep points (3, 7 steps) stay
     "sampler steps": ({"sample": {"samplers": {"unipc": {"steps": 5}}}},
-                      {"generate": 14, "evaluate": 14, **AGGREGATION}),
+                      {"generate": 14, "evaluate": 14, "distance": 14, **AGGREGATION}),
     # a second seed of L2: that model's training, NLL, single sets (2 checkpoints × 2 rationales × em, unipc) and
     # repeated ones not already single (4 × 2 − 2), the references and distances of its unipc cells, the aggregation
     "add a seed": ({"train": {"seeds": {"default": [0], "l2": [0, 1]}}},
@@ -273,8 +278,10 @@ def test_end_to_end_reduced_default(e2e_run):
     clipped = metrics["saturated"] > 1 - 0.1 * (1 - 0.58)
     assert (clipped == (metrics["degenerate"] != "")).all() and set(metrics["reference_split"]) == {"test"}
     assert metrics.loc[clipped, "degenerate"].str.contains("saturated at 0 or 255").all()
-    for score in ("fid", "kid_mean", "precision", "recall"):  # every set's intervals, around its score
-        assert (metrics[f"{score}_lo"] <= metrics[f"{score}_hi"]).all(), score
+    for score in ("fid", "kid_mean", "precision", "recall"):  # every set's intervals, or said why not (the tiny
+        flat = metrics[f"{score}_lo"].isna()                  # models' precision is 0 in every resample)
+        assert (metrics.loc[~flat, f"{score}_lo"] <= metrics.loc[~flat, f"{score}_hi"]).all(), score
+        assert metrics.loc[flat, "interval"].str.contains(score).all() and metrics.loc[flat, f"{score}_hi"].isna().all()
     assert (metrics["fid_lo"] < metrics["fid"]).all() and (metrics["fid"] < metrics["fid_hi"]).all()
     deterministic = metrics[~metrics["sampler_name"].str.startswith("em")]
     assert deterministic["ref_rmse"].notna().all() and metrics.loc[metrics["sampler_name"].str.startswith("em"),
