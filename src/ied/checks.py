@@ -112,9 +112,18 @@ def _check_published(config: dict) -> None:
 
 # --- semantic checks ----------------------------------------------------------------------------------
 def _check_rationales(config: dict) -> None:
+    """Each rationale's numerics: the hand-made ones first, so that a bad one is named itself rather than as the
+    base or target of a fitted or adaptive rationale listed before it."""
+    resolved = {}
     for name in config["rationales"]:
         try:
-            spec = specs.resolve_rationale(name, config["rationales"][name], config["rationales"])
+            resolved[name] = specs.resolve_rationale(name, config["rationales"][name], config["rationales"])
+        except RationaleError as err:
+            fail(f"rationales.{err.rationale.split('.')[0]}.{err.key}", str(err))
+    derived = ("fitted", "adaptive", "learned")
+    for name in sorted(resolved, key=lambda n: resolved[n]["family"] in derived):
+        spec = resolved[name]
+        try:
             if spec["family"] == "fitted":  # its schedule exists after its fit; its base is checked here
                 check_numerics(build(f"{name}.base", spec["base"]))
             elif spec["family"] == "adaptive":  # its density is learned in training, on its target's domain
