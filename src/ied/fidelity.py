@@ -138,7 +138,8 @@ def bootstrap_fid(generated: torch.Tensor, reference: dict[str, np.ndarray], cou
 
 def _root_trace(y: torch.Tensor, gram: torch.Tensor | None, weights: torch.Tensor) -> torch.Tensor:
     """Σ √λ over the eigenvalues of MᵀM = Σ_i w_i (y_i − ν)(y_i − ν)ᵀ / (N − 1), ν = Σ_i w_i y_i / N, formed as MMᵀ
-    from the Gram matrix G = YYᵀ where it is given (G − gνᵀ − νgᵀ + (wᵀGw/N²) 11ᵀ, g = Gw/N, scaled by √w)."""
+    from the Gram matrix G = YYᵀ where it is given (G − g1ᵀ − 1gᵀ + (wᵀg/N) 11ᵀ, g = Gw/N, rows and columns scaled
+    by √w)."""
     n = len(y)
     if gram is None:
         centred = y - weights @ y / n
