@@ -23,8 +23,8 @@ from ied.adaptive import read_density  # noqa: E402
 from ied.rationales import build  # noqa: E402
 from ied.layout import FigureInputs  # noqa: E402
 from ied.io import atomic_path  # noqa: E402
-from ied.tables import (nfe_table, nll_summary, over_seeds, per_checkpoint, protocol_rows, repeated_table,  # noqa: E402
-                        single_table)
+from ied.tables import (nfe_over_seeds, nfe_table, nll_summary, per_checkpoint, protocol_rows,  # noqa: E402
+                        repeated_table, single_table)
 
 
 
@@ -324,7 +324,7 @@ def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, n
     checkpoint: a column per solver, a colour per schedule in every panel (the fitted and learned ones dashed), 95 %
     intervals as bands, a published network's published rows as black markers in their solver's panel, and one
     legend outside the axes."""
-    table = over_seeds(nfe_table(metrics, experiment), experiment.get("seeds", {}))  # a rationale's seeds: one line
+    table = nfe_over_seeds(nfe_table(metrics, experiment), experiment.get("seeds", {}))  # a rationale's seeds: one line
     sweep = experiment["sweep"]
     trains = list(dict.fromkeys(table["train_rationale"])) or sweep["train"][:1]
     solvers, schedules = sweep["samplers"], sweep["rationales"]

@@ -56,7 +56,8 @@ def per_checkpoint(rows: pd.DataFrame) -> pd.DataFrame:
     if summary.empty or summary["train_seed"].nunique() == 1 and not summary.duplicated(
             CELL_KEYS + ["checkpoint_step"]).any():
         return summary.assign(seeds=1, fid_seeds=summary["fid_mean"].map(lambda v: [v])).drop(columns="train_seed")
-    seeded = summary.groupby(CELL_KEYS + ["checkpoint_step"]).apply(_over_seeds, include_groups=False).reset_index()
+    seeded = summary.groupby(CELL_KEYS + ["checkpoint_step"]).apply(_cell_over_seeds, include_groups=False)
+    seeded = seeded.reset_index()
     return seeded.astype({c: float for c in _summary_columns() if c not in ("sets", "degenerate", "seeds", "fid_seeds")}
                          | {"sets": int, "seeds": int})
 
@@ -67,7 +68,7 @@ def _summary_columns() -> list[str]:
             "recall", *INTERVAL_COLUMNS, "seeds", "fid_seeds"]
 
 
-def _over_seeds(g: pd.DataFrame) -> pd.Series:
+def _cell_over_seeds(g: pd.DataFrame) -> pd.Series:
     """One cell at one checkpoint over its seeds: the means over seeds, their std for FID and IS."""
     if len(g) == 1:  # this cell has one seed (others have more): as it is
         one = {**g.iloc[0].to_dict(), "seeds": 1, "fid_seeds": [float(g["fid_mean"].iloc[0])]}
@@ -419,7 +420,7 @@ def nfe_grid(frame: pd.DataFrame, value: str = "fid", fmt: str = ".2f") -> pd.Da
     return grid
 
 
-def over_seeds(table: pd.DataFrame, seeds: Mapping[str, Sequence]) -> pd.DataFrame:
+def nfe_over_seeds(table: pd.DataFrame, seeds: Mapping[str, Sequence]) -> pd.DataFrame:
     """The sweep's rows by training rationale: a point of a rationale trained with several seeds is their mean, its
     interval the mean ± std over seeds (FID and ref_rmse), `seeds` how many; one seed's row as it is."""
     table = table.assign(training_rationale=table["train_rationale"].map(lambda m: seeds.get(m, (m, 0))[0]), seeds=1)
@@ -444,7 +445,7 @@ def _write_nfe(stem: Path, table: pd.DataFrame, experiment: TableInputs) -> None
     with atomic_path(stem.with_suffix(".parquet")) as tmp:  # every model's (each seed's) rows
         table.to_parquet(tmp, index=False)
     seeds = experiment.get("seeds", {})
-    table = over_seeds(table, seeds)
+    table = nfe_over_seeds(table, seeds)
     labels = experiment["labels"]
     table = table.assign(train_label=table["train_rationale"].map(lambda n: labels.get(n, n)))
     several = table.loc[table["seeds"] > 1, "train_label"].unique()
