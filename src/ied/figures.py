@@ -336,15 +336,15 @@ def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, n
         for b, (value, ylabel) in enumerate(blocks):
             row = axes[t * len(blocks) + b]
             for ax, solver in zip(row, solvers):
+                nfes = sorted(set(table.loc[table["base_sampler"] == solver, "nfe"]))
                 _nfe_panel(ax, table[(table["train_rationale"] == train) & (table["base_sampler"] == solver)], value,
-                           palette, made, experiment)
+                           palette, made, experiment, dodge=len(nfes) == 1)
                 if value == "fid":
                     _published_markers(ax, experiment.get("published", {}).get(train, []),
                                        sweep.get("solvers", {}).get(solver, solver))
                 seeded = int(table.loc[table["train_rationale"] == train, "seeds"].max())
                 ax.set(xscale="log", title=f"{solver} — {_label(experiment, train)}"
                        + (f" ({seeded} seeds)" if seeded > 1 else "") if b == 0 else "")
-                nfes = sorted(set(table.loc[table["base_sampler"] == solver, "nfe"]))
                 ax.set_xticks(nfes, [str(n) for n in nfes])
                 if len(nfes) == 1:  # one point: room either side of it
                     ax.set_xlim(nfes[0] / 1.5, nfes[0] * 1.5)
@@ -363,21 +363,27 @@ def fig_fid_nfe(metrics: pd.DataFrame, experiment: FigureInputs, outdir: Path, n
     _save(fig, outdir, name)
 
 
+NFE_DODGE = 1.03  # one NFE in a panel: each schedule's point this factor apart on the log axis, so bars do not overlap
+
+
 def _nfe_panel(ax, table: pd.DataFrame, value: str, palette: Mapping[str, Any], made: set,
-               experiment: FigureInputs) -> None:
-    """One solver's schedules against NFE: a line each with its interval as a band (degenerate points left out)."""
+               experiment: FigureInputs, dodge: bool = False) -> None:
+    """One solver's schedules against NFE: a line each with its interval as a band (degenerate points left out);
+    `dodge`: the schedules' points side by side around their one NFE, in the palette's order."""
+    order = list(palette)
     for sample, line in table.groupby("sample_rationale", sort=False):
         line = line[(line["degenerate"] == "") & line[value].notna()].sort_values("nfe")
         if line.empty:
             continue
         fitted = sample in made
-        ax.plot(line["nfe"], line[value], "--" if fitted else "-", marker="D" if fitted else "o", ms=4 if fitted else 3,
+        x = line["nfe"] * NFE_DODGE ** (order.index(sample) - (len(order) - 1) / 2) if dodge else line["nfe"]
+        ax.plot(x, line[value], "--" if fitted else "-", marker="D" if fitted else "o", ms=4 if fitted else 3,
                 color=palette[sample], label=_label(experiment, sample))
         if line[f"{value}_lo"].notna().any() and len(line) > 1:
-            ax.fill_between(line["nfe"], line[f"{value}_lo"], line[f"{value}_hi"], color=palette[sample], alpha=0.15,
+            ax.fill_between(x, line[f"{value}_lo"], line[f"{value}_hi"], color=palette[sample], alpha=0.15,
                             lw=0)
         elif line[f"{value}_lo"].notna().any():  # one point (a grid fitted for it): its interval as an error bar
-            ax.errorbar(line["nfe"], line[value], yerr=[line[value] - line[f"{value}_lo"],
+            ax.errorbar(x, line[value], yerr=[line[value] - line[f"{value}_lo"],
                                                         line[f"{value}_hi"] - line[value]],
                         color=palette[sample], capsize=3, lw=1, ls="none")
 
